@@ -1,0 +1,42 @@
+"""Run a chunk function in this process or in a local process pool, keeping input order."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import TypeVar
+
+from tqdm import tqdm
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def map_chunks(
+    fn: Callable[[Sequence[T]], list[R]],
+    items: Sequence[T],
+    *,
+    workers: int = 1,
+    chunk_size: int = 256,
+    desc: str | None = None,
+) -> list[R]:
+    """`fn` over consecutive chunks of `items`, flattened in input order.
+
+    `fn` must be a module-level function (or a functools.partial of one) when `workers > 1`,
+    since chunks are pickled to the worker processes.
+    """
+    chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
+    progress = tqdm(total=len(items), desc=desc, unit="rec", disable=None, leave=False)
+    results: list[R] = []
+    with progress:
+        for chunk_result in _run(fn, chunks, workers):
+            results.extend(chunk_result)
+            progress.update(len(chunk_result))
+    return results
+
+
+def _run(fn: Callable[[Sequence[T]], list[R]], chunks: list[Sequence[T]], workers: int):
+    if workers <= 1 or len(chunks) <= 1:
+        yield from map(fn, chunks)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(fn, chunks)

@@ -1,0 +1,288 @@
+"""Validated parameters: one pydantic model per `params.yaml` section, unknown keys rejected.
+
+`load_params` reads the file and turns any validation error into a `ParamsError` whose message
+names the file, the dotted key, what was expected and what was found.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+TEXT_FORMATS = ("csv", "tsv", "jsonl", "parquet")
+IMAGE_FORMATS = ("image_folder", "image_manifest")
+
+PositiveInt = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class ParamsError(ValueError):
+    """A params file that cannot be used, with a message fit for the user."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- datasets -------------------------------------------------------------------------------
+
+class Columns(Section):
+    """Names of the source columns (tabular formats and image manifests)."""
+
+    text: str = "text"
+    label: str = "label"
+    path: str = "path"
+    split: str | None = None
+
+
+class DatasetParams(Section):
+    """One corpus: where it is, how to read it, and what its labels are."""
+
+    modality: Literal["text", "image"]
+    source: str = Field(description="File (tabular) or folder (image folder), relative to the project root.")
+    format: Literal["csv", "tsv", "jsonl", "parquet", "image_folder", "image_manifest"]
+    columns: Columns = Columns()
+    header: bool = Field(True, description="CSV/TSV: the first line holds column names.")
+    encoding: str = "utf-8"
+    folder_layout: Literal["label", "split/label"] = Field(
+        "label", description="Image folder: root/<label>/<file>, or root/<split>/<label>/<file>."
+    )
+    image_root: str | None = Field(None, description="Manifest: folder its paths are relative to (default: the manifest's folder).")
+    source_split: Literal["ignore", "keep"] = Field(
+        "ignore", description="Use the split a source ships (image folder root/<split>/<label>/ or a split column)."
+    )
+    labels: list[str] | None = Field(None, description="Declared label set after canonicalisation; others are dropped.")
+    label_case: Literal["keep", "lower"] = "lower"
+    label_map: dict[str, str] = Field(default_factory=dict, description="Raw label (after strip and case) -> canonical label.")
+
+    @model_validator(mode="after")
+    def _format_fits_modality(self) -> DatasetParams:
+        allowed = TEXT_FORMATS if self.modality == "text" else IMAGE_FORMATS
+        if self.format not in allowed:
+            raise ValueError(f"format {self.format!r} does not fit modality {self.modality!r}; use one of {list(allowed)}")
+        return self
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_unique(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (len(set(value)) != len(value) or len(value) < 2):
+            raise ValueError("must list at least two distinct labels")
+        return value
+
+
+# --- stages ---------------------------------------------------------------------------------
+
+class DemoParams(Section):
+    text_records: PositiveInt = 600
+    image_records: PositiveInt = 240
+    image_size: PositiveInt = 96
+
+
+class EngineParams(Section):
+    workers: PositiveInt = Field(1, description="Worker processes for per-record work; results do not depend on it.")
+    chunk_size: PositiveInt = 256
+
+
+class TextCleanParams(Section):
+    repair_mojibake: bool = Field(True, description="Repair mojibake and C1 control characters with ftfy.")
+    unescape_html: bool = True
+    strip_html_tags: bool = False
+    min_chars: Annotated[int, Field(ge=1)] = 1
+    max_chars: PositiveInt = 20_000
+    min_words: Annotated[int, Field(ge=0)] = 1
+
+
+class ImageCleanParams(Section):
+    max_pixels: PositiveInt = Field(64_000_000, description="Refuse larger images before decoding (decompression bombs).")
+    min_width: PositiveInt = 16
+    min_height: PositiveInt = 16
+    max_aspect_ratio: Annotated[float, Field(ge=1.0)] = 6.0
+
+
+class CleanParams(Section):
+    text: TextCleanParams = TextCleanParams()
+    image: ImageCleanParams = ImageCleanParams()
+
+
+class TextNormaliseParams(Section):
+    unicode_form: Literal["NFC", "NFKC", "NFD", "NFKD", "none"] = "NFKC"
+    fold_whitespace: bool = True
+    lowercase: bool = False
+
+
+class ImageNormaliseParams(Section):
+    size: PositiveInt = Field(128, description="Output side in pixels.")
+    resize: Literal["shorter_side_crop", "pad", "stretch"] = "shorter_side_crop"
+    background: tuple[int, int, int] = (255, 255, 255)
+    encoding: Literal["png", "jpeg"] = "png"
+    jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 95
+
+
+class NormaliseParams(Section):
+    text: TextNormaliseParams = TextNormaliseParams()
+    image: ImageNormaliseParams = ImageNormaliseParams()
+
+
+class DedupParams(Section):
+    survivor: Literal["first_id", "longest"] = Field("first_id", description="Which record of an exact-duplicate cluster is kept.")
+    conflicts: Literal["majority", "drop", "keep"] = Field(
+        "majority", description="Cluster with several labels: keep the majority label, drop the cluster, or keep one per label."
+    )
+
+
+class SplitParams(Section):
+    train: Fraction = 0.8
+    val: Fraction = 0.1
+    test: Fraction = 0.1
+    small_class: Literal["fail", "train_only"] = Field(
+        "fail", description="A class with fewer groups than splits: fail, or keep it in train only (reported)."
+    )
+
+    @model_validator(mode="after")
+    def _ratios(self) -> SplitParams:
+        total = self.train + self.val + self.test
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ValueError(f"train + val + test must be 1.0, got {total:g}")
+        if self.train == 0 or self.test == 0:
+            raise ValueError("train and test ratios must be above 0")
+        return self
+
+
+class TextAugmenter(Section):
+    name: Literal["KeyboardAug", "OcrAug", "RandomCharAug", "RandomWordAug", "SplitAug", "SpellingAug", "SynonymAug"]
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class TextAugmentParams(Section):
+    variants: Annotated[int, Field(ge=0)] = 1
+    classes: list[str] | None = Field(None, description="Augment only these classes (default: all).")
+    augmenters: list[TextAugmenter] = Field(default_factory=lambda: [TextAugmenter(name="KeyboardAug", args={"aug_char_p": 0.1, "aug_word_p": 0.2})])
+
+
+def _default_image_transform() -> dict[str, Any]:
+    return {
+        "__version__": "2.0.8",
+        "transform": {
+            "__class_fullname__": "Compose",
+            "p": 1.0,
+            "transforms": [
+                {"__class_fullname__": "HorizontalFlip", "p": 0.5},
+                {"__class_fullname__": "RandomBrightnessContrast", "p": 0.8, "brightness_limit": [-0.2, 0.2], "contrast_limit": [-0.2, 0.2]},
+                {"__class_fullname__": "Affine", "p": 0.7, "rotate": [-15, 15], "scale": [0.9, 1.1]},
+            ],
+        },
+    }
+
+
+class ImageAugmentParams(Section):
+    variants: Annotated[int, Field(ge=0)] = 1
+    classes: list[str] | None = None
+    transform: dict[str, Any] = Field(default_factory=_default_image_transform, description="albumentations A.to_dict() form.")
+
+
+class AugmentParams(Section):
+    text: TextAugmentParams = TextAugmentParams()
+    image: ImageAugmentParams = ImageAugmentParams()
+
+
+class RebalanceParams(Section):
+    strategy: Literal["none", "random_over", "random_under"] = "random_over"
+    ratio: Annotated[float, Field(gt=0.0, le=1.0)] = Field(1.0, description="Target minority/majority ratio after resampling.")
+
+
+class TextFinetuneParams(Section):
+    model: str | None = Field(None, description="Hugging Face model folder (default: the packaged all-MiniLM-L6-v2).")
+    max_length: PositiveInt = 64
+    train_layers: Annotated[int, Field(ge=0)] | None = Field(None, description="Train only the top k encoder layers and the head (None: all).")
+    epochs: PositiveInt = 3
+    batch_size: PositiveInt = 16
+    lr: Annotated[float, Field(gt=0)] = 5e-5
+    weight_decay: Annotated[float, Field(ge=0)] = 0.01
+
+
+class ImageFinetuneParams(Section):
+    arch: Literal["efficientnet-lite0"] = "efficientnet-lite0"
+    weights: str | None = Field(None, description="State dict file (default: the packaged ImageNet weights).")
+    image_size: PositiveInt = 128
+    epochs: PositiveInt = 3
+    batch_size: PositiveInt = 16
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    train_blocks: Annotated[int, Field(ge=0)] = Field(2, description="Train the last k MBConv blocks with the head; the rest stay frozen.")
+
+
+class FinetuneParams(Section):
+    threads: PositiveInt = Field(2, description="torch CPU threads; pinned because it changes the bits of the result.")
+    text: TextFinetuneParams = TextFinetuneParams()
+    image: ImageFinetuneParams = ImageFinetuneParams()
+
+
+class EvaluateParams(Section):
+    batch_size: PositiveInt = 64
+
+
+class Params(Section):
+    """The whole of `params.yaml`."""
+
+    seed: int = 42
+    engine: EngineParams = EngineParams()
+    demo: DemoParams = DemoParams()
+    datasets: dict[str, DatasetParams]
+    clean: CleanParams = CleanParams()
+    normalise: NormaliseParams = NormaliseParams()
+    dedup: DedupParams = DedupParams()
+    split: SplitParams = SplitParams()
+    augment: AugmentParams = AugmentParams()
+    rebalance: RebalanceParams = RebalanceParams()
+    finetune: FinetuneParams = FinetuneParams()
+    evaluate: EvaluateParams = EvaluateParams()
+
+    @field_validator("datasets")
+    @classmethod
+    def _dataset_names(cls, value: dict[str, DatasetParams]) -> dict[str, DatasetParams]:
+        if not value:
+            raise ValueError("must name at least one dataset")
+        for name in value:
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"dataset name {name!r} may hold only letters, digits, '_' and '-'")
+        return value
+
+    def dataset(self, name: str) -> DatasetParams:
+        """The params of dataset `name`, or a ParamsError listing the known names."""
+        if name not in self.datasets:
+            raise ParamsError(f"dataset {name!r} is not in params 'datasets' (known: {sorted(self.datasets)})")
+        return self.datasets[name]
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file; raise ParamsError naming file, key and problem."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: params file not found") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ParamsError(describe_errors(exc, path)) from None
+
+
+def describe_errors(exc: ValidationError, path: Path) -> str:
+    """One line per problem: `file: key.path: what was expected. Got ... instead.`"""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"]) or "<top level>"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{path}: {key}: unknown key (check its spelling and section)")
+            continue
+        got = err.get("input")
+        got_text = f" Got {got!r} instead." if got is not None and not isinstance(got, dict) else ""
+        lines.append(f"{path}: {key}: {err['msg']}.{got_text}")
+    return "\n".join(lines)

@@ -1,0 +1,104 @@
+"""What every stage shares: its command line, params loading, timing, ledger and metrics.
+
+A stage module supplies `add_arguments(parser)` for its paths and `run(ctx) -> Outcome` with
+the work; `stage_main` does the rest, and turns user-facing errors into one clear message and a
+non-zero exit instead of a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.io import write_json, write_table
+from pipeline.ledger import Ledger
+from pipeline.params import DatasetParams, Params, ParamsError, load_params
+from pipeline.sources import SourceError
+
+log = logging.getLogger(__name__)
+
+
+class StageError(RuntimeError):
+    """The stage cannot go on for a reason the user can act on (message says what and where)."""
+
+
+@dataclass(slots=True)
+class Context:
+    """What a stage's `run` gets: its arguments, the validated params, its dataset and ledger."""
+
+    args: argparse.Namespace
+    params: Params
+    name: str
+    dataset: DatasetParams
+    ledger: Ledger
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Record counts a stage reports; extra metrics go beside the standard ones."""
+
+    n_in: int
+    n_out: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def parser_for(stage: str, doc: str | None) -> argparse.ArgumentParser:
+    """An argument parser with the options every stage takes."""
+    parser = argparse.ArgumentParser(prog=f"python -m pipeline.stages.{stage}", description=(doc or "").strip().splitlines()[0])
+    parser.add_argument("--dataset", required=True, help="dataset name, a key of params 'datasets'")
+    parser.add_argument("--params", default="params.yaml", type=Path, help="params file (default: params.yaml)")
+    parser.add_argument("--metrics", required=True, type=Path, help="where to write this stage's metrics JSON")
+    parser.add_argument("--ledger", type=Path, help="where to write this stage's per-record ledger (Parquet)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def stage_main(
+    stage: str,
+    doc: str | None,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[Context], Outcome],
+    argv: list[str] | None = None,
+) -> int:
+    """Parse, load params, run, account and write metrics; return the exit code."""
+    parser = parser_for(stage, doc)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    started = time.perf_counter()
+    try:
+        params = load_params(args.params)
+        ctx = Context(args, params, args.dataset, params.dataset(args.dataset), Ledger(stage))
+        outcome = run(ctx)
+    except (ParamsError, SourceError, StageError) as exc:
+        log.error("%s@%s failed: %s", stage, args.dataset, exc)
+        return 2 if isinstance(exc, ParamsError) else 1
+    metrics = ctx.ledger.account(n_in=outcome.n_in, n_out=outcome.n_out, extra=outcome.extra)
+    metrics["seconds"] = round(time.perf_counter() - started, 3)
+    write_json(metrics, args.metrics)
+    if args.ledger:
+        write_table(ctx.ledger.table(), args.ledger)
+    log.info("%s@%s: in %d, out %d, dropped %s", stage, args.dataset, outcome.n_in, outcome.n_out, metrics["dropped"])
+    return 0
+
+
+def configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True
+    )
+    for noisy in ("PIL", "urllib3", "filelock", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def entry(module: str, main: Callable[[], int]) -> None:
+    """Run `main` as a script, first re-executing with PYTHONHASHSEED=0 so set order is reproducible."""
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        env = dict(os.environ, PYTHONHASHSEED="0")
+        os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], env)
+    sys.exit(main())

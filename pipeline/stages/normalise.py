@@ -1,0 +1,44 @@
+"""Normalise: canonical Unicode and whitespace for texts; oriented, RGB, resized and re-encoded images.
+
+Content hashes are recomputed on the normalised content, so dedup compares what the model sees.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+from pathlib import Path
+
+from pipeline.engines import map_chunks
+from pipeline.io import read_records, write_records
+from pipeline.stages.base import Context, Outcome, entry, stage_main
+from pipeline.steps.normalise import normalise_images, normalise_texts
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", required=True, type=Path, help="record set from clean")
+    parser.add_argument("--output", required=True, type=Path, help="record set directory to write")
+
+
+def run(ctx: Context) -> Outcome:
+    records = read_records(ctx.args.input)
+    engine, params = ctx.params.engine, ctx.params.normalise
+    if ctx.dataset.modality == "text":
+        fn, items, columns = functools.partial(normalise_texts, params=params.text), list(records["text"]), ["text"]
+    else:
+        fn, items, columns = functools.partial(normalise_images, params=params.image), list(records["image"]), ["image", "width", "height"]
+    results = map_chunks(fn, items, workers=engine.workers, chunk_size=engine.chunk_size, desc="normalise")
+    for column in [*columns, "content_hash"]:
+        records[column] = [getattr(r, column) for r in results]
+    failed = [r.reason is not None for r in results]
+    ctx.ledger.drop(records.loc[failed, "id"], [r.reason for r in results if r.reason is not None])
+    kept = records.loc[[not f for f in failed]]
+    write_records(kept, ctx.args.output)
+    return Outcome(len(records), len(kept))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main("normalise", __doc__, add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    entry(__spec__.name, main)

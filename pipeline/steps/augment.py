@@ -1,0 +1,140 @@
+"""Augment: new variants of train records, texts with nlpaug and images with albumentations.
+
+Each variant's randomness comes from a generator keyed on (seed, record id, variant index), so a
+variant is the same whatever order, batch or worker produced it. Every variant names its parent
+and the exact operations applied (for images, with the parameters albumentations sampled).
+"""
+from __future__ import annotations
+
+import functools
+import io
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pipeline.params import ImageAugmentParams, TextAugmenter, TextAugmentParams
+from pipeline.records import make_id, op_json, pixel_hash, text_hash
+from pipeline.seeding import derive_seed, seed_globals
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+@dataclass(slots=True)
+class Variant:
+    """One generated record's new content and provenance."""
+
+    id: str
+    parent_id: str
+    content_hash: str
+    op: str
+    text: str | None = None
+    image: bytes | None = None
+
+
+def variant_id(parent_id: str, variant: int) -> str:
+    """Stable id of the `variant`-th augmented copy of `parent_id`."""
+    return make_id(parent_id, "augment", variant)
+
+
+# --- text -----------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=8)
+def _text_augmenters(spec: str) -> list[Any]:
+    import nlpaug.augmenter.char as nac
+    import nlpaug.augmenter.word as naw
+
+    built = []
+    for item in json.loads(spec):
+        module = nac if item["name"] in ("KeyboardAug", "OcrAug", "RandomCharAug") else naw
+        built.append(getattr(module, item["name"])(**item["args"]))
+    return built
+
+
+def augmenter_spec(augmenters: Sequence[TextAugmenter]) -> str:
+    """Canonical JSON of an augmenter list (the cache key and the recorded operation)."""
+    return json.dumps([a.model_dump() for a in augmenters], sort_keys=True)
+
+
+def augment_text(text: str, record_id: str, variant: int, *, spec: str, seed: int) -> str:
+    """Apply every augmenter in order, with global RNGs seeded for this record and variant."""
+    seed_globals(seed, "augment", record_id, variant)
+    for augmenter in _text_augmenters(spec):
+        result = augmenter.augment(text)
+        text = result[0] if isinstance(result, list) else result
+    return text
+
+
+def augment_texts(items: Sequence[tuple[str, str]], params: TextAugmentParams, seed: int) -> list[Variant]:
+    """All variants of a chunk of (id, text) records."""
+    spec = augmenter_spec(params.augmenters)
+    op = {"op": "augment", "augmenters": json.loads(spec)}
+    out = []
+    for record_id, text in items:
+        for v in range(params.variants):
+            new = augment_text(text, record_id, v, spec=spec, seed=seed)
+            out.append(Variant(variant_id(record_id, v), record_id, text_hash(new), op_json({**op, "variant": v}), text=new))
+    return out
+
+
+# --- images ---------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=8)
+def _compose(spec: str) -> Any:
+    import albumentations as A
+
+    compose = A.from_dict(json.loads(spec))
+    compose.save_applied_params = True
+    return compose
+
+
+def transform_spec(transform: dict[str, Any]) -> str:
+    """Canonical JSON of an albumentations dict, checked to load."""
+    spec = json.dumps(transform, sort_keys=True)
+    _compose(spec)
+    return spec
+
+
+def augment_image(data: bytes, record_id: str, variant: int, *, spec: str, seed: int) -> tuple[np.ndarray, list]:
+    """Pixels of one variant and the transforms applied with their sampled parameters."""
+    compose = _compose(spec)
+    compose.set_random_seed(derive_seed(seed, "augment", record_id, variant, bits=32))
+    with Image.open(io.BytesIO(data)) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    result = compose(image=pixels)
+    return result["image"], [[name, _plain(p)] for name, p in result.get("applied_transforms", [])]
+
+
+def augment_images(items: Sequence[tuple[str, bytes]], params: ImageAugmentParams, seed: int) -> list[Variant]:
+    """All variants of a chunk of (id, image bytes) records, encoded as PNG."""
+    spec = transform_spec(params.transform)
+    out = []
+    for record_id, data in items:
+        for v in range(params.variants):
+            pixels, applied = augment_image(data, record_id, v, spec=spec, seed=seed)
+            image = Image.fromarray(pixels)
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG", compress_level=6)
+            op = op_json({"op": "augment", "variant": v, "applied": applied})
+            digest = pixel_hash("RGB", image.size, image.tobytes())
+            out.append(Variant(variant_id(record_id, v), record_id, digest, op, image=buffer.getvalue()))
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly copy of albumentations' sampled parameters (arrays to rounded lists)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items() if k not in ("shape",)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, (float, np.floating)):
+        return round(float(value), 6)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value if isinstance(value, (str, int, bool)) or value is None else str(value)

@@ -1,0 +1,72 @@
+"""Previews for people: originals beside their variants, per class (a PNG grid, or a Markdown file)."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image, ImageDraw
+
+PARENTS_PER_CLASS = 4
+VARIANTS_PER_PARENT = 3
+THUMB = 96
+
+
+def pick_examples(originals: pd.DataFrame, variants: pd.DataFrame) -> list[tuple[str, pd.Series, pd.DataFrame]]:
+    """(class, parent record, its variants) for the first parents by id of each class that have variants."""
+    examples = []
+    by_parent = {pid: group.sort_values("id") for pid, group in variants.groupby("parent_id")}
+    for label, members in originals.sort_values("id").groupby("label", sort=True):
+        chosen = [row for _, row in members.iterrows() if row["id"] in by_parent][:PARENTS_PER_CLASS]
+        examples.extend((str(label), row, by_parent[row["id"]].head(VARIANTS_PER_PARENT)) for row in chosen)
+    return examples
+
+
+def write_preview(originals: pd.DataFrame, variants: pd.DataFrame, folder: Path, *, modality: str) -> Path:
+    """Write `preview.png` (images) or `samples.md` (texts) into `folder`; return its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    examples = pick_examples(originals, variants)
+    if modality == "text":
+        path = folder / "samples.md"
+        path.write_text(_markdown(examples), encoding="utf-8")
+    else:
+        path = folder / "preview.png"
+        _grid(examples).save(path, format="PNG", compress_level=6)
+    return path
+
+
+def _markdown(examples: list[tuple[str, pd.Series, pd.DataFrame]]) -> str:
+    lines = ["# Augmentation samples", "", "Each original (train) with the variants made from it.", ""]
+    if not examples:
+        lines.append("No variants were generated (augment.text.variants is 0, or every variant was dropped).")
+    current = None
+    for label, parent, kids in examples:
+        if label != current:
+            lines += [f"## {label}", ""]
+            current = label
+        lines.append(f"- original `{parent['id']}`: {parent['text']!r}")
+        lines.extend(f"  - variant `{k['id']}`: {k['text']!r}" for _, k in kids.iterrows())
+    return "\n".join(lines) + "\n"
+
+
+def _grid(examples: list[tuple[str, pd.Series, pd.DataFrame]]) -> Image.Image:
+    label_width, pad = 120, 4
+    columns = 1 + VARIANTS_PER_PARENT
+    rows = max(1, len(examples))
+    canvas = Image.new("RGB", (label_width + columns * (THUMB + pad), rows * (THUMB + pad)), "white")
+    draw = ImageDraw.Draw(canvas)
+    if not examples:
+        draw.text((pad, pad), "no variants generated", fill="black")
+    for r, (label, parent, kids) in enumerate(examples):
+        y = r * (THUMB + pad)
+        draw.text((pad, y + THUMB // 2 - 12), f"{label}\noriginal | variants", fill="black")
+        for c, blob in enumerate([parent["image"], *kids["image"]]):
+            canvas.paste(_thumb(blob), (label_width + c * (THUMB + pad), y))
+    return canvas
+
+
+def _thumb(blob: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(blob)) as image:
+        thumb = image.convert("RGB")
+        thumb.thumbnail((THUMB, THUMB))
+        return thumb

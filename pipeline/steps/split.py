@@ -1,0 +1,125 @@
+"""Split: stratified train/val/test by whole groups, so near duplicates never straddle a split.
+
+Groups are taken per class in an order keyed on (seed, group id), largest first; each class first
+puts one group into every split with a non-zero ratio (so no class is silently missing from test),
+then each group goes to the split furthest below its target count. With single-record groups this
+lands every split within one record of its target per class.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from pipeline.params import SplitParams
+from pipeline.seeding import derive_seed
+
+SPLITS = ("train", "val", "test")
+SOURCE_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                  "dev": "val", "test": "test", "testing": "test"}
+
+
+class SplitError(ValueError):
+    """The split cannot be made as asked (a class too small, an unknown source split)."""
+
+
+@dataclass(slots=True)
+class SplitPlan:
+    """The split of every record and what was notable about making it."""
+
+    assignment: pd.Series  # record index -> split name
+    train_only_classes: list[str] = field(default_factory=list)
+
+
+def group_labels(records: pd.DataFrame) -> pd.DataFrame:
+    """One row per group: its id, size and majority label (ties broken by label name)."""
+    counts = records.groupby(["group_id", "label"], sort=True).size().rename("n").reset_index()
+    counts = counts.sort_values(["group_id", "n", "label"], ascending=[True, False, True])
+    majority = counts.drop_duplicates("group_id")[["group_id", "label"]]
+    sizes = records.groupby("group_id").size().rename("size").reset_index()
+    return majority.merge(sizes, on="group_id")
+
+
+def stratified_group_split(records: pd.DataFrame, params: SplitParams, seed: int) -> SplitPlan:
+    """Assign every record to a split by its group, stratified by the group's label."""
+    return _stratify(records, {s: getattr(params, s) for s in SPLITS}, seed, params.small_class)
+
+
+def _stratify(records: pd.DataFrame, ratios: dict[str, float], seed: int, small_class: str) -> SplitPlan:
+    groups = group_labels(records)
+    groups["order"] = [derive_seed(seed, "split", g) for g in groups["group_id"]]
+    needed = sum(r > 0 for r in ratios.values())
+    where: dict[str, str] = {}
+    train_only: list[str] = []
+    for label, members in groups.groupby("label", sort=True):
+        members = members.sort_values(["size", "order"], ascending=[False, True])
+        if len(members) >= needed:
+            where.update(_fill(members, ratios))
+            continue
+        if small_class == "fail":
+            raise SplitError(
+                f"class {label!r} has {len(members)} group(s), too few for {needed} splits; "
+                "add records, or set split.small_class: train_only to keep it in train only"
+            )
+        train_only.append(str(label))
+        where.update(dict.fromkeys(members["group_id"], "train"))
+    return SplitPlan(records["group_id"].map(where), train_only)
+
+
+def _fill(members: pd.DataFrame, ratios: dict[str, float]) -> dict[str, str]:
+    """Group id -> split for one class (members sorted largest first).
+
+    The smallest groups first give every non-empty split one group; the rest go, largest first,
+    to the split furthest below its target.
+    """
+    total = int(members["size"].sum())
+    target = {s: total * r for s, r in ratios.items()}
+    count = dict.fromkeys(SPLITS, 0)
+    groups = list(zip(members["group_id"], members["size"].astype(int)))
+    seeds = [s for s in ("test", "val", "train") if ratios[s] > 0]
+    reserved, rest = groups[len(groups) - len(seeds):], groups[: len(groups) - len(seeds)]
+    out: dict[str, str] = {}
+    for (group, size), split in zip(reversed(reserved), seeds):
+        out[group], count[split] = split, count[split] + size
+    for group, size in rest:
+        split = max(seeds, key=lambda s: (target[s] - count[s], -SPLITS.index(s)))
+        out[group], count[split] = split, count[split] + size
+    return out
+
+
+def source_split_plan(records: pd.DataFrame, params: SplitParams, seed: int) -> SplitPlan:
+    """Keep the split a source ships; carve val out of train if the source has none.
+
+    A source with only train and val (like an image folder with `train/` and `val/`) evaluates on
+    its own val: it becomes test, and a new val is carved from train.
+    """
+    names = records["source_split"].map(lambda s: SOURCE_ALIASES.get(str(s).strip().lower()) if s is not None else None)
+    unknown = sorted(set(records.loc[names.isna(), "source_split"].astype(str)))
+    if unknown:
+        raise SplitError(f"unknown source split name(s) {unknown}; expected one of {sorted(SOURCE_ALIASES)}")
+    present = set(names)
+    if "test" not in present and "val" in present:
+        names = names.replace({"val": "test"})
+    assignment = names.copy()
+    if "val" not in set(names) and params.val > 0:
+        train = records[names == "train"]
+        carved = _stratify(train, {"train": 1 - params.val, "val": params.val, "test": 0.0}, seed, "train_only")
+        assignment.loc[train.index] = carved.assignment
+        return SplitPlan(assignment, carved.train_only_classes)
+    return SplitPlan(assignment)
+
+
+def split_report(records: pd.DataFrame, assignment: pd.Series, params: SplitParams) -> dict:
+    """Counts per split and class, achieved class proportions, and groups found on two sides."""
+    table = pd.crosstab(records["label"], assignment).reindex(columns=list(SPLITS), fill_value=0)
+    per_class = {
+        str(label): {s: int(row[s]) for s in SPLITS} | {f"{s}_fraction": round(row[s] / max(1, row.sum()), 4) for s in SPLITS}
+        for label, row in table.iterrows()
+    }
+    sides = records.assign(split=assignment).groupby("group_id")["split"].nunique()
+    return {
+        "counts": {s: int((assignment == s).sum()) for s in SPLITS},
+        "target": {s: getattr(params, s) for s in SPLITS},
+        "per_class": per_class,
+        "groups_on_two_sides": int((sides > 1).sum()),
+    }
