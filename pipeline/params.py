@@ -5,6 +5,7 @@ names the file, the dotted key, what was expected and what was found.
 """
 from __future__ import annotations
 
+import codecs
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,6 +18,7 @@ IMAGE_FORMATS = ("image_folder", "image_manifest")
 
 PositiveInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+Byte = Annotated[int, Field(ge=0, le=255)]
 
 
 class ParamsError(ValueError):
@@ -64,6 +66,15 @@ class DatasetParams(Section):
         if self.format not in allowed:
             raise ValueError(f"format {self.format!r} does not fit modality {self.modality!r}; use one of {list(allowed)}")
         return self
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown text encoding {value!r} (e.g. utf-8, latin-1, cp1252)") from None
+        return value
 
     @field_validator("labels")
     @classmethod
@@ -116,7 +127,7 @@ class TextNormaliseParams(Section):
 class ImageNormaliseParams(Section):
     size: PositiveInt = Field(128, description="Output side in pixels.")
     resize: Literal["shorter_side_crop", "pad", "stretch"] = "shorter_side_crop"
-    background: tuple[int, int, int] = (255, 255, 255)
+    background: tuple[Byte, Byte, Byte] = (255, 255, 255)
     encoding: Literal["png", "jpeg"] = "png"
     jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 95
 
@@ -257,13 +268,32 @@ class Params(Section):
         return self.datasets[name]
 
 
+class StrictLoader(yaml.SafeLoader):
+    """YAML SafeLoader that refuses a key given twice in one mapping (the last would silently win)."""
+
+
+def _mapping_without_duplicates(loader: StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    keys = [loader.construct_object(k, deep=deep) for k, _ in node.value]
+    repeated = sorted({str(k) for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise yaml.constructor.ConstructorError(None, None, f"key(s) {repeated} given twice", node.start_mark)
+    return loader.construct_mapping(node, deep=deep)
+
+
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate a params file; raise ParamsError naming file, key and problem."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=StrictLoader)  # noqa: S506 (a SafeLoader)
     except FileNotFoundError:
         raise ParamsError(f"{path}: params file not found") from None
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ParamsError(f"{path}: cannot read params file: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

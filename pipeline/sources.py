@@ -9,6 +9,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import posixpath
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +23,9 @@ from pipeline.params import DatasetParams
 from pipeline.records import make_id
 
 RAW_COLUMNS = ["id", "label", "text", "image", "source", "source_row", "source_split", "reject", "detail"]
+# Fields longer than the csv module's default limit (131,072 chars) are texts for clean's
+# max_chars to judge, not malformed rows.
+csv.field_size_limit(sys.maxsize)
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
 
 
@@ -151,7 +157,10 @@ def _values_to_raw(source: str, row: int, values: dict[str, object], order: list
 
 def _read_jsonl(path: Path, dataset: DatasetParams) -> Iterator[Raw]:
     order = _text_columns(dataset)
-    for number, line in enumerate(_decode(path, dataset.encoding).splitlines(), start=1):
+    # Split on "\n" only: str.splitlines() also breaks at U+2028/U+2029/U+0085, which JSON
+    # writers leave unescaped inside strings.
+    for number, line in enumerate(_decode(path, dataset.encoding).split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         try:
@@ -183,9 +192,13 @@ def _read_parquet(path: Path, dataset: DatasetParams) -> Iterator[Raw]:
 def _read_image_folder(path: Path, dataset: DatasetParams) -> Iterator[Raw]:
     depth = 3 if dataset.folder_layout == "split/label" else 2
     root = path.resolve()
-    for file in sorted(p for p in path.rglob("*") if not p.is_dir()):
+    for file in _walk(path):
         parts = file.relative_to(path).parts
         rel = "/".join(parts)
+        if file.is_symlink() and file.is_dir():
+            yield Raw(rel, None, reject="outside_root" if not file.resolve().is_relative_to(root) else "symlinked_folder",
+                      detail=f"{rel}: symlinked folder, not followed")
+            continue
         if len(parts) != depth and not _hidden(rel):
             yield Raw(rel, None, reject="unexpected_location", detail=f"{rel}: expected root/{dataset.folder_layout}/<file>")
             continue
@@ -194,6 +207,15 @@ def _read_image_folder(path: Path, dataset: DatasetParams) -> Iterator[Raw]:
             raw.label = parts[-2]
             raw.source_split = parts[0] if depth == 3 and dataset.source_split == "keep" else None
         yield raw
+
+
+def _walk(path: Path) -> list[Path]:
+    """Every file, and every symlinked folder (not followed), under `path`, sorted."""
+    found = []
+    for folder, dirs, files in os.walk(path, followlinks=False):
+        found.extend(Path(folder) / name for name in files)
+        found.extend(Path(folder) / name for name in dirs if (Path(folder) / name).is_symlink())
+    return sorted(found)
 
 
 def _hidden(rel: str) -> bool:
@@ -208,6 +230,8 @@ def _image_file(file: Path, rel: str, root: Path) -> Raw:
         return Raw(rel, None, reject="outside_root", detail=f"{rel}: resolves outside the dataset root")
     if file.suffix.lower() not in IMAGE_EXTENSIONS:
         return Raw(rel, None, reject="not_an_image_file", detail=f"{rel}: extension {file.suffix or '(none)'!r}")
+    if not file.is_file():
+        return Raw(rel, None, reject="missing_file", detail=f"{rel}: broken link or not a regular file")
     return Raw(rel, None, image=file.read_bytes())
 
 
@@ -233,6 +257,7 @@ def _manifest_entry(root: Path, entry: str, number: int, manifest: str) -> Raw:
         return Raw(f"{manifest}:{number}", number, reject="missing_path", detail=f"{where}: empty path")
     if Path(entry).is_absolute():
         return Raw(entry, number, reject="absolute_path", detail=f"{where}: absolute paths are refused")
+    entry = posixpath.normpath(entry.replace("\\", "/"))
     file = root / entry
     if not file.resolve().is_relative_to(root.resolve()):
         return Raw(entry, number, reject="outside_root", detail=f"{where}: {entry} resolves outside the image root")

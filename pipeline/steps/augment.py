@@ -99,10 +99,21 @@ def transform_spec(transform: dict[str, Any]) -> str:
     return spec
 
 
+def seed_transforms(transform: Any, seed: int, *keys: object) -> None:
+    """Give every transform in the tree its own seed derived from (seed, keys, position).
+
+    albumentations' Compose.set_random_seed hands one seed to every child, so their first draws
+    (whether each applies, and their parameters) would be identical and perfectly correlated.
+    """
+    transform.set_random_seed(derive_seed(seed, *keys, bits=32))
+    for index, child in enumerate(getattr(transform, "transforms", [])):
+        seed_transforms(child, seed, *keys, index)
+
+
 def augment_image(data: bytes, record_id: str, variant: int, *, spec: str, seed: int) -> tuple[np.ndarray, list]:
     """Pixels of one variant and the transforms applied with their sampled parameters."""
     compose = _compose(spec)
-    compose.set_random_seed(derive_seed(seed, "augment", record_id, variant, bits=32))
+    seed_transforms(compose, seed, "augment", record_id, variant)
     with Image.open(io.BytesIO(data)) as image:
         pixels = np.asarray(image.convert("RGB"))
     result = compose(image=pixels)

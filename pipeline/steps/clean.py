@@ -5,11 +5,12 @@ to drop it, in the manner of datatrove's filters; the stage counts the reasons.
 """
 from __future__ import annotations
 
+import contextlib
 import html
 import io
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import ftfy
@@ -18,7 +19,8 @@ from PIL import Image, UnidentifiedImageError
 from pipeline.params import DatasetParams, ImageCleanParams, TextCleanParams
 from pipeline.records import pixel_hash, text_hash
 
-TAG = re.compile(r"<[^<>]{1,200}>")
+TAG = re.compile(r"<(?:/?[A-Za-z][^<>]{0,200}|!--.*?--)>", re.S)  # a tag or comment, not '3 < 5 and 7 > 2'
+
 
 
 @dataclass(slots=True)
@@ -99,8 +101,7 @@ def inspect_image(data: bytes | None, params: ImageCleanParams) -> Verdict:
     if not data:
         return Verdict(reason="empty_file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with pillow_pixel_guard_off():
             return _inspect(data, params)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         return Verdict(reason="too_many_pixels", detail=str(exc)[:200])
@@ -108,6 +109,21 @@ def inspect_image(data: bytes | None, params: ImageCleanParams) -> Verdict:
         return Verdict(reason="not_an_image", detail="content is not a decodable image")
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         return Verdict(reason="corrupt_image", detail=f"{type(exc).__name__}: {exc}"[:200])
+
+
+@contextlib.contextmanager
+def pillow_pixel_guard_off() -> Iterator[None]:
+    """Turn off Pillow's own decompression-bomb limit (89M pixels) for the duration.
+
+    `_inspect` applies the configured `max_pixels` itself, from the header, before any pixel is
+    decoded; Pillow's fixed limit would otherwise overrule a user who raised it.
+    """
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
 
 
 def _inspect(data: bytes, params: ImageCleanParams) -> Verdict:

@@ -11,10 +11,12 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, ImageOps
 
 from pipeline.params import ImageNormaliseParams, TextNormaliseParams
 from pipeline.records import pixel_hash, text_hash
+from pipeline.steps.clean import pillow_pixel_guard_off
 
 WHITESPACE = re.compile(r"\s+")
 
@@ -53,7 +55,7 @@ def normalise_texts(texts: Sequence[str], params: TextNormaliseParams) -> list[N
 
 def normalise_image(data: bytes, params: ImageNormaliseParams) -> Normalised:
     """Decode, orient, flatten to RGB, resize by policy and encode."""
-    with Image.open(io.BytesIO(data)) as image:
+    with pillow_pixel_guard_off(), Image.open(io.BytesIO(data)) as image:  # clean has already refused oversized images
         if image.format == "JPEG":
             image.draft("RGB", (params.size, params.size))
         image = ImageOps.exif_transpose(image)
@@ -74,8 +76,8 @@ def normalise_images(blobs: Sequence[bytes], params: ImageNormaliseParams) -> li
 
 def _to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     """RGB pixels; transparent areas composited on `background`, 16-bit scaled to 8-bit."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        image = image.point(lambda v: v / 256).convert("L")
+    if image.mode.startswith(("I", "F")):
+        image = _to_8bit(image)
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
@@ -83,6 +85,16 @@ def _to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image
         flat = Image.new("RGBA", rgba.size, (*background, 255))
         return Image.alpha_composite(flat, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """Grey 16-bit (any byte order), 32-bit integer or float pixels as 8-bit grey."""
+    pixels = np.asarray(image)
+    if image.mode.startswith("I;16") or image.mode == "I":
+        scaled = np.clip(pixels.astype(np.int64), 0, 65535) >> 8
+    else:
+        scaled = np.clip(pixels, 0, 255)
+    return Image.fromarray(scaled.astype(np.uint8), "L")
 
 
 def _resize(image: Image.Image, params: ImageNormaliseParams) -> Image.Image:

@@ -88,25 +88,39 @@ def _fill(members: pd.DataFrame, ratios: dict[str, float]) -> dict[str, str]:
 
 
 def source_split_plan(records: pd.DataFrame, params: SplitParams, seed: int) -> SplitPlan:
-    """Keep the split a source ships; carve val out of train if the source has none.
+    """Keep the split a source ships, carving what it lacks out of its train part.
 
-    A source with only train and val (like an image folder with `train/` and `val/`) evaluates on
-    its own val: it becomes test, and a new val is carved from train.
+    A source with train and val only (like an image folder with `train/` and `val/`) is evaluated
+    on its own val: that becomes test, and a new val is carved from train. A source with train
+    only gets val and test carved from train by the configured ratios.
     """
-    names = records["source_split"].map(lambda s: SOURCE_ALIASES.get(str(s).strip().lower()) if s is not None else None)
-    unknown = sorted(set(records.loc[names.isna(), "source_split"].astype(str)))
+    names = _source_names(records)
+    if "test" not in set(names) and "val" in set(names):
+        names = names.replace({"val": "test"})
+    missing = {s: getattr(params, s) for s in ("val", "test") if s not in set(names) and getattr(params, s) > 0}
+    if not missing:
+        return SplitPlan(names)
+    train = records[names == "train"]
+    ratios = {"train": 1 - sum(missing.values()), "val": missing.get("val", 0.0), "test": missing.get("test", 0.0)}
+    carved = _stratify(train, ratios, seed, "train_only")
+    assignment = names.copy()
+    assignment.loc[train.index] = carved.assignment
+    return SplitPlan(assignment, carved.train_only_classes)
+
+
+def _source_names(records: pd.DataFrame) -> pd.Series:
+    """Canonical split name per record (train/val/test); SplitError for missing or unknown names."""
+    raw = records["source_split"]
+    absent = int(raw.isna().sum())
+    if absent:
+        raise SplitError(f"{absent} record(s) have no source split; every record needs one when source_split is 'keep'")
+    names = raw.map(lambda s: SOURCE_ALIASES.get(str(s).strip().lower()))
+    unknown = sorted(set(raw[names.isna()].astype(str)))
     if unknown:
         raise SplitError(f"unknown source split name(s) {unknown}; expected one of {sorted(SOURCE_ALIASES)}")
-    present = set(names)
-    if "test" not in present and "val" in present:
-        names = names.replace({"val": "test"})
-    assignment = names.copy()
-    if "val" not in set(names) and params.val > 0:
-        train = records[names == "train"]
-        carved = _stratify(train, {"train": 1 - params.val, "val": params.val, "test": 0.0}, seed, "train_only")
-        assignment.loc[train.index] = carved.assignment
-        return SplitPlan(assignment, carved.train_only_classes)
-    return SplitPlan(assignment)
+    if "train" not in set(names):
+        raise SplitError("the source has no train split; keep its split only when it ships one")
+    return names
 
 
 def split_report(records: pd.DataFrame, assignment: pd.Series, params: SplitParams) -> dict:

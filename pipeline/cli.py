@@ -1,0 +1,72 @@
+"""The `pipeline` command: what the pipeline holds, and running it on other corpora.
+
+  pipeline info                          stages of dvc.yaml and datasets of params.yaml
+  pipeline workspace OVERLAY --dir DIR   a fresh git+DVC copy of the project with a params
+                                         overlay (e.g. params/real-data.yaml), then dvc repro
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+from pipeline.params import ParamsError, load_params
+from pipeline.stages.base import configure_logging
+
+log = logging.getLogger("pipeline")
+
+
+def info(project: Path) -> int:
+    """Print the stages (with their per-dataset instances) and the datasets."""
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    params = load_params(project / "params.yaml")
+    print("stages (python -m pipeline.stages.<stage> --help):")
+    for name, stage in stages.items():
+        scope = "per dataset" if "foreach" in stage else "once"
+        print(f"  {name:<10} {scope}")
+    print("datasets (params.yaml):")
+    for name, dataset in params.datasets.items():
+        print(f"  {name:<14} {dataset.modality:<6} {dataset.format:<15} {dataset.source}")
+    return 0
+
+
+def workspace(project: Path, overlay: Path, workdir: Path, run: bool) -> int:
+    """Build the overlay workspace and (unless told not to) reproduce the pipeline in it."""
+    from pipeline.workspace import make_workspace, repro
+
+    made = make_workspace(project, overlay, workdir)
+    log.info("workspace ready at %s", made)
+    if not run:
+        return 0
+    code = repro(made)
+    log.info("dvc repro in %s exited %d; metrics are in %s", made, code, made / "metrics")
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pipeline", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--project", type=Path, default=Path("."), help="project root (default: .)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("info", help="list stages and datasets")
+    ws = sub.add_parser("workspace", help="run the pipeline with a params overlay in a separate folder")
+    ws.add_argument("overlay", type=Path, help="YAML whose sections override params.yaml (datasets replace)")
+    ws.add_argument("--dir", type=Path, required=True, help="workspace folder (replaced if it exists)")
+    ws.add_argument("--no-repro", action="store_true", help="only prepare the workspace")
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    try:
+        if args.command == "workspace":
+            return workspace(args.project, args.overlay, args.dir, not args.no_repro)
+        return info(args.project)
+    except (ParamsError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Unit tests for pipeline.steps.augment: variant ids, provenance and order-free determinism."""
+from __future__ import annotations
+
+import io
+import json
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.params import ImageAugmentParams, TextAugmentParams
+from pipeline.records import text_hash
+from pipeline.steps.augment import augment_images, augment_texts, variant_id
+
+TEXTS = [
+    ("r1", "the quick brown fox jumps over the lazy dog near the river bank"),
+    ("r2", "my parcel has not arrived and the tracking page shows nothing at all"),
+    ("r3", "please refund the second charge on my card from last tuesday evening"),
+]
+DEFAULT_TRANSFORMS = {t["__class_fullname__"] for t in ImageAugmentParams().transform["transform"]["transforms"]}
+
+
+def _png(seed: int, size: int = 32) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+IMAGES = [("i1", _png(1)), ("i2", _png(2)), ("i3", _png(3))]
+
+
+def _key(variants) -> dict[str, tuple]:
+    return {v.id: (v.parent_id, v.content_hash, v.op, v.text, v.image) for v in variants}
+
+
+# --- text -----------------------------------------------------------------------------------
+
+def test_text_variants_have_stable_ids_parents_and_ops():
+    """Each record gets `variants` variants with ids from (parent, index), its parent, and an op naming the augmenters."""
+    params = TextAugmentParams(variants=3)
+    out = augment_texts(TEXTS, params, seed=1)
+    assert len(out) == 3 * len(TEXTS)
+    for record_id, _ in TEXTS:
+        mine = [v for v in out if v.parent_id == record_id]
+        assert [v.id for v in mine] == [variant_id(record_id, k) for k in range(3)]
+        for k, v in enumerate(mine):
+            op = json.loads(v.op)
+            assert op["op"] == "augment" and op["variant"] == k
+            assert [a["name"] for a in op["augmenters"]] == ["KeyboardAug"]
+            assert v.content_hash == text_hash(v.text)
+    assert len({v.id for v in out}) == len(out)
+
+
+def test_variant_id_is_stable_and_distinct():
+    """variant_id depends only on (parent, index)."""
+    assert variant_id("r1", 0) == variant_id("r1", 0)
+    assert len({variant_id("r1", 0), variant_id("r1", 1), variant_id("r2", 0)}) == 3
+
+
+def test_text_variants_do_not_depend_on_order_or_chunking():
+    """A variant is the same whether its record comes first, last or alone in a chunk."""
+    params = TextAugmentParams(variants=2)
+    whole = _key(augment_texts(TEXTS, params, seed=5))
+    reversed_ = _key(augment_texts(TEXTS[::-1], params, seed=5))
+    singles = {}
+    for item in TEXTS[::-1]:
+        singles |= _key(augment_texts([item], params, seed=5))
+    assert reversed_ == whole
+    assert singles == whole
+
+
+def test_text_variants_change_with_seed():
+    """Another seed gives other variants."""
+    params = TextAugmentParams(variants=2)
+    one = [v.text for v in augment_texts(TEXTS, params, seed=1)]
+    two = [v.text for v in augment_texts(TEXTS, params, seed=2)]
+    assert one != two
+
+
+def test_zero_variants_gives_nothing():
+    """variants: 0 turns augmentation off."""
+    assert augment_texts(TEXTS, TextAugmentParams(variants=0), seed=1) == []
+
+
+# --- images ---------------------------------------------------------------------------------
+
+def test_image_variants_are_pngs_with_provenance():
+    """Image variants decode to the input size, name their parent and list the applied transforms."""
+    params = ImageAugmentParams(variants=2)
+    out = augment_images(IMAGES, params, seed=3)
+    assert [v.id for v in out] == [variant_id(i, k) for i, _ in IMAGES for k in range(2)]
+    applied_names = set()
+    for v in out:
+        with Image.open(io.BytesIO(v.image)) as image:
+            assert image.format == "PNG" and image.size == (32, 32)
+        op = json.loads(v.op)
+        assert op["op"] == "augment" and "applied" in op
+        names = {step[0] for step in op["applied"]}
+        assert names <= DEFAULT_TRANSFORMS
+        applied_names |= names
+    assert applied_names  # with p=0.8/0.7 something is applied across six variants
+
+
+def test_image_variants_do_not_depend_on_order_or_chunking():
+    """Same pixels and ops for a (seed, id, variant) in any order and alone."""
+    params = ImageAugmentParams(variants=2)
+    whole = _key(augment_images(IMAGES, params, seed=9))
+    reversed_ = _key(augment_images(IMAGES[::-1], params, seed=9))
+    singles = {}
+    for item in IMAGES[::-1]:
+        singles |= _key(augment_images([item], params, seed=9))
+    assert reversed_ == whole
+    assert singles == whole
+
+
+def test_image_variants_repeat_across_calls_and_change_with_seed():
+    """Calling twice with one seed repeats; another seed differs."""
+    params = ImageAugmentParams(variants=1)
+    first = _key(augment_images(IMAGES, params, seed=4))
+    assert _key(augment_images(IMAGES, params, seed=4)) == first
+    other = _key(augment_images(IMAGES, params, seed=40))
+    assert [v[1] for v in other.values()] != [v[1] for v in first.values()]
+
+
+def test_default_transforms_apply_independently():
+    """Each transform rolls its own probability: flip without affine and a near-zero no-op rate both occur."""
+    items = [(f"r{i}", _png(100 + i, size=16)) for i in range(40)]
+    out = augment_images(items, ImageAugmentParams(variants=3), seed=3)
+    applied = [{step[0] for step in json.loads(v.op)["applied"]} for v in out]
+    flip_without_affine = sum("HorizontalFlip" in a and "Affine" not in a for a in applied)
+    nothing = sum(not a for a in applied)
+    assert flip_without_affine >= 5  # p = 0.5 * 0.3 = 0.15, about 18 of 120
+    assert nothing <= 10  # p = 0.5 * 0.2 * 0.3 = 0.03, about 4 of 120
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [
+        {"__version__": "2.0.8", "transform": {"__class_fullname__": "NoSuchTransform", "p": 1.0}},
+        {"__version__": "2.0.8", "transform": {"__class_fullname__": "Compose", "p": 1.0,
+                                               "transforms": [{"__class_fullname__": "HorizontalFlip", "p": "often"}]}},
+        {"not_a_transform": True},
+    ],
+    ids=["unknown-class", "bad-argument", "no-transform-key"],
+)
+def test_unloadable_transform_raises(transform):
+    """A transform dict albumentations cannot load fails before any image is touched."""
+    params = ImageAugmentParams(transform=transform)
+    with warnings.catch_warnings(), pytest.raises((KeyError, ValueError, TypeError)):
+        warnings.simplefilter("ignore")
+        augment_images(IMAGES[:1], params, seed=0)

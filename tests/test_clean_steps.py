@@ -1,0 +1,243 @@
+"""Clean steps: canonical labels, repaired and checked texts, safely inspected images."""
+from __future__ import annotations
+
+import io
+import random
+import struct
+import zlib
+
+import pytest
+from PIL import Image
+
+from pipeline.params import DatasetParams, ImageCleanParams, TextCleanParams
+from pipeline.records import text_hash
+from pipeline.steps.clean import canonical_label, clean_text, clean_texts, inspect_image, repair_text, text_problem
+
+APOSTROPHES = ("'", "\u2019")
+
+
+def text_dataset(**options) -> DatasetParams:
+    return DatasetParams.model_validate({"modality": "text", "source": "c.tsv", "format": "tsv", **options})
+
+
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def noise(size: tuple[int, int] = (64, 48), seed: int = 0) -> Image.Image:
+    """An RGB picture of random pixels (compresses badly, so truncation hits pixel data)."""
+    return Image.frombytes("RGB", size, random.Random(seed).randbytes(size[0] * size[1] * 3))
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares `width` x `height` pixels but carries no pixel data (a bomb's header)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+# --- labels ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("raw, expected", [
+    ("billing", "billing"),
+    ("  Billing \t", "billing"),
+    ("BILLING", "billing"),
+    ("Straße", "strasse"),  # casefold, not lower
+    ("Bill", "billing"),  # mapped after stripping and case folding
+    (" Tech Support ", "technical"),
+])
+def test_canonical_label_strips_folds_and_maps(raw, expected):
+    ds = text_dataset(label_map={"bill": "billing", "tech support": "technical"})
+    assert canonical_label(raw, ds) == (expected, None)
+
+
+@pytest.mark.parametrize("raw", [None, "", "   ", "\t\n"])
+def test_canonical_label_missing(raw):
+    assert canonical_label(raw, text_dataset()) == (None, "missing_label")
+
+
+def test_canonical_label_outside_declared_set_is_unknown():
+    ds = text_dataset(labels=["billing", "shipping"], label_map={"ship": "shipping"})
+    assert canonical_label("Ship", ds) == ("shipping", None)
+    assert canonical_label("refunds", ds) == (None, "unknown_label")
+
+
+def test_canonical_label_without_declared_set_keeps_any_label():
+    assert canonical_label("Anything Goes", text_dataset()) == ("anything goes", None)
+
+
+def test_canonical_label_case_keep():
+    ds = text_dataset(label_case="keep", labels=["Billing", "Shipping"])
+    assert canonical_label(" Billing ", ds) == ("Billing", None)
+    assert canonical_label("billing", ds) == (None, "unknown_label")
+
+
+# --- text -----------------------------------------------------------------------------------
+
+def test_repair_text_c1_control_becomes_apostrophe():
+    """Windows-1252 0x92 decoded as Latin-1 (a C1 control) is an apostrophe."""
+    repaired = repair_text("that\x92s fine", TextCleanParams())
+    assert repaired in {f"that{a}s fine" for a in APOSTROPHES}
+
+
+def test_repair_text_mojibake():
+    repaired = repair_text("it isnâ€™t broken", TextCleanParams())
+    assert repaired in {f"it isn{a}t broken" for a in APOSTROPHES}
+
+
+def test_repair_text_leaves_clean_text_alone():
+    text = "Café naïve — déjà vu, 東京"
+    assert repair_text(text, TextCleanParams()) == text
+
+
+def test_repair_text_mojibake_repair_can_be_turned_off():
+    assert repair_text("isnâ€™t", TextCleanParams(repair_mojibake=False)) == "isnâ€™t"
+
+
+def test_repair_text_unescapes_html_entities():
+    assert repair_text("Tom &amp; Jerry &lt;3 &eacute;t&#233;", TextCleanParams()) == "Tom & Jerry <3 été"
+    assert repair_text("Tom &amp; Jerry", TextCleanParams(unescape_html=False)) == "Tom &amp; Jerry"
+
+
+def test_repair_text_strips_tags_only_when_asked():
+    text = "<p>Hello <b>world</b></p>"
+    assert repair_text(text, TextCleanParams()) == text
+    stripped = repair_text(text, TextCleanParams(strip_html_tags=True))
+    assert "<" not in stripped and ">" not in stripped
+    assert stripped.split() == ["Hello", "world"]
+
+
+def test_repair_text_tag_stripping_keeps_comparisons():
+    """Only tag-shaped text goes: a lone '<' in prose stays."""
+    assert repair_text("3 < 5 and 7 > 2", TextCleanParams(strip_html_tags=True)) == "3 < 5 and 7 > 2"
+
+
+@pytest.mark.parametrize("text, params, reason", [
+    ("", {}, "empty_text"),
+    ("  \n\t ", {}, "empty_text"),
+    ("abc", {"min_chars": 5}, "too_short"),
+    ("   abc   ", {"min_chars": 4}, "too_short"),  # surrounding space does not count
+    ("a" * 11, {"max_chars": 10}, "too_long"),
+    ("two words", {"min_words": 3}, "too_few_words"),
+    ("three small words", {"min_words": 3}, None),
+    ("a" * 10, {"max_chars": 10}, None),
+    ("abcde", {"min_chars": 5}, None),
+])
+def test_text_problem(text, params, reason):
+    assert text_problem(text, TextCleanParams(**params)) == reason
+
+
+def test_clean_text_keeps_repaired_text_with_its_hash():
+    verdict = clean_text("Tom &amp; Jerry", TextCleanParams())
+    assert verdict.reason is None
+    assert verdict.text == "Tom & Jerry"
+    assert verdict.content_hash == text_hash("Tom & Jerry")
+
+
+def test_clean_text_judges_the_repaired_text():
+    """A text that is only a tag is empty once tags are stripped."""
+    verdict = clean_text("<br/>", TextCleanParams(strip_html_tags=True))
+    assert verdict.reason == "empty_text"
+    assert verdict.text is None
+
+
+def test_clean_texts_missing_text_has_a_reason():
+    verdicts = clean_texts([None, "ok"], TextCleanParams())
+    assert [v.reason for v in verdicts] == ["missing_text", None]
+
+
+# --- images ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt, options", [
+    ("PNG", {}),
+    ("JPEG", {"quality": 90}),
+    ("GIF", {}),
+    ("WEBP", {"lossless": True}),
+    ("BMP", {}),
+    ("TIFF", {}),
+])
+def test_inspect_image_decodes_common_formats(fmt, options):
+    data = encode(noise((40, 30)), fmt, **options)
+    verdict = inspect_image(data, ImageCleanParams())
+    assert verdict.reason is None, verdict.detail
+    assert (verdict.width, verdict.height) == (40, 30)
+    assert len(verdict.content_hash) == 64
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "1", "I;16", "CMYK"])
+def test_inspect_image_accepts_other_modes(mode):
+    fmt = "TIFF" if mode == "CMYK" else "PNG"
+    verdict = inspect_image(encode(Image.new(mode, (20, 20)), fmt), ImageCleanParams())
+    assert verdict.reason is None, verdict.detail
+
+
+def test_same_pixels_in_two_formats_hash_alike():
+    picture = noise()
+    as_png = inspect_image(encode(picture, "PNG"), ImageCleanParams())
+    as_bmp = inspect_image(encode(picture, "BMP"), ImageCleanParams())
+    other = inspect_image(encode(noise(seed=1), "PNG"), ImageCleanParams())
+    assert as_png.content_hash == as_bmp.content_hash
+    assert as_png.content_hash != other.content_hash
+
+
+def test_inspect_image_is_deterministic():
+    data = encode(noise(), "JPEG")
+    assert inspect_image(data, ImageCleanParams()) == inspect_image(data, ImageCleanParams())
+
+
+@pytest.mark.parametrize("data", [b"", None])
+def test_inspect_image_empty(data):
+    assert inspect_image(data, ImageCleanParams()).reason == "empty_file"
+
+
+def test_inspect_image_random_bytes_are_not_an_image():
+    data = random.Random(0).randbytes(2048)
+    assert inspect_image(data, ImageCleanParams()).reason == "not_an_image"
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_inspect_image_truncated_is_corrupt(fmt):
+    data = encode(noise((128, 128)), fmt)
+    verdict = inspect_image(data[: len(data) // 2], ImageCleanParams())
+    assert verdict.reason == "corrupt_image"
+    assert verdict.detail
+
+
+@pytest.mark.parametrize("size, reason", [
+    ((15, 40), "too_small"),
+    ((40, 15), "too_small"),
+    ((16, 16), None),
+    ((200, 20), "extreme_aspect_ratio"),  # 10:1 > 6:1
+    ((20, 121), "extreme_aspect_ratio"),
+    ((120, 20), None),  # exactly 6:1
+])
+def test_inspect_image_shape_checks(size, reason):
+    verdict = inspect_image(encode(Image.new("RGB", size, (1, 2, 3)), "PNG"), ImageCleanParams())
+    assert verdict.reason == reason
+    if reason:
+        assert verdict.detail == f"{size[0]}x{size[1]}"
+
+
+def test_inspect_image_more_pixels_than_max_pixels():
+    verdict = inspect_image(encode(noise((64, 48)), "PNG"), ImageCleanParams(max_pixels=64 * 48 - 1))
+    assert verdict.reason == "too_many_pixels"
+    assert "64x48" in verdict.detail
+
+
+def test_inspect_image_bomb_header_is_refused_before_decoding():
+    """A header declaring 400 million pixels is refused without allocating them."""
+    verdict = inspect_image(png_header_only(20_000, 20_000), ImageCleanParams())
+    assert verdict.reason == "too_many_pixels"
+
+
+def test_inspect_image_header_without_pixels_is_corrupt():
+    assert inspect_image(png_header_only(100, 100), ImageCleanParams()).reason == "corrupt_image"
+
+
+def test_inspect_image_respects_a_max_pixels_above_pillows_default():
+    """With max_pixels=200M, a 100M-pixel header is not too big (here it is truncated, so corrupt)."""
+    verdict = inspect_image(png_header_only(10_000, 10_000), ImageCleanParams(max_pixels=200_000_000))
+    assert verdict.reason == "corrupt_image"

@@ -1,0 +1,124 @@
+"""Unit tests for pipeline.steps.dedup: clusters, survivors and label conflicts."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import text_records
+from pipeline.params import DedupParams
+from pipeline.steps.dedup import exact_duplicates
+
+
+def _accounted(records, result) -> None:
+    """Every input record is kept, merged or dropped, exactly once."""
+    kept, merged, dropped = set(result.kept["id"]), {m[0] for m in result.merged}, set(result.dropped)
+    assert len(result.kept) + len(result.merged) + len(result.dropped) == len(records)
+    assert kept | merged | dropped == set(records["id"])
+    assert not (kept & merged) and not (kept & dropped) and not (merged & dropped)
+
+
+def _ids_by_text(records) -> dict[str, list[str]]:
+    return records.groupby("text")["id"].apply(sorted).to_dict()
+
+
+def test_exact_duplicates_merge_into_smallest_id_under_first_id():
+    """A cluster keeps its smallest id and every other member names it as survivor."""
+    records = text_records([("a", "same text"), ("a", "other"), ("a", "same text")])
+    result = exact_duplicates(records.iloc[::-1], DedupParams(survivor="first_id"))
+    dup_ids = _ids_by_text(records)["same text"]
+    assert result.clusters == 1 and result.conflicts == 0
+    assert set(result.kept["id"]) == {min(dup_ids), *_ids_by_text(records)["other"]}
+    assert result.merged == [(max(dup_ids), min(dup_ids), "exact_duplicate")]
+    _accounted(records, result)
+
+
+def test_longest_policy_keeps_the_longest_content():
+    """Under `longest`, the member with the most content survives, whatever its id."""
+    records = text_records([("a", "x"), ("a", "x longer"), ("a", "x mid")])
+    records["content_hash"] = "h"  # one cluster whose members differ in length (e.g. before folding)
+    result = exact_duplicates(records, DedupParams(survivor="longest"))
+    longest = records.loc[records["text"] == "x longer", "id"].item()
+    assert list(result.kept["id"]) == [longest]
+    assert {m[1] for m in result.merged} == {longest}
+    _accounted(records, result)
+
+
+def test_longest_policy_on_images_compares_encoded_size():
+    """Image records (no text) pick the largest encoding of the same pixels."""
+    records = text_records([("a", "p"), ("a", "p"), ("a", "p")])
+    records["text"] = None
+    records["image"] = [b"\x89PNG" + b"0" * 5, b"\x89PNG" + b"0" * 50, b"\x89PNG" + b"0" * 20]
+    result = exact_duplicates(records, DedupParams(survivor="longest"))
+    assert list(result.kept["id"]) == [records.loc[1, "id"]]
+
+
+def test_chain_of_many_duplicates_merges_into_one_survivor():
+    """Five copies of one text leave one survivor; the four others all point at it (no chains)."""
+    records = text_records([("a", "dup")] * 5 + [("b", "unique")])
+    result = exact_duplicates(records, DedupParams())
+    survivor = min(records.loc[records["text"] == "dup", "id"])
+    assert result.clusters == 1
+    assert sorted(result.kept["id"]) == sorted([survivor, records.loc[5, "id"]])
+    assert len(result.merged) == 4
+    assert {m[1] for m in result.merged} == {survivor}
+    assert all(m[2] == "exact_duplicate" for m in result.merged)
+    _accounted(records, result)
+
+
+def test_majority_conflict_keeps_majority_label_and_merges_minority():
+    """A 3-vs-1 label conflict keeps one record of the majority label; the minority is merged with its reason."""
+    records = text_records([("a", "t"), ("b", "t"), ("a", "t"), ("a", "t"), ("b", "free")])
+    result = exact_duplicates(records, DedupParams(conflicts="majority"))
+    cluster = records[records["text"] == "t"]
+    survivor = min(cluster.loc[cluster["label"] == "a", "id"])
+    minority = cluster.loc[cluster["label"] == "b", "id"].item()
+    assert result.clusters == 1 and result.conflicts == 1
+    kept_survivor = result.kept[result.kept["id"] == survivor]
+    assert list(kept_survivor["label"]) == ["a"]
+    assert (minority, survivor, "label_conflict_minority") in result.merged
+    assert sum(m[2] == "exact_duplicate" for m in result.merged) == 2
+    assert result.dropped == [] and result.flagged == []
+    _accounted(records, result)
+
+
+def test_drop_conflict_drops_whole_cluster():
+    """Under `drop`, every member of a conflicting cluster is dropped and nothing of it is kept."""
+    records = text_records([("a", "t"), ("b", "t"), ("a", "t"), ("a", "ok"), ("a", "ok")])
+    result = exact_duplicates(records, DedupParams(conflicts="drop"))
+    cluster = set(records.loc[records["text"] == "t", "id"])
+    assert set(result.dropped) == cluster
+    assert not cluster & set(result.kept["id"])
+    assert result.clusters == 2 and result.conflicts == 1
+    assert list(result.kept["text"]) == ["ok"]
+    _accounted(records, result)
+
+
+def test_keep_conflict_keeps_one_flagged_survivor_per_label():
+    """Under `keep`, each label of a conflicting cluster keeps one record, and those survivors are flagged."""
+    records = text_records([("a", "t"), ("b", "t"), ("a", "t"), ("b", "t"), ("c", "t")])
+    result = exact_duplicates(records, DedupParams(conflicts="keep"))
+    assert sorted(result.kept["label"]) == ["a", "b", "c"]
+    assert sorted(result.flagged) == sorted(result.kept["id"])
+    for label in ("a", "b"):
+        ids = sorted(records.loc[records["label"] == label, "id"])
+        assert (ids[1], ids[0], "exact_duplicate") in result.merged
+    assert result.conflicts == 1 and result.clusters == 1
+    _accounted(records, result)
+
+
+@pytest.mark.parametrize("conflicts", ["majority", "drop", "keep"])
+def test_counts_and_balance_on_a_mixed_set(conflicts):
+    """Clusters and conflicts are counted per content, and kept + merged + dropped equals the input."""
+    rows = [("a", "one"), ("a", "one"), ("a", "two"), ("b", "two"), ("a", "three"), ("b", "four"), ("b", "four"), ("b", "four")]
+    records = text_records(rows).sample(frac=1.0, random_state=3)
+    result = exact_duplicates(records, DedupParams(conflicts=conflicts))
+    assert result.clusters == 3
+    assert result.conflicts == 1
+    _accounted(records, result)
+
+
+def test_no_duplicates_keeps_everything():
+    """A record set without duplicates passes through unchanged (sorted by id)."""
+    records = text_records([("a", "one"), ("b", "two"), ("a", "three")])
+    result = exact_duplicates(records, DedupParams())
+    assert sorted(result.kept["id"]) == sorted(records["id"])
+    assert result.merged == [] and result.dropped == [] and result.clusters == 0

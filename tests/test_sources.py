@@ -1,0 +1,481 @@
+"""Readers of the input formats: every row or file is a raw record or a rejection with a reason."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline.params import DatasetParams
+from pipeline.sources import RAW_COLUMNS, SourceError, read_source
+
+
+def dataset(source: str, fmt: str, **options) -> DatasetParams:
+    """Dataset params for a source under the test's root."""
+    modality = "image" if fmt.startswith("image") else "text"
+    return DatasetParams.model_validate({"modality": modality, "source": source, "format": fmt, **options})
+
+
+def png(color: tuple[int, int, int] = (200, 10, 10), size: tuple[int, int] = (20, 20)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def accepted(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[frame["reject"].isna()].reset_index(drop=True)
+
+
+def rejection(frame: pd.DataFrame, reason: str) -> pd.Series:
+    """The one row rejected for `reason`."""
+    rows = frame[frame["reject"] == reason]
+    assert len(rows) == 1, f"expected one {reason!r} row, got:\n{frame[['source', 'reject', 'detail']]}"
+    return rows.iloc[0]
+
+
+def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Bytes and mtime of every regular file under `root` (symlinks not followed)."""
+    return {
+        str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+# --- delimited text -------------------------------------------------------------------------
+
+def test_csv_quoted_fields_keep_embedded_newlines_and_commas(tmp_path):
+    """A quoted CSV field may hold commas, quotes and line breaks; line numbers count physical lines."""
+    (tmp_path / "corpus.csv").write_text(
+        'text,label\n"first, with comma",a\n"two\nlines",b\n"say ""hi""",c\n', encoding="utf-8", newline=""
+    )
+    frame = read_source(dataset("corpus.csv", "csv"), tmp_path)
+    assert list(frame.columns) == RAW_COLUMNS
+    assert frame["text"].tolist() == ["first, with comma", "two\nlines", 'say "hi"']
+    assert frame["label"].tolist() == ["a", "b", "c"]
+    assert frame["source"].tolist() == ["corpus.csv"] * 3
+    assert frame["source_row"].tolist() == [2, 3, 5]
+    assert frame["reject"].isna().all()
+
+
+def test_tsv_has_no_quoting(tmp_path):
+    """In TSV a double quote is an ordinary character: it stays in the field, it does not quote."""
+    (tmp_path / "corpus.tsv").write_text('text\tlabel\nshe said "hi\ta\n"quoted"\tb\n', encoding="utf-8")
+    frame = read_source(dataset("corpus.tsv", "tsv"), tmp_path)
+    assert frame["text"].tolist() == ['she said "hi', '"quoted"']
+    assert frame["label"].tolist() == ["a", "b"]
+    assert frame["reject"].isna().all()
+
+
+@pytest.mark.parametrize("fmt, sep", [("csv", ","), ("tsv", "\t")])
+def test_headerless_columns_are_named_by_position(tmp_path, fmt, sep):
+    """Without a header the first line is data and columns are '0', '1', ..."""
+    (tmp_path / f"c.{fmt}").write_text(f"billing{sep}my invoice\nshipping{sep}where is it\n", encoding="utf-8")
+    ds = dataset(f"c.{fmt}", fmt, header=False, columns={"label": "0", "text": "1"})
+    frame = read_source(ds, tmp_path)
+    assert frame["label"].tolist() == ["billing", "shipping"]
+    assert frame["text"].tolist() == ["my invoice", "where is it"]
+    assert frame["source_row"].tolist() == [1, 2]
+
+
+def test_headerless_with_named_columns_says_columns_are_positional(tmp_path):
+    (tmp_path / "c.csv").write_text("billing,my invoice\n", encoding="utf-8")
+    with pytest.raises(SourceError, match=r"c\.csv.*'text'.*named by position"):
+        read_source(dataset("c.csv", "csv", header=False), tmp_path)
+
+
+def test_blank_lines_hold_no_record(tmp_path):
+    (tmp_path / "c.csv").write_text("text,label\nhello,a\n\nworld,b\n", encoding="utf-8")
+    frame = read_source(dataset("c.csv", "csv"), tmp_path)
+    assert frame["text"].tolist() == ["hello", "world"]
+    assert frame["source_row"].tolist() == [2, 4]
+
+
+def test_split_column_is_kept_only_when_asked(tmp_path):
+    (tmp_path / "c.csv").write_text("text,label,part\nhello,a,train\nworld,b,test\n", encoding="utf-8")
+    kept = read_source(dataset("c.csv", "csv", columns={"split": "part"}, source_split="keep"), tmp_path)
+    ignored = read_source(dataset("c.csv", "csv", columns={"split": "part"}), tmp_path)
+    assert kept["source_split"].tolist() == ["train", "test"]
+    assert ignored["source_split"].isna().all()
+
+
+@pytest.mark.parametrize("line", ["too,many,fields,here", "lonely"])
+def test_ragged_row_is_rejected_with_file_and_line(tmp_path, line):
+    (tmp_path / "c.csv").write_text(f"text,label\nfine,a\n{line}\nalso fine,b\n", encoding="utf-8")
+    frame = read_source(dataset("c.csv", "csv"), tmp_path)
+    row = rejection(frame, "ragged_row")
+    assert row["source_row"] == 3
+    assert row["detail"].startswith("c.csv:3:")
+    assert accepted(frame)["text"].tolist() == ["fine", "also fine"]
+
+
+def test_unclosed_quote_swallowing_the_file_is_one_rejected_row(tmp_path):
+    """An unclosed quote turns the rest of the file into one field: one ragged row, not a crash."""
+    (tmp_path / "c.csv").write_text('text,label\nok,a\n"' + "x" * 200_000 + ",b\n", encoding="utf-8")
+    frame = read_source(dataset("c.csv", "csv"), tmp_path)
+    row = rejection(frame, "ragged_row")
+    assert row["detail"].startswith("c.csv:3:")
+    assert accepted(frame)["text"].tolist() == ["ok"]
+
+
+@pytest.mark.parametrize("fmt, encoding, raw", [
+    ("csv", "utf-8", b"caf\xe9"),  # latin-1 byte in a UTF-8 file
+    ("tsv", "utf-8", b"\xff\xfe oops"),
+    ("csv", "cp1252", b"bad \x81 byte"),  # 0x81 is undefined in cp1252
+    ("jsonl", "utf-8", b"caf\xe9"),
+])
+def test_bytes_invalid_in_declared_encoding_are_rejected(tmp_path, fmt, encoding, raw):
+    name = f"c.{fmt}"
+    if fmt == "jsonl":
+        data = b'{"text": "fine", "label": "a"}\n{"text": "' + raw + b'", "label": "b"}\n'
+    else:
+        sep = b"," if fmt == "csv" else b"\t"
+        data = b"text" + sep + b"label\nfine" + sep + b"a\n" + raw + sep + b"b\n"
+    (tmp_path / name).write_bytes(data)
+    frame = read_source(dataset(name, fmt, encoding=encoding), tmp_path)
+    row = rejection(frame, "invalid_encoding")
+    line = 2 if fmt == "jsonl" else 3  # delimited files have a header line
+    assert row["detail"].startswith(f"{name}:{line}:")
+    assert row["source_row"] == line
+    assert accepted(frame)["text"].tolist() == ["fine"]
+
+
+def test_declared_encoding_is_used(tmp_path):
+    """A cp1252 file's 0x92 byte is a right single quote, not a rejection."""
+    (tmp_path / "c.csv").write_bytes(b"text,label\nthat\x92s it,a\n")
+    frame = read_source(dataset("c.csv", "csv", encoding="cp1252"), tmp_path)
+    assert frame["text"].tolist() == ["that\u2019s it"]
+    assert frame["reject"].isna().all()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
+def test_nul_byte_is_rejected(tmp_path, fmt):
+    name = f"c.{fmt}"
+    if fmt == "jsonl":
+        data = '{"text": "fine", "label": "a"}\n{"text": "ab\\u0000c", "label": "b"}\n'
+    else:
+        sep = "," if fmt == "csv" else "\t"
+        data = f"text{sep}label\nfine{sep}a\nab\x00c{sep}b\n"
+    (tmp_path / name).write_text(data, encoding="utf-8")
+    frame = read_source(dataset(name, fmt), tmp_path)
+    row = rejection(frame, "nul_byte")
+    line = 2 if fmt == "jsonl" else 3
+    assert row["detail"].startswith(f"{name}:{line}:")
+    assert accepted(frame)["text"].tolist() == ["fine"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
+def test_utf8_bom_is_stripped(tmp_path, fmt):
+    """A BOM must not end up in the first column name or the first text."""
+    name = f"c.{fmt}"
+    if fmt == "jsonl":
+        data = '{"text": "hello", "label": "a"}\n'
+    else:
+        sep = "," if fmt == "csv" else "\t"
+        data = f"text{sep}label\nhello{sep}a\n"
+    (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + data.encode("utf-8"))
+    frame = read_source(dataset(name, fmt), tmp_path)
+    assert frame["text"].tolist() == ["hello"]
+    assert frame["reject"].isna().all()
+
+
+def test_headerless_bom_does_not_reach_the_first_field(tmp_path):
+    (tmp_path / "c.tsv").write_bytes(b"\xef\xbb\xbfa\thello\n")
+    frame = read_source(dataset("c.tsv", "tsv", header=False, columns={"label": "0", "text": "1"}), tmp_path)
+    assert frame["label"].tolist() == ["a"]
+
+
+def test_missing_column_raises_source_error(tmp_path):
+    (tmp_path / "c.csv").write_text("body,label\nhello,a\n", encoding="utf-8")
+    with pytest.raises(SourceError, match=r"c\.csv.*'text'.*body"):
+        read_source(dataset("c.csv", "csv"), tmp_path)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet", "image_folder", "image_manifest"])
+def test_missing_source_raises_source_error(tmp_path, fmt):
+    with pytest.raises(SourceError, match=r"'nope/x' does not exist"):
+        read_source(dataset("nope/x", fmt), tmp_path)
+
+
+# --- jsonl ----------------------------------------------------------------------------------
+
+def test_jsonl_reads_objects_and_stringifies_labels(tmp_path):
+    lines = [{"text": "hello", "label": "a"}, {"text": "world", "label": 2, "extra": [1]}, {"label": "c"}]
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(o) for o in lines) + "\n\n", encoding="utf-8")
+    frame = read_source(dataset("c.jsonl", "jsonl"), tmp_path)
+    assert frame["label"].tolist() == ["a", "2", "c"]
+    assert frame["text"].tolist()[:2] == ["hello", "world"]
+    assert pd.isna(frame["text"][2])  # a missing key is a missing text, left to clean to judge
+    assert frame["source_row"].tolist() == [1, 2, 3]
+
+
+@pytest.mark.parametrize("bad, hint", [("{not json", ""), ('["a", "list"]', "not a JSON object"), ("42", "not a JSON object")])
+def test_jsonl_malformed_or_non_object_line_is_rejected(tmp_path, bad, hint):
+    (tmp_path / "c.jsonl").write_text(f'{{"text": "ok", "label": "a"}}\n{bad}\n{{"text": "ok2", "label": "b"}}\n', encoding="utf-8")
+    frame = read_source(dataset("c.jsonl", "jsonl"), tmp_path)
+    row = rejection(frame, "malformed_json")
+    assert row["detail"].startswith("c.jsonl:2:")
+    assert hint in row["detail"]
+    assert accepted(frame)["text"].tolist() == ["ok", "ok2"]
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85"])
+def test_jsonl_line_separator_inside_a_string_is_text(tmp_path, separator):
+    """json.dumps(ensure_ascii=False) writes U+2028/U+0085 raw; JSON Lines records end only at '\\n'."""
+    (tmp_path / "c.jsonl").write_text(
+        json.dumps({"text": f"a{separator}b", "label": "x"}, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    frame = read_source(dataset("c.jsonl", "jsonl"), tmp_path)
+    assert frame["text"].tolist() == [f"a{separator}b"]
+    assert frame["reject"].isna().all()
+
+
+# --- parquet --------------------------------------------------------------------------------
+
+def test_parquet_file(tmp_path):
+    pq.write_table(pa.table({"text": ["hello", None], "label": ["a", "b"], "other": [1, 2]}), tmp_path / "c.parquet")
+    frame = read_source(dataset("c.parquet", "parquet"), tmp_path)
+    assert frame["text"].tolist()[0] == "hello"
+    assert pd.isna(frame["text"][1])
+    assert frame["label"].tolist() == ["a", "b"]
+    assert frame["source_row"].tolist() == [1, 2]
+
+
+def test_parquet_folder_reads_files_in_name_order(tmp_path):
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    pq.write_table(pa.table({"text": ["second"], "label": ["b"]}), folder / "part-1.parquet")
+    pq.write_table(pa.table({"text": ["first", "again"], "label": ["a", "a"]}), folder / "part-0.parquet")
+    (folder / "README.txt").write_text("not data")
+    frame = read_source(dataset("shards", "parquet"), tmp_path)
+    assert frame["text"].tolist() == ["first", "again", "second"]
+    assert frame["source"].tolist() == ["part-0.parquet", "part-0.parquet", "part-1.parquet"]
+    assert frame["id"].is_unique
+
+
+def test_parquet_missing_column_raises_source_error(tmp_path):
+    pq.write_table(pa.table({"body": ["x"], "label": ["a"]}), tmp_path / "c.parquet")
+    with pytest.raises(SourceError, match=r"c\.parquet.*'text'"):
+        read_source(dataset("c.parquet", "parquet"), tmp_path)
+
+
+def test_parquet_nul_byte_is_rejected(tmp_path):
+    pq.write_table(pa.table({"text": ["ok", "a\x00b"], "label": ["a", "b"]}), tmp_path / "c.parquet")
+    row = rejection(read_source(dataset("c.parquet", "parquet"), tmp_path), "nul_byte")
+    assert row["detail"].startswith("c.parquet:2:")
+
+
+# --- image folder ---------------------------------------------------------------------------
+
+def test_image_folder_label_layout(tmp_path):
+    for rel in ["imgs/cat/a.png", "imgs/cat/b.PNG", "imgs/dog/c.png"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(png())
+    frame = read_source(dataset("imgs", "image_folder"), tmp_path)
+    assert frame["source"].tolist() == ["cat/a.png", "cat/b.PNG", "dog/c.png"]
+    assert frame["label"].tolist() == ["cat", "cat", "dog"]
+    assert frame["image"].tolist() == [png()] * 3
+    assert frame["reject"].isna().all()
+    assert frame["source_row"].isna().all()
+
+
+@pytest.mark.parametrize("source_split, expected", [("keep", ["test", "train"]), ("ignore", [None, None])])
+def test_image_folder_split_label_layout(tmp_path, source_split, expected):
+    for rel in ["imgs/train/cat/a.png", "imgs/test/dog/b.png"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(png())
+    frame = read_source(dataset("imgs", "image_folder", folder_layout="split/label", source_split=source_split), tmp_path)
+    assert frame["label"].tolist() == ["dog", "cat"]
+    assert [None if pd.isna(s) else s for s in frame["source_split"]] == expected
+
+
+@pytest.mark.parametrize("layout, rel", [
+    ("label", "stray.png"),
+    ("label", "cat/sub/deep.png"),
+    ("split/label", "train/flat.png"),
+])
+def test_image_folder_file_in_wrong_place_is_unexpected_location(tmp_path, layout, rel):
+    (tmp_path / "imgs" / rel).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "imgs" / rel).write_bytes(png())
+    row = rejection(read_source(dataset("imgs", "image_folder", folder_layout=layout), tmp_path), "unexpected_location")
+    assert row["source"] == rel
+    assert row["detail"].startswith(f"{rel}:")
+    assert layout in row["detail"]
+
+
+@pytest.mark.parametrize("rel", ["cat/.hidden.png", ".cache/x.png", "cat/.ipynb_checkpoints/x.png"])
+def test_image_folder_hidden_file_is_rejected(tmp_path, rel):
+    (tmp_path / "imgs" / rel).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "imgs" / rel).write_bytes(png())
+    row = rejection(read_source(dataset("imgs", "image_folder"), tmp_path), "hidden_file")
+    assert row["detail"].startswith(f"{rel}:")
+
+
+@pytest.mark.parametrize("name", ["notes.txt", "README", "a.svg"])
+def test_image_folder_non_image_extension_is_rejected(tmp_path, name):
+    (tmp_path / "imgs/cat").mkdir(parents=True)
+    (tmp_path / "imgs/cat" / name).write_text("hello")
+    row = rejection(read_source(dataset("imgs", "image_folder"), tmp_path), "not_an_image_file")
+    assert row["detail"].startswith(f"cat/{name}:")
+    assert pd.isna(row["image"])
+
+
+def test_image_folder_symlink_out_of_root_is_outside_root(tmp_path):
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret/x.png").write_bytes(png())
+    (tmp_path / "imgs/cat").mkdir(parents=True)
+    (tmp_path / "imgs/cat/x.png").symlink_to(tmp_path / "secret/x.png")
+    row = rejection(read_source(dataset("imgs", "image_folder"), tmp_path), "outside_root")
+    assert row["detail"].startswith("cat/x.png:")
+    assert pd.isna(row["image"])
+
+
+def test_image_folder_symlinked_folder_out_of_root_is_not_skipped_silently(tmp_path):
+    """A link to a folder outside the root is one rejection naming the link; nothing behind it is read."""
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret/x.png").write_bytes(png())
+    (tmp_path / "imgs/cat").mkdir(parents=True)
+    (tmp_path / "imgs/cat/a.png").write_bytes(png())
+    (tmp_path / "imgs/dog").symlink_to(tmp_path / "secret", target_is_directory=True)
+    frame = read_source(dataset("imgs", "image_folder"), tmp_path)
+    row = rejection(frame, "outside_root")
+    assert row["source"] == "dog"
+    assert "not followed" in row["detail"]
+    assert not frame["source"].str.contains("x.png").any()
+
+
+def test_image_folder_dangling_symlink_is_a_rejection(tmp_path):
+    (tmp_path / "imgs/cat").mkdir(parents=True)
+    (tmp_path / "imgs/cat/a.png").write_bytes(png())
+    (tmp_path / "imgs/cat/gone.png").symlink_to("missing.png")
+    frame = read_source(dataset("imgs", "image_folder"), tmp_path)
+    row = frame[frame["source"] == "cat/gone.png"].iloc[0]
+    assert not pd.isna(row["reject"])
+    assert row["detail"].startswith("cat/gone.png:")
+
+
+# --- image manifest -------------------------------------------------------------------------
+
+def make_manifest(tmp_path: Path, entries: list[tuple[str, str]], *, image_root: str | None = "images") -> DatasetParams:
+    """A manifest.csv in tmp_path listing (path, label) rows; images/cat/a.png and images/notes.txt exist."""
+    images = tmp_path / "images" / "cat"
+    images.mkdir(parents=True, exist_ok=True)
+    (images / "a.png").write_bytes(png())
+    (tmp_path / "images" / "notes.txt").write_text("hello")
+    lines = ["path,label"] + [f"{p},{label}" for p, label in entries]
+    (tmp_path / "manifest.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return dataset("manifest.csv", "image_manifest", image_root=image_root)
+
+
+def test_image_manifest_paths_are_relative_to_image_root(tmp_path):
+    frame = read_source(make_manifest(tmp_path, [("cat/a.png", "cat")]), tmp_path)
+    assert frame["reject"].isna().all()
+    assert frame["source"].tolist() == ["cat/a.png"]
+    assert frame["label"].tolist() == ["cat"]
+    assert frame["image"].tolist() == [png()]
+    assert frame["source_row"].tolist() == [2]
+
+
+def test_image_manifest_default_root_is_its_folder(tmp_path):
+    frame = read_source(make_manifest(tmp_path, [("images/cat/a.png", "cat")], image_root=None), tmp_path)
+    assert frame["reject"].isna().all()
+    assert frame["image"].tolist() == [png()]
+
+
+def test_image_manifest_split_column(tmp_path):
+    make_manifest(tmp_path, [])
+    (tmp_path / "manifest.csv").write_text("path,label,part\ncat/a.png,cat,val\n")
+    ds = dataset("manifest.csv", "image_manifest", image_root="images", columns={"split": "part"}, source_split="keep")
+    assert read_source(ds, tmp_path)["source_split"].tolist() == ["val"]
+
+
+@pytest.mark.parametrize("entry, reason", [
+    ("/etc/passwd", "absolute_path"),
+    ("../x.png", "outside_root"),
+    ("cat/../../x.png", "outside_root"),
+    ("cat/missing.png", "missing_file"),
+    ("", "missing_path"),
+    ("notes.txt", "not_an_image_file"),
+    (".hidden.png", "hidden_file"),
+])
+def test_image_manifest_rejections_name_manifest_and_line(tmp_path, entry, reason):
+    (tmp_path / "x.png").write_bytes(png())  # exists, but outside the image root
+    (tmp_path / "images" / ".hidden.png").parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "images" / ".hidden.png").write_bytes(png())
+    frame = read_source(make_manifest(tmp_path, [("cat/a.png", "cat"), (entry, "cat")]), tmp_path)
+    row = rejection(frame, reason)
+    assert row["detail"].startswith("manifest.csv:3:")
+    assert row["source_row"] == 3
+    assert pd.isna(row["image"])
+    assert accepted(frame)["source"].tolist() == ["cat/a.png"]
+
+
+def test_image_manifest_symlink_out_of_root_is_outside_root(tmp_path):
+    ds = make_manifest(tmp_path, [("cat/link.png", "cat")])
+    (tmp_path / "x.png").write_bytes(png())
+    (tmp_path / "images/cat/link.png").symlink_to(tmp_path / "x.png")
+    row = rejection(read_source(ds, tmp_path), "outside_root")
+    assert row["detail"].startswith("manifest.csv:2:")
+
+
+def test_image_manifest_dot_slash_prefix_is_not_hidden(tmp_path):
+    frame = read_source(make_manifest(tmp_path, [("./cat/a.png", "cat")]), tmp_path)
+    assert frame["reject"].isna().all()
+    assert frame["image"].tolist() == [png()]
+
+
+def test_image_manifest_missing_column_raises_source_error(tmp_path):
+    ds = make_manifest(tmp_path, [])
+    (tmp_path / "manifest.csv").write_text("file,label\ncat/a.png,cat\n")
+    with pytest.raises(SourceError, match=r"manifest\.csv.*'path'"):
+        read_source(ds, tmp_path)
+
+
+# --- ids and read-only ----------------------------------------------------------------------
+
+def write_every_format(root: Path) -> list[DatasetParams]:
+    """One small source of each format under `root`, and their dataset params."""
+    (root / "c.csv").write_text("text,label\nhello,a\nhello,a\nworld,b\n", encoding="utf-8")
+    (root / "c.tsv").write_text("text\tlabel\nhello\ta\nworld\tb\n", encoding="utf-8")
+    (root / "c.jsonl").write_text('{"text": "hello", "label": "a"}\n{"text": "world", "label": "b"}\n', encoding="utf-8")
+    pq.write_table(pa.table({"text": ["hello", "world"], "label": ["a", "b"]}), root / "c.parquet")
+    for rel in ["imgs/cat/a.png", "imgs/dog/b.png"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(png())
+    (root / "manifest.csv").write_text("path,label\nimgs/cat/a.png,cat\nimgs/dog/b.png,dog\n", encoding="utf-8")
+    return [
+        dataset("c.csv", "csv"), dataset("c.tsv", "tsv"), dataset("c.jsonl", "jsonl"), dataset("c.parquet", "parquet"),
+        dataset("imgs", "image_folder"), dataset("manifest.csv", "image_manifest"),
+    ]
+
+
+def test_ids_are_stable_across_reads_and_places_and_differ_between_rows(tmp_path):
+    """Ids depend on file and row only: equal texts in two rows differ, a copied tree keeps them."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    datasets = write_every_format(first)
+    shutil.copytree(first, second)
+    for ds in datasets:
+        ids = read_source(ds, first)["id"].tolist()
+        assert ids == read_source(ds, first)["id"].tolist(), ds.format
+        assert ids == read_source(ds, second)["id"].tolist(), ds.format
+        assert len(set(ids)) == len(ids) >= 2, ds.format
+
+
+def test_source_files_are_not_modified(tmp_path):
+    datasets = write_every_format(tmp_path)
+    past = 1_000_000_000
+    for file in tmp_path.rglob("*"):
+        os.utime(file, ns=(past * 10**9, past * 10**9))
+    before, listing = snapshot(tmp_path), sorted(tmp_path.rglob("*"))
+    for ds in datasets:
+        read_source(ds, tmp_path)
+    assert snapshot(tmp_path) == before
+    assert sorted(tmp_path.rglob("*")) == listing  # nothing written beside the sources either

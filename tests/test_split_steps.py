@@ -1,0 +1,191 @@
+"""Unit tests for pipeline.steps.split: group-safe stratified splits, source splits, the report."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from conftest import text_records
+from pipeline.params import SplitParams
+from pipeline.steps.split import SPLITS, SplitError, source_split_plan, split_report, stratified_group_split
+
+
+def _classes(sizes: dict[str, int], *, group_size: int = 1) -> pd.DataFrame:
+    """Records with `sizes[label]` rows per label, in groups of `group_size` consecutive rows of one label."""
+    rows = [(label, f"{label} text {i}") for label, n in sizes.items() for i in range(n)]
+    groups = [f"{label}-g{i // group_size}" for label, n in sizes.items() for i in range(n)]
+    return text_records(rows, group_ids=groups)
+
+
+def _by_id(records: pd.DataFrame, assignment: pd.Series) -> dict[str, str]:
+    return dict(zip(records["id"], assignment.loc[records.index]))
+
+
+def test_no_group_on_two_sides():
+    """Every record of a group lands in the same split."""
+    records = _classes({"a": 90, "b": 60}, group_size=3)
+    plan = stratified_group_split(records, SplitParams(), seed=1)
+    sides = records.assign(split=plan.assignment).groupby("group_id")["split"].nunique()
+    assert (sides == 1).all()
+    assert plan.assignment.isin(SPLITS).all()
+
+
+@pytest.mark.parametrize("ratios", [(0.8, 0.1, 0.1), (0.6, 0.2, 0.2), (0.7, 0.0, 0.3)])
+def test_per_class_counts_within_one_of_target(ratios):
+    """With single-record groups each class gets ratio * n records per split, give or take one."""
+    sizes = {"a": 100, "b": 37, "c": 11}
+    params = SplitParams(train=ratios[0], val=ratios[1], test=ratios[2])
+    records = _classes(sizes)
+    plan = stratified_group_split(records, params, seed=7)
+    table = pd.crosstab(records["label"], plan.assignment).reindex(columns=list(SPLITS), fill_value=0)
+    for label, n in sizes.items():
+        for split, ratio in zip(SPLITS, ratios):
+            assert abs(table.loc[label, split] - ratio * n) <= 1, (label, split, table.loc[label].to_dict())
+
+
+def test_tiny_class_appears_in_every_nonzero_split():
+    """A class of three records still puts one in train, val and test."""
+    records = _classes({"big": 50, "tiny": 3})
+    plan = stratified_group_split(records, SplitParams(), seed=0)
+    tiny = plan.assignment[records["label"] == "tiny"]
+    assert sorted(tiny) == ["test", "train", "val"]
+
+
+def test_tiny_class_skips_only_zero_ratio_split():
+    """With val at 0, a two-record class goes to train and test and nothing to val."""
+    records = _classes({"big": 20, "tiny": 2})
+    plan = stratified_group_split(records, SplitParams(train=0.8, val=0.0, test=0.2), seed=0)
+    assert sorted(plan.assignment[records["label"] == "tiny"]) == ["test", "train"]
+    assert not (plan.assignment == "val").any()
+
+
+def test_too_few_groups_fails_naming_the_class():
+    """Under small_class='fail', a class with fewer groups than splits raises SplitError naming it."""
+    records = _classes({"big": 30, "rare": 2})
+    with pytest.raises(SplitError, match="'rare'"):
+        stratified_group_split(records, SplitParams(small_class="fail"), seed=0)
+
+
+def test_too_few_groups_goes_to_train_only():
+    """Under small_class='train_only', the small class is all in train and listed."""
+    records = _classes({"big": 30, "rare": 4}, group_size=2)  # rare: 2 groups
+    plan = stratified_group_split(records, SplitParams(small_class="train_only"), seed=0)
+    assert plan.train_only_classes == ["rare"]
+    assert set(plan.assignment[records["label"] == "rare"]) == {"train"}
+    assert set(plan.assignment[records["label"] == "big"]) == set(SPLITS)
+
+
+def test_result_does_not_depend_on_row_order():
+    """Shuffling the input rows gives every record the same split."""
+    records = _classes({"a": 40, "b": 25, "c": 9}, group_size=2)
+    params = SplitParams()
+    first = _by_id(records, stratified_group_split(records, params, seed=3).assignment)
+    shuffled = records.sample(frac=1.0, random_state=11)
+    again = _by_id(shuffled, stratified_group_split(shuffled, params, seed=3).assignment)
+    assert again == first
+    reset = shuffled.reset_index(drop=True)
+    assert _by_id(reset, stratified_group_split(reset, params, seed=3).assignment) == first
+
+
+def test_different_seed_changes_assignment():
+    """Another seed picks other groups for val and test."""
+    records = _classes({"a": 40, "b": 25})
+    one = stratified_group_split(records, SplitParams(), seed=1).assignment
+    two = stratified_group_split(records, SplitParams(), seed=2).assignment
+    assert not one.equals(two)
+
+
+def test_group_label_is_the_majority_label():
+    """A group with mixed labels is stratified by its majority label, and stays whole."""
+    records = _classes({"a": 30, "b": 30}, group_size=3)
+    records.loc[records.index[0], "label"] = "b"  # group a-g0 is now 2 a + 1 b
+    plan = stratified_group_split(records, SplitParams(), seed=5)
+    assert records.assign(split=plan.assignment).groupby("group_id")["split"].nunique().max() == 1
+
+
+# --- source splits ----------------------------------------------------------------------------
+
+def _with_source_split(names: list[str], labels: list[str] | None = None) -> pd.DataFrame:
+    labels = labels or [("a", "b")[i % 2] for i in range(len(names))]
+    records = text_records([(lab, f"text {i}") for i, lab in enumerate(labels)])
+    records["source_split"] = names
+    return records
+
+
+def test_source_split_kept_when_train_val_test_present():
+    """A source with train/val/test (any alias, any case) keeps exactly that split."""
+    names = ["train"] * 10 + ["Validation"] * 4 + ["TEST"] * 4 + ["dev"] * 2
+    records = _with_source_split(names)
+    plan = source_split_plan(records, SplitParams(), seed=0)
+    expected = ["train"] * 10 + ["val"] * 4 + ["test"] * 4 + ["val"] * 2
+    assert list(plan.assignment) == expected
+
+
+def test_source_val_becomes_test_and_val_is_carved_from_train():
+    """train/val only: the source val is the test set, and a new val comes out of the source train."""
+    names = ["train"] * 40 + ["val"] * 10
+    records = _with_source_split(names)
+    plan = source_split_plan(records, SplitParams(train=0.8, val=0.1, test=0.1), seed=0)
+    source_val = records["source_split"] == "val"
+    assert set(plan.assignment[source_val]) == {"test"}
+    carved = plan.assignment[~source_val]
+    assert set(carved) == {"train", "val"}
+    for label in ("a", "b"):
+        assert (carved[records["label"] == label] == "val").sum() == 2  # 10% of 20
+
+
+def test_source_train_test_only_gets_carved_val():
+    """train/test only: test stays, val is carved from train."""
+    names = ["train"] * 20 + ["test"] * 6
+    records = _with_source_split(names)
+    plan = source_split_plan(records, SplitParams(), seed=0)
+    assert set(plan.assignment[records["source_split"] == "test"]) == {"test"}
+    assert set(plan.assignment[records["source_split"] == "train"]) == {"train", "val"}
+
+
+def test_unknown_source_split_names_are_rejected():
+    """An unrecognised split name raises SplitError naming it."""
+    records = _with_source_split(["train", "train", "holdout", "test"])
+    with pytest.raises(SplitError, match="holdout"):
+        source_split_plan(records, SplitParams(), seed=0)
+
+
+def test_source_with_train_only_gets_val_and_test_carved():
+    """train only: val and test are both carved from it by the configured ratios, never left empty."""
+    records = _with_source_split(["train"] * 40)
+    plan = source_split_plan(records, SplitParams(train=0.8, val=0.1, test=0.1), seed=0)
+    for label in ("a", "b"):
+        counts = plan.assignment[records["label"] == label].value_counts()
+        assert (counts["train"], counts["val"], counts["test"]) == (16, 2, 2)
+
+
+@pytest.mark.parametrize("names, message", [
+    (["train", None, "test", "train"], "no source split"),
+    (["val", "test", "val", "test"], "no train split"),
+])
+def test_missing_source_split_values_are_named_clearly(names, message):
+    """A record without a split name, or a source without train, gets a message saying so."""
+    with pytest.raises(SplitError, match=message):
+        source_split_plan(_with_source_split(names), SplitParams(), seed=0)
+
+
+# --- report ---------------------------------------------------------------------------------
+
+def test_split_report_counts_and_fractions():
+    """The report counts records per split and class, with per-class fractions and targets."""
+    records = text_records([("a", "1"), ("a", "2"), ("a", "3"), ("a", "4"), ("b", "5"), ("b", "6")])
+    assignment = pd.Series(["train", "train", "val", "test", "train", "test"], index=records.index)
+    report = split_report(records, assignment, SplitParams())
+    assert report["counts"] == {"train": 3, "val": 1, "test": 2}
+    assert report["target"] == {"train": 0.8, "val": 0.1, "test": 0.1}
+    assert report["per_class"]["a"] | {} == {
+        "train": 2, "val": 1, "test": 1, "train_fraction": 0.5, "val_fraction": 0.25, "test_fraction": 0.25,
+    }
+    assert report["per_class"]["b"]["val"] == 0
+    assert report["groups_on_two_sides"] == 0
+
+
+def test_split_report_counts_groups_on_two_sides():
+    """A group whose records are in two splits is counted once."""
+    records = text_records([("a", str(i)) for i in range(6)], group_ids=["g1", "g1", "g2", "g2", "g3", "g3"])
+    assignment = pd.Series(["train", "test", "val", "test", "train", "train"], index=records.index)
+    assert split_report(records, assignment, SplitParams())["groups_on_two_sides"] == 2
