@@ -1,0 +1,73 @@
+"""Checks of the pipeline's promises over a whole run, shared by the end-to-end tests.
+
+Each returns a list of problems (empty when the promise holds), so a failing test names them all.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from pipeline.io import read_records
+
+SPLITS = ("train", "val", "test")
+RUN_ENV = {
+    "DVC_NO_ANALYTICS": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_OFFLINE": "1",
+    "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
+    "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.invalid",
+}
+
+
+def dvc(workdir: Path, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
+    """Run the project venv's dvc in `workdir`, capturing its output."""
+    exe = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "dvc"
+    return subprocess.run([str(exe), *args], cwd=workdir, env={**os.environ, **RUN_ENV},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def unbalanced(metrics_root: Path) -> list[str]:
+    """Stage metrics where in + generated != out + merged + dropped, or a required key is missing."""
+    problems = []
+    for path in sorted(metrics_root.glob("*/*.json")):
+        m = json.loads(path.read_text())
+        missing = {"in", "out", "generated", "merged", "dropped", "seconds"} - set(m)
+        if missing:
+            problems.append(f"{path}: missing {sorted(missing)}")
+        elif m["in"] + m["generated"] != m["out"] + m["merged"] + sum(m["dropped"].values()):
+            problems.append(f"{path}: {m['in']} + {m['generated']} != {m['out']} + {m['merged']} + {m['dropped']}")
+    return problems
+
+
+def final_splits(final: Path) -> dict[str, pd.DataFrame]:
+    return {s: read_records(final / f"{s}.parquet") for s in SPLITS}
+
+
+def leaks(final: Path) -> list[str]:
+    """Ids or groups on two sides, generated records outside train, parents missing from train."""
+    splits = final_splits(final)
+    problems = []
+    for column in ("id", "group_id"):
+        for i, a in enumerate(SPLITS):
+            for b in SPLITS[i + 1 :]:
+                shared = set(splits[a][column]) & set(splits[b][column])
+                if shared:
+                    problems.append(f"{len(shared)} {column} in both {a} and {b}")
+    for name in ("val", "test"):
+        if splits[name]["parent_id"].notna().any():
+            problems.append(f"generated records in {name}")
+    train = splits["train"]
+    originals = set(train.loc[train["parent_id"].isna(), "id"])
+    orphans = set(train["parent_id"].dropna()) - originals
+    if orphans:
+        problems.append(f"{len(orphans)} parents that are not originals in train")
+    return problems
+
+
+def lock_outs(lock_path: Path) -> dict[str, list]:
+    """Stage -> sorted (path, md5) of its outs, from a dvc.lock."""
+    lock = yaml.safe_load(lock_path.read_text())
+    return {k: sorted((o["path"], o["md5"]) for o in v.get("outs", [])) for k, v in lock["stages"].items()}

@@ -1,0 +1,101 @@
+"""End to end: the real pipeline under real DVC, in a fresh git repository made from this checkout.
+
+The demo is shrunk by a params overlay so the run takes a minute or two; every stage still runs
+on both modalities, and the checks are those a user and CI rely on.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from contract import dvc, leaks, lock_outs, unbalanced
+from conftest import ROOT
+from pipeline.workspace import make_workspace
+
+pytestmark = pytest.mark.slow
+
+SMALL_DEMO = {
+    "demo": {"text_records": 160, "image_records": 90},
+    "finetune": {"text": {"epochs": 1}, "image": {"epochs": 1}},
+}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A workspace of this checkout with the small demo, after one `dvc repro`."""
+    base = tmp_path_factory.mktemp("e2e")
+    overlay = base / "small.yaml"
+    demo = yaml.safe_load((ROOT / "params.yaml").read_text())["datasets"]
+    overlay.write_text(yaml.safe_dump({"datasets": demo, **SMALL_DEMO}))
+    workdir = make_workspace(ROOT, overlay, base / "ws")
+    result = dvc(workdir, "repro")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    shutil.copy(workdir / "dvc.lock", base / "first.lock")
+    return workdir
+
+
+def test_every_stage_ran_for_every_dataset(run):
+    """dvc.yaml's foreach gives each stage once per dataset, and each wrote its metrics."""
+    for dataset in ("demo_text", "demo_images"):
+        written = {p.stem for p in (run / "metrics" / dataset).glob("*.json")}
+        assert written == {"clean", "normalise", "dedup", "split", "augment", "rebalance", "finetune", "evaluate"}
+
+
+def test_nothing_is_lost(run):
+    """in + generated == out + merged + sum(dropped) for every stage of every dataset."""
+    assert unbalanced(run / "metrics") == []
+
+
+def test_no_leakage_in_final_splits(run):
+    """No id or group on two sides; generated records and their parents only in train."""
+    for dataset in ("demo_text", "demo_images"):
+        assert leaks(run / "data" / dataset / "final") == [], dataset
+
+
+def test_final_dataset_card_and_model(run):
+    """The card names the version; the model card names the same version; evaluate reports scores."""
+    for dataset in ("demo_text", "demo_images"):
+        card = json.loads((run / "data" / dataset / "final" / "card.json").read_text())
+        model_card = json.loads((run / "models" / dataset / "card.json").read_text())
+        assert model_card["dataset_version"] == card["version"]
+        assert (run / "models" / dataset / "model.safetensors").stat().st_size > 1_000_000
+        scores = json.loads((run / "metrics" / dataset / "evaluate.json").read_text())
+        assert 0.0 <= scores["macro_f1"] <= 1.0 and set(scores["per_class"]) == set(card["classes"]["test"])
+
+
+def test_second_repro_runs_nothing(run):
+    """With nothing changed, dvc repro runs no stage and leaves dvc.lock as it was."""
+    result = dvc(run, "repro")
+    assert result.returncode == 0
+    assert "Running stage" not in result.stdout
+    assert (run / "dvc.lock").read_text() == (run.parent / "first.lock").read_text()
+
+
+def test_forced_repro_gives_the_same_lock(run):
+    """dvc repro --force recomputes everything, model included, to identical output hashes."""
+    result = dvc(run, "repro", "--force")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert lock_outs(run / "dvc.lock") == lock_outs(run.parent / "first.lock")
+
+
+def test_worker_count_does_not_change_outputs(run):
+    """Two worker processes give the same bytes as one: only stages reading engine rerun."""
+    result = dvc(run, "exp", "run", "-S", "engine.workers=2", "-S", "engine.chunk_size=16")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Running stage 'augment@demo_images'" in result.stdout
+    assert "Running stage 'finetune" not in result.stdout  # identical outputs upstream: nothing after reruns
+    assert lock_outs(run / "dvc.lock") == lock_outs(run.parent / "first.lock")
+
+
+def test_experiment_changes_only_what_depends_on_the_knob(run):
+    """dvc exp run -S on one knob reruns its stage and those after it, and the experiment is listed."""
+    result = dvc(run, "exp", "run", "-n", "half-ratio", "-S", "rebalance.ratio=0.5")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Running stage 'rebalance@demo_text'" in result.stdout
+    assert "Running stage 'split@demo_text'" not in result.stdout
+    assert "half-ratio" in dvc(run, "exp", "show", "--no-pager").stdout
+    assert unbalanced(run / "metrics") == []
