@@ -152,7 +152,7 @@ def _image_problems(folder: Path, kept: list[tuple[str, Image.Image]], size: int
     rgba.putalpha(Image.new("L", rgba.size, 160))
     _save(rgba, folder / kept[6][0] / "translucent.png", "PNG")                     # alpha channel
     _save(kept[7][1].convert("L"), folder / kept[7][0] / "grey.png", "PNG")         # grayscale
-    _save(draw_shape("square", 8, gen), folder / "square" / "tiny.png", "PNG")      # too small
+    _save(Image.new("RGB", (8, 8), (200, 60, 60)), folder / "square" / "tiny.png", "PNG")  # too small
     png = io.BytesIO()
     draw_shape("triangle", size, gen).save(png, format="PNG")
     (folder / "triangle" / "truncated.png").write_bytes(png.getvalue()[: len(png.getvalue()) // 2])

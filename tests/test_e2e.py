@@ -97,5 +97,5 @@ def test_experiment_changes_only_what_depends_on_the_knob(run):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Running stage 'rebalance@demo_text'" in result.stdout
     assert "Running stage 'split@demo_text'" not in result.stdout
-    assert "half-ratio" in dvc(run, "exp", "show", "--no-pager").stdout
+    assert "half-ratio" in dvc(run, "exp", "list", "--name-only").stdout
     assert unbalanced(run / "metrics") == []
