@@ -1,0 +1,62 @@
+"""The command lines a user meets: every stage's --help, `pipeline info`, and params overlays."""
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from pipeline import cli
+from pipeline.params import ParamsError
+from pipeline.workspace import merge, overlay_params
+
+STAGES = ["demo", "clean", "normalise", "dedup", "split", "augment", "rebalance", "finetune", "evaluate"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_stage_has_help(stage, capsys):
+    """`python -m pipeline.stages.<stage> --help` describes the stage and its options."""
+    module = importlib.import_module(f"pipeline.stages.{stage}")
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert f"pipeline.stages.{stage}" in out and "--params" in out
+
+
+def test_stage_help_as_a_real_process():
+    """The module entry point works from a shell, as dvc.yaml calls it."""
+    result = subprocess.run([sys.executable, "-m", "pipeline.stages.split", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0 and "--input" in result.stdout
+
+
+def test_pipeline_info_lists_stages_and_datasets(capsys):
+    assert cli.main(["--project", str(ROOT), "info"]) == 0
+    out = capsys.readouterr().out
+    for name in STAGES + ["demo_text", "demo_images"]:
+        assert name in out
+
+
+def test_overlay_replaces_datasets_and_merges_sections():
+    base = {"datasets": {"a": {"x": 1}}, "finetune": {"threads": 2, "text": {"epochs": 3, "lr": 1}}}
+    overlay = {"datasets": {"b": {"y": 2}}, "finetune": {"text": {"epochs": 1}}}
+    assert merge(base, overlay) == {"datasets": {"b": {"y": 2}}, "finetune": {"threads": 2, "text": {"epochs": 1, "lr": 1}}}
+
+
+def test_overlay_sources_are_rerooted_at_the_workspace(tmp_path):
+    """A source relative to the project stays the same file when seen from the workspace."""
+    overlay = tmp_path / "o.yaml"
+    overlay.write_text(yaml.safe_dump({"datasets": {"t": {"modality": "text", "source": "data/x.tsv", "format": "tsv"}}}))
+    workdir = tmp_path / "ws"
+    params = overlay_params(ROOT, overlay, workdir)
+    assert (workdir / params["datasets"]["t"]["source"]).resolve() == (ROOT / "data" / "x.tsv").resolve()
+
+
+def test_bad_overlay_is_a_params_error(tmp_path):
+    overlay = tmp_path / "o.yaml"
+    overlay.write_text(yaml.safe_dump({"split": {"train": 2.0}}))
+    with pytest.raises(ParamsError, match="split"):
+        overlay_params(ROOT, overlay, tmp_path / "ws")
