@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import codecs
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -48,10 +49,11 @@ class DatasetParams(Section):
     format: Literal["csv", "tsv", "jsonl", "parquet", "image_folder", "image_manifest"]
     columns: Columns = Columns()
     header: bool = Field(True, description="CSV/TSV: the first line holds column names.")
-    encoding: str = "utf-8"
+    encoding: str = Field("utf-8", description="Any Python codec, or 'auto': BOM, else UTF-8, else detected by charset-normalizer.")
     folder_layout: Literal["label", "split/label"] = Field(
         "label", description="Image folder: root/<label>/<file>, or root/<split>/<label>/<file>."
     )
+    allow_absolute_paths: bool = Field(False, description="Manifest: read absolute paths instead of refusing them.")
     image_root: str | None = Field(None, description="Manifest: folder its paths are relative to (default: the manifest's folder).")
     source_split: Literal["ignore", "keep"] = Field(
         "ignore", description="Use the split a source ships (image folder root/<split>/<label>/ or a split column)."
@@ -59,21 +61,27 @@ class DatasetParams(Section):
     labels: list[str] | None = Field(None, description="Declared label set after canonicalisation; others are dropped.")
     label_case: Literal["keep", "lower"] = "lower"
     label_map: dict[str, str] = Field(default_factory=dict, description="Raw label (after strip and case) -> canonical label.")
+    unknown_label: Literal["drop", "map"] = Field("drop", description="A label outside `labels`: drop it, or map it to `fallback_label`.")
+    fallback_label: str | None = None
 
     @model_validator(mode="after")
     def _format_fits_modality(self) -> DatasetParams:
         allowed = TEXT_FORMATS if self.modality == "text" else IMAGE_FORMATS
         if self.format not in allowed:
             raise ValueError(f"format {self.format!r} does not fit modality {self.modality!r}; use one of {list(allowed)}")
+        if self.unknown_label == "map" and (self.labels is None or self.fallback_label not in self.labels):
+            raise ValueError("unknown_label 'map' needs `labels` and a `fallback_label` that is one of them")
         return self
 
     @field_validator("encoding")
     @classmethod
     def _known_encoding(cls, value: str) -> str:
+        if value == "auto":
+            return value
         try:
             codecs.lookup(value)
         except LookupError:
-            raise ValueError(f"unknown text encoding {value!r} (e.g. utf-8, latin-1, cp1252)") from None
+            raise ValueError(f"unknown text encoding {value!r} (e.g. auto, utf-8, latin-1, cp1252)") from None
         return value
 
     @field_validator("labels")
@@ -101,9 +109,32 @@ class TextCleanParams(Section):
     repair_mojibake: bool = Field(True, description="Repair mojibake and C1 control characters with ftfy.")
     unescape_html: bool = True
     strip_html_tags: bool = False
+    strip_invisible: bool = Field(True, description="Remove zero-width and bidirectional control characters.")
     min_chars: Annotated[int, Field(ge=1)] = 1
     max_chars: PositiveInt = 20_000
     min_words: Annotated[int, Field(ge=0)] = 1
+    max_words: PositiveInt | None = None
+    languages: list[str] | None = Field(None, description="Keep only texts detected (offline, py3langid) as these ISO 639-1 codes.")
+    language_min_confidence: Fraction = Field(0.5, description="Drop a text only when its detected language is this sure.")
+    deny_patterns: list[str] = Field(default_factory=list, description="Regular expressions; a text matching any is dropped.")
+
+    @field_validator("deny_patterns")
+    @classmethod
+    def _patterns_compile(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _bounds(self) -> TextCleanParams:
+        if self.min_chars > self.max_chars:
+            raise ValueError(f"min_chars {self.min_chars} is above max_chars {self.max_chars}")
+        if self.max_words is not None and self.min_words > self.max_words:
+            raise ValueError(f"min_words {self.min_words} is above max_words {self.max_words}")
+        return self
 
 
 class ImageCleanParams(Section):
@@ -118,10 +149,20 @@ class CleanParams(Section):
     image: ImageCleanParams = ImageCleanParams()
 
 
+class PlaceholderParams(Section):
+    """Which spans to replace with a placeholder token (<url>, <email>, <phone>, <number>)."""
+
+    urls: bool = False
+    emails: bool = False
+    phones: bool = False
+    numbers: bool = False
+
+
 class TextNormaliseParams(Section):
     unicode_form: Literal["NFC", "NFKC", "NFD", "NFKD", "none"] = "NFKC"
     fold_whitespace: bool = True
     lowercase: bool = False
+    placeholders: PlaceholderParams = PlaceholderParams()
 
 
 class ImageNormaliseParams(Section):
@@ -170,6 +211,7 @@ class TextAugmenter(Section):
 class TextAugmentParams(Section):
     variants: Annotated[int, Field(ge=0)] = 1
     classes: list[str] | None = Field(None, description="Augment only these classes (default: all).")
+    targets: dict[str, PositiveInt] | None = Field(None, description="Per-class record counts to reach with variants (replaces variants/classes).")
     augmenters: list[TextAugmenter] = Field(default_factory=lambda: [TextAugmenter(name="KeyboardAug", args={"aug_char_p": 0.1, "aug_word_p": 0.2})])
 
 
@@ -191,6 +233,7 @@ def _default_image_transform() -> dict[str, Any]:
 class ImageAugmentParams(Section):
     variants: Annotated[int, Field(ge=0)] = 1
     classes: list[str] | None = None
+    targets: dict[str, PositiveInt] | None = Field(None, description="Per-class record counts to reach with variants (replaces variants/classes).")
     transform: dict[str, Any] = Field(default_factory=_default_image_transform, description="albumentations A.to_dict() form.")
 
 

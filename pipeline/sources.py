@@ -6,6 +6,7 @@ and row, or relative path), so they are stable across runs. Source files are onl
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -60,6 +61,10 @@ def read_source(dataset: DatasetParams, root: Path = Path(".")) -> pd.DataFrame:
         "image_folder": _read_image_folder,
         "image_manifest": _read_image_manifest,
     }[dataset.format]
+    detected = None
+    if dataset.encoding == "auto" and path.is_file() and dataset.format != "parquet":
+        detected = detect_encoding(path.read_bytes())
+        dataset = dataset.model_copy(update={"encoding": detected})
     rows = list(reader(path, dataset))
     frame = pd.DataFrame(
         {
@@ -75,6 +80,8 @@ def read_source(dataset: DatasetParams, root: Path = Path(".")) -> pd.DataFrame:
         },
         columns=RAW_COLUMNS,
     )
+    if detected:
+        frame.attrs["encoding"] = detected
     return frame
 
 
@@ -82,9 +89,28 @@ def read_source(dataset: DatasetParams, root: Path = Path(".")) -> pd.DataFrame:
 
 def _decode(path: Path, encoding: str) -> str:
     """File text with a BOM removed; undecodable bytes kept as surrogates so their rows can be rejected."""
-    data = path.read_bytes()
     codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
-    return data.decode(codec, errors="surrogateescape")
+    return path.read_bytes().decode(codec, errors="surrogateescape")
+
+
+BOMS = [(codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+        (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")]
+
+
+def detect_encoding(data: bytes) -> str:
+    """The encoding of `data`: from its BOM, else UTF-8 if it decodes, else charset-normalizer's guess."""
+    for bom, name in BOMS:
+        if data.startswith(bom):
+            return name
+    try:
+        data.decode("utf-8")
+        return "utf-8"
+    except UnicodeDecodeError:
+        pass
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(data[:1_000_000]).best()
+    return best.encoding if best is not None else "cp1252"
 
 
 def _has_surrogates(text: str) -> bool:
@@ -244,19 +270,31 @@ def _read_image_manifest(path: Path, dataset: DatasetParams) -> Iterator[Raw]:
         raise SourceError(f"{path.name}: columns {missing} not in header {reader.fieldnames}")
     for row in reader:
         number = reader.line_num
-        raw = _manifest_entry(root, str(row.get(cols.path) or ""), number, path.name)
+        raw = _manifest_entry(root, str(row.get(cols.path) or ""), number, path.name, dataset.allow_absolute_paths)
         raw.label = row.get(cols.label)
         if cols.split and dataset.source_split == "keep":
             raw.source_split = row.get(cols.split)
         yield raw
 
 
-def _manifest_entry(root: Path, entry: str, number: int, manifest: str) -> Raw:
+def _absolute_entry(file: Path, number: int, where: str) -> Raw:
+    """An absolute manifest path the user allowed: read as given, recorded as given."""
+    raw = _image_file(file, file.name, file.parent.resolve()) if file.is_file() else \
+        Raw(str(file), number, reject="missing_file", detail=f"{where}: {file} not found")
+    raw.source, raw.source_row = str(file), number
+    if raw.detail and not raw.detail.startswith(where):
+        raw.detail = f"{where}: {raw.detail}"
+    return raw
+
+
+def _manifest_entry(root: Path, entry: str, number: int, manifest: str, allow_absolute: bool = False) -> Raw:
     where = f"{manifest}:{number}"
     if not entry:
         return Raw(f"{manifest}:{number}", number, reject="missing_path", detail=f"{where}: empty path")
     if Path(entry).is_absolute():
-        return Raw(entry, number, reject="absolute_path", detail=f"{where}: absolute paths are refused")
+        if not allow_absolute:
+            return Raw(entry, number, reject="absolute_path", detail=f"{where}: absolute paths are refused (allow_absolute_paths)")
+        return _absolute_entry(Path(entry), number, where)
     entry = posixpath.normpath(entry.replace("\\", "/"))
     file = root / entry
     if not file.resolve().is_relative_to(root.resolve()):

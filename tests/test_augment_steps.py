@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import text_records
 from pipeline.params import ImageAugmentParams, TextAugmentParams
 from pipeline.records import text_hash
 from pipeline.steps.augment import augment_images, augment_texts, variant_id
@@ -151,3 +152,44 @@ def test_unloadable_transform_raises(transform):
     with warnings.catch_warnings(), pytest.raises((KeyError, ValueError, TypeError)):
         warnings.simplefilter("ignore")
         augment_images(IMAGES[:1], params, seed=0)
+
+
+# --- per-class targets and unavailable augmenters -------------------------------------------
+
+def test_targets_spread_variants_evenly_to_reach_each_class_target():
+    from pipeline.params import TextAugmentParams
+    from pipeline.steps.augment import variant_counts
+
+    train = text_records([("a", f"a{i}") for i in range(10)] + [("b", f"b{i}") for i in range(4)])
+    counts = variant_counts(train, TextAugmentParams(targets={"b": 11, "a": 5}), seed=1)
+    assert counts[train["label"] == "a"].sum() == 0  # already above its target
+    b = counts[train["label"] == "b"]
+    assert b.sum() == 7 and set(b) == {1, 2}  # 7 variants over 4 records: 2, 2, 2, 1
+    reordered = train.iloc[::-1]
+    assert variant_counts(reordered, TextAugmentParams(targets={"b": 11}), seed=1).sort_index().equals(
+        variant_counts(train, TextAugmentParams(targets={"b": 11}), seed=1).sort_index())
+
+
+def test_without_targets_every_listed_class_gets_variants_per_record():
+    from pipeline.params import TextAugmentParams
+    from pipeline.steps.augment import variant_counts
+
+    train = text_records([("a", "x"), ("b", "y"), ("b", "z")])
+    assert variant_counts(train, TextAugmentParams(variants=2, classes=["b"]), seed=0).tolist() == [0, 2, 2]
+    assert variant_counts(train, TextAugmentParams(variants=1), seed=0).tolist() == [1, 1, 1]
+
+
+def test_synonym_augmenter_without_wordnet_says_what_to_install():
+    from pipeline.params import TextAugmenter
+    from pipeline.steps.augment import AugmenterUnavailable, check_augmenters
+
+    try:
+        import nltk
+
+        nltk.data.find("corpora/wordnet")
+        pytest.skip("WordNet is installed here")
+    except (ImportError, LookupError):
+        pass
+    with pytest.raises(AugmenterUnavailable, match="WordNet"):
+        check_augmenters([TextAugmenter(name="SynonymAug")])
+    check_augmenters([TextAugmenter(name="KeyboardAug")])  # others need nothing

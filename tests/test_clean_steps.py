@@ -127,7 +127,8 @@ def test_repair_text_tag_stripping_keeps_comparisons():
     ("abcde", {"min_chars": 5}, None),
 ])
 def test_text_problem(text, params, reason):
-    assert text_problem(text, TextCleanParams(**params)) == reason
+    problem = text_problem(text, TextCleanParams(**params))
+    assert (problem[0] if problem else None) == reason
 
 
 def test_clean_text_keeps_repaired_text_with_its_hash():
@@ -241,3 +242,49 @@ def test_inspect_image_respects_a_max_pixels_above_pillows_default():
     """With max_pixels=200M, a 100M-pixel header is not too big (here it is truncated, so corrupt)."""
     verdict = inspect_image(png_header_only(10_000, 10_000), ImageCleanParams(max_pixels=200_000_000))
     assert verdict.reason == "corrupt_image"
+
+
+# --- issue 3 rules: invisible characters, word bounds, deny-list, language, label fallback ----
+
+def test_invisible_characters_are_removed_and_the_repair_is_named():
+    from pipeline.steps.clean import repair_traced
+
+    text, repairs = repair_traced("pay\u200bment \u202edue\u202c", TextCleanParams())
+    assert text == "payment due" and repairs == ("invisible_chars",)
+    assert repair_traced("pay\u200bment", TextCleanParams(strip_invisible=False))[0] == "pay\u200bment"
+
+
+def test_repairs_are_listed_in_order_applied():
+    from pipeline.steps.clean import repair_traced
+
+    _, repairs = repair_traced("that\x92s &amp; <b>x</b>", TextCleanParams(strip_html_tags=True))
+    assert repairs == ("mojibake", "html_entities", "html_tags")
+
+
+@pytest.mark.parametrize("text, params, reason", [
+    ("one two three four", {"max_words": 3}, "too_many_words"),
+    ("call now to WIN a prize", {"deny_patterns": [r"(?i)\bwin\b"]}, "denied_pattern"),
+    ("nothing to see", {"deny_patterns": [r"(?i)\bwin\b"]}, None),
+])
+def test_word_bounds_and_deny_patterns(text, params, reason):
+    problem = text_problem(text, TextCleanParams(**params))
+    assert (problem[0] if problem else None) == reason
+
+
+def test_language_filter_drops_only_confident_other_languages():
+    params = TextCleanParams(languages=["en"], language_min_confidence=0.8)
+    assert text_problem("Where is my parcel? It was due last week and nobody answers.", params) is None
+    problem = text_problem("Bonjour, je n'ai toujours pas reçu mon colis, pouvez-vous m'aider ?", params)
+    assert problem is not None and problem[0] == "wrong_language" and problem[1].startswith("fr")
+
+
+def test_unknown_label_can_map_to_a_fallback():
+    dataset = DatasetParams(modality="text", source="x", format="tsv", labels=["spam", "other"],
+                            unknown_label="map", fallback_label="other")
+    assert canonical_label("promo", dataset) == ("other", None)
+    assert canonical_label(None, dataset) == (None, "missing_label")
+
+
+def test_fallback_label_must_be_declared():
+    with pytest.raises(ValueError, match="fallback_label"):
+        DatasetParams(modality="text", source="x", format="tsv", labels=["a", "b"], unknown_label="map", fallback_label="c")

@@ -223,3 +223,18 @@ def test_same_picture_in_two_formats_normalises_alike():
     as_png, as_bmp = normalise_images([encode(picture, "PNG"), encode(picture, "BMP")], ImageNormaliseParams(size=24))
     assert as_png.image == as_bmp.image
     assert as_png.content_hash == as_bmp.content_hash
+
+
+@pytest.mark.parametrize("flags, text, expected", [
+    ({"urls": True}, "see https://example.com/a?b=1 now", "see <url> now"),
+    ({"emails": True}, "write to a.b+c@ex-ample.co.uk!", "write to <email>!"),
+    ({"phones": True}, "call +44 20 7946 0958 or (555) 123-4567.", "call <phone> or <phone>."),
+    ({"numbers": True}, "paid 25.50 for 3 items", "paid <number> for <number> items"),
+    ({"urls": True, "numbers": True}, "www.x.org/2024 in 2024", "<url> in <number>"),
+    ({}, "call 0123456789 at www.x.org", "call 0123456789 at www.x.org"),
+])
+def test_placeholders_replace_only_what_is_switched_on(flags, text, expected):
+    from pipeline.params import TextNormaliseParams
+    from pipeline.steps.normalise import normalise_text
+
+    assert normalise_text(text, TextNormaliseParams(placeholders=flags)) == expected

@@ -479,3 +479,16 @@ def test_source_files_are_not_modified(tmp_path):
         read_source(ds, tmp_path)
     assert snapshot(tmp_path) == before
     assert sorted(tmp_path.rglob("*")) == listing  # nothing written beside the sources either
+
+
+def test_manifest_absolute_path_read_only_when_allowed(tmp_path):
+    """An absolute manifest path is refused by default and read as given when the user allows it."""
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "a.png").write_bytes(png())
+    target = (tmp_path / "elsewhere" / "a.png").resolve()
+    (tmp_path / "m.csv").write_text(f"path,label\n{target},cat\n")
+    refused = read_source(dataset("m.csv", "image_manifest"), tmp_path)
+    assert refused["reject"].tolist() == ["absolute_path"]
+    allowed = read_source(dataset("m.csv", "image_manifest", allow_absolute_paths=True), tmp_path)
+    assert allowed["reject"].isna().all() and allowed["source"].tolist() == [str(target)]
+    assert allowed["image"].iloc[0] == png()

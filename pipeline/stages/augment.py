@@ -14,7 +14,9 @@ import pandas as pd
 from pipeline.engines import map_chunks
 from pipeline.io import read_records, write_records
 from pipeline.stages.base import Context, Outcome, StageError, entry, stage_main
-from pipeline.steps.augment import augment_images, augment_texts, transform_spec
+from pipeline.steps.augment import (
+    AugmenterUnavailable, augment_images, augment_texts, check_augmenters, transform_spec, variant_counts,
+)
 from pipeline.steps.preview import write_preview
 
 
@@ -40,13 +42,18 @@ def run(ctx: Context) -> Outcome:
 def _variants(ctx: Context, train: pd.DataFrame) -> pd.DataFrame:
     """Generated records for the eligible train records, with the parent's label, group and source."""
     params = ctx.params.augment.text if ctx.dataset.modality == "text" else ctx.params.augment.image
-    eligible = train if params.classes is None else train[train["label"].isin(params.classes)]
+    counts = variant_counts(train, params, ctx.params.seed)
+    eligible = train[counts > 0]
     if ctx.dataset.modality == "text":
+        try:
+            check_augmenters(params.augmenters)
+        except AugmenterUnavailable as exc:
+            raise StageError(str(exc)) from None
         fn, column = functools.partial(augment_texts, params=params, seed=ctx.params.seed), "text"
     else:
         _check_transform(params.transform)
         fn, column = functools.partial(augment_images, params=params, seed=ctx.params.seed), "image"
-    items = list(zip(eligible["id"], eligible[column]))
+    items = list(zip(eligible["id"], eligible[column], counts[counts > 0]))
     engine = ctx.params.engine
     made = map_chunks(fn, items, workers=engine.workers, chunk_size=max(1, engine.chunk_size // 8), desc="augment")
     generated = pd.DataFrame({

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -36,7 +37,12 @@ def run(ctx: Context) -> Outcome:
     raw = _drop(ctx, raw, reasons.notna(), reasons, details.str.removesuffix(": "))
     records = _records(raw, kept_verdicts, ctx.dataset.modality)
     write_records(records, ctx.args.output)
-    return Outcome(n_in, len(records), {"labels": records["label"].value_counts().sort_index().to_dict()})
+    extra = {
+        "labels": records["label"].value_counts().sort_index().to_dict(),
+        "repaired": dict(sorted(Counter(r for v in verdicts for r in getattr(v, "repairs", ())).items())),
+        **({"encoding": raw_encoding} if (raw_encoding := raw.attrs.get("encoding")) else {}),
+    }
+    return Outcome(n_in, len(records), extra)
 
 
 def _drop(ctx: Context, frame: pd.DataFrame, mask: pd.Series, reasons: pd.Series, details: pd.Series) -> pd.DataFrame:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from pipeline.params import ImageAugmentParams, TextAugmenter, TextAugmentParams
@@ -36,6 +37,28 @@ class Variant:
     image: bytes | None = None
 
 
+def variant_counts(train: pd.DataFrame, params: TextAugmentParams | ImageAugmentParams, seed: int) -> pd.Series:
+    """Variants to make per train record (indexed like `train`).
+
+    With `targets`, each listed class gets enough variants to reach its target, spread as evenly
+    as possible over its records (the extra ones to records first in an order keyed on the seed);
+    other classes get none. Otherwise every record of `classes` (all, if null) gets `variants`.
+    """
+    if not params.targets:
+        eligible = train["label"].isin(params.classes) if params.classes is not None else pd.Series(True, index=train.index)
+        return eligible.astype(int) * params.variants
+    counts = pd.Series(0, index=train.index)
+    for label, target in sorted(params.targets.items()):
+        members = train[train["label"] == label]
+        missing = max(0, target - len(members))
+        if members.empty or not missing:
+            continue
+        order = sorted(members.index, key=lambda i: derive_seed(seed, "augment-order", members.at[i, "id"]))
+        base, extra = divmod(missing, len(order))
+        counts.loc[order] = [base + (rank < extra) for rank in range(len(order))]
+    return counts
+
+
 def variant_id(parent_id: str, variant: int) -> str:
     """Stable id of the `variant`-th augmented copy of `parent_id`."""
     return make_id(parent_id, "augment", variant)
@@ -55,6 +78,26 @@ def _text_augmenters(spec: str) -> list[Any]:
     return built
 
 
+class AugmenterUnavailable(RuntimeError):
+    """An augmenter named in params cannot run on this machine (missing data), with what to install."""
+
+
+def check_augmenters(augmenters: Sequence[TextAugmenter]) -> None:
+    """Fail early, with instructions, when an augmenter's data is not installed (SynonymAug: WordNet)."""
+    if not any(a.name == "SynonymAug" for a in augmenters):
+        return
+    try:
+        import nltk
+
+        nltk.data.find("corpora/wordnet")
+    except (ImportError, LookupError):
+        raise AugmenterUnavailable(
+            "SynonymAug needs nltk and its WordNet data, which are not installed here. Install them "
+            "(pip install nltk; then Debian's wordnet-base, or nltk.download('wordnet') where a network "
+            "is available), or remove SynonymAug from params augment.text.augmenters"
+        ) from None
+
+
 def augmenter_spec(augmenters: Sequence[TextAugmenter]) -> str:
     """Canonical JSON of an augmenter list (the cache key and the recorded operation)."""
     return json.dumps([a.model_dump() for a in augmenters], sort_keys=True)
@@ -69,13 +112,13 @@ def augment_text(text: str, record_id: str, variant: int, *, spec: str, seed: in
     return text
 
 
-def augment_texts(items: Sequence[tuple[str, str]], params: TextAugmentParams, seed: int) -> list[Variant]:
-    """All variants of a chunk of (id, text) records."""
+def augment_texts(items: Sequence[tuple], params: TextAugmentParams, seed: int) -> list[Variant]:
+    """All variants of a chunk of (id, text[, variant count]) records (count defaults to params.variants)."""
     spec = augmenter_spec(params.augmenters)
     op = {"op": "augment", "augmenters": json.loads(spec)}
     out = []
-    for record_id, text in items:
-        for v in range(params.variants):
+    for record_id, text, *count in items:
+        for v in range(count[0] if count else params.variants):
             new = augment_text(text, record_id, v, spec=spec, seed=seed)
             out.append(Variant(variant_id(record_id, v), record_id, text_hash(new), op_json({**op, "variant": v}), text=new))
     return out
@@ -120,12 +163,12 @@ def augment_image(data: bytes, record_id: str, variant: int, *, spec: str, seed:
     return result["image"], [[name, _plain(p)] for name, p in result.get("applied_transforms", [])]
 
 
-def augment_images(items: Sequence[tuple[str, bytes]], params: ImageAugmentParams, seed: int) -> list[Variant]:
-    """All variants of a chunk of (id, image bytes) records, encoded as PNG."""
+def augment_images(items: Sequence[tuple], params: ImageAugmentParams, seed: int) -> list[Variant]:
+    """All variants of a chunk of (id, image bytes[, variant count]) records, encoded as PNG."""
     spec = transform_spec(params.transform)
     out = []
-    for record_id, data in items:
-        for v in range(params.variants):
+    for record_id, data, *count in items:
+        for v in range(count[0] if count else params.variants):
             pixels, applied = augment_image(data, record_id, v, spec=spec, seed=seed)
             image = Image.fromarray(pixels)
             buffer = io.BytesIO()

@@ -6,6 +6,7 @@ to drop it, in the manner of datatrove's filters; the stage counts the reasons.
 from __future__ import annotations
 
 import contextlib
+import functools
 import html
 import io
 import re
@@ -20,6 +21,8 @@ from pipeline.params import DatasetParams, ImageCleanParams, TextCleanParams
 from pipeline.records import pixel_hash, text_hash
 
 TAG = re.compile(r"<(?:/?[A-Za-z][^<>]{0,200}|!--.*?--)>", re.S)  # a tag or comment, not '3 < 5 and 7 > 2'
+# Zero-width characters and bidirectional controls: invisible, but they make equal texts differ.
+INVISIBLE = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
 
 
 
@@ -31,6 +34,7 @@ class Verdict:
     detail: str | None = None
     label: str | None = None
     text: str | None = None
+    repairs: tuple[str, ...] = ()
     width: int | None = None
     height: int | None = None
     content_hash: str | None = None
@@ -47,6 +51,8 @@ def canonical_label(raw: str | None, dataset: DatasetParams) -> tuple[str | None
         label = label.casefold()
     label = dataset.label_map.get(label, label)
     if dataset.labels is not None and label not in dataset.labels:
+        if dataset.unknown_label == "map":
+            return dataset.fallback_label, None
         return None, "unknown_label"
     return label, None
 
@@ -54,39 +60,83 @@ def canonical_label(raw: str | None, dataset: DatasetParams) -> tuple[str | None
 # --- text -----------------------------------------------------------------------------------
 
 def repair_text(text: str, params: TextCleanParams) -> str:
-    """Undo mojibake and C1 controls, HTML entities and (optionally) tags."""
-    if params.repair_mojibake:
-        text = ftfy.fix_text(text, normalization=None, unescape_html=False)
-    if params.unescape_html:
-        text = html.unescape(text)
-    if params.strip_html_tags:
-        text = TAG.sub(" ", text)
-    return text
+    """Undo mojibake and C1 controls, HTML entities, (optionally) tags and invisible characters."""
+    return repair_traced(text, params)[0]
 
 
-def text_problem(text: str, params: TextCleanParams) -> str | None:
-    """The reason a repaired text is unusable, or None."""
+def repair_traced(text: str, params: TextCleanParams) -> tuple[str, tuple[str, ...]]:
+    """`repair_text`, plus the names of the repairs that changed the text."""
+    steps = [
+        ("mojibake", params.repair_mojibake, lambda t: ftfy.fix_text(t, normalization=None, unescape_html=False)),
+        ("html_entities", params.unescape_html, html.unescape),
+        ("html_tags", params.strip_html_tags, lambda t: TAG.sub(" ", t)),
+        ("invisible_chars", params.strip_invisible, lambda t: INVISIBLE.sub("", t)),
+    ]
+    done = []
+    for name, enabled, fix in steps:
+        fixed = fix(text) if enabled else text
+        if fixed != text:
+            done.append(name)
+        text = fixed
+    return text, tuple(done)
+
+
+def text_problem(text: str, params: TextCleanParams) -> tuple[str, str] | None:
+    """(reason, detail) why a repaired text is unusable, or None."""
     stripped = text.strip()
+    words = len(stripped.split())
     if not stripped:
-        return "empty_text"
+        return "empty_text", "nothing but whitespace"
     if len(stripped) < params.min_chars:
-        return "too_short"
+        return "too_short", f"{len(stripped)} chars < {params.min_chars}"
     if len(stripped) > params.max_chars:
-        return "too_long"
-    if len(stripped.split()) < params.min_words:
-        return "too_few_words"
+        return "too_long", f"{len(stripped)} chars > {params.max_chars}"
+    if words < params.min_words:
+        return "too_few_words", f"{words} words < {params.min_words}"
+    if params.max_words is not None and words > params.max_words:
+        return "too_many_words", f"{words} words > {params.max_words}"
+    denied = next((p for p in _deny(tuple(params.deny_patterns)) if p.search(stripped)), None)
+    if denied is not None:
+        return "denied_pattern", f"matches {denied.pattern!r}"
+    return _language_problem(stripped, params)
+
+
+@functools.lru_cache(maxsize=4)
+def _deny(patterns: tuple[str, ...]) -> list[re.Pattern[str]]:
+    return [re.compile(p) for p in patterns]
+
+
+@functools.lru_cache(maxsize=1)
+def _language_identifier():
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+
+
+def detect_language(text: str) -> tuple[str, float]:
+    """(ISO 639-1 code, probability) from py3langid's bundled model (offline, deterministic)."""
+    code, probability = _language_identifier().classify(text)
+    return str(code), float(probability)
+
+
+def _language_problem(text: str, params: TextCleanParams) -> tuple[str, str] | None:
+    if not params.languages:
+        return None
+    code, probability = detect_language(text)
+    if code not in params.languages and probability >= params.language_min_confidence:
+        return "wrong_language", f"{code} ({probability:.2f})"
     return None
 
 
 def clean_text(text: str | None, params: TextCleanParams) -> Verdict:
     """Repair one text and check it."""
-    if text is None:
+    if text is None or text != text:  # None or NaN from a missing field
         return Verdict(reason="missing_text")
-    repaired = repair_text(text, params)
+    repaired, repairs = repair_traced(text, params)
     problem = text_problem(repaired, params)
     if problem:
-        return Verdict(reason=problem, detail=f"{len(repaired.strip())} chars")
-    return Verdict(text=repaired, content_hash=text_hash(repaired))
+        return Verdict(reason=problem[0], detail=problem[1], repairs=repairs)
+    return Verdict(text=repaired, content_hash=text_hash(repaired), repairs=repairs)
 
 
 def clean_texts(texts: Sequence[str | None], params: TextCleanParams) -> list[Verdict]:

@@ -19,6 +19,13 @@ from pipeline.records import pixel_hash, text_hash
 from pipeline.steps.clean import pillow_pixel_guard_off
 
 WHITESPACE = re.compile(r"\s+")
+# Replaced in this order, so a number inside a URL, an address or a phone number stays inside its token.
+PLACEHOLDERS = [
+    ("urls", re.compile(r"\b(?:https?://|www\.)[^\s<>\"']+", re.I), "<url>"),
+    ("emails", re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b"), "<email>"),
+    ("phones", re.compile(r"(?<![\w<(])(?:\(|\+)?\d(?:[\s().-]*\d){6,14}(?![\w>])"), "<phone>"),
+    ("numbers", re.compile(r"(?<![\w<])\d+(?:[.,]\d+)*(?![\w>])"), "<number>"),
+]
 
 
 @dataclass(slots=True)
@@ -34,9 +41,12 @@ class Normalised:
 
 
 def normalise_text(text: str, params: TextNormaliseParams) -> str:
-    """Apply the configured normal form, whitespace folding and case folding."""
+    """Apply the configured normal form, placeholders, whitespace folding and case folding."""
     if params.unicode_form != "none":
         text = unicodedata.normalize(params.unicode_form, text)
+    for name, pattern, token in PLACEHOLDERS:
+        if getattr(params.placeholders, name):
+            text = pattern.sub(token, text)
     if params.fold_whitespace:
         text = WHITESPACE.sub(" ", text).strip()
     if params.lowercase:
