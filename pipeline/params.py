@@ -137,11 +137,55 @@ class TextCleanParams(Section):
         return self
 
 
-class ImageCleanParams(Section):
-    max_pixels: PositiveInt = Field(64_000_000, description="Refuse larger images before decoding (decompression bombs).")
+Action = Literal["drop", "flag", "off"]
+
+
+class SizeCheck(Section):
     min_width: PositiveInt = 16
     min_height: PositiveInt = 16
-    max_aspect_ratio: Annotated[float, Field(ge=1.0)] = 6.0
+    action: Action = "drop"
+
+
+class MinCheck(Section):
+    min: Annotated[float, Field(ge=0)]
+    action: Action = "flag"
+
+
+class MaxCheck(Section):
+    max: Annotated[float, Field(ge=0)]
+    action: Action = "flag"
+
+
+class ImageQualityParams(Section):
+    """Quality checks: a threshold and an action each (drop the image, keep it and flag it, or off).
+
+    Measures other than size are taken on a copy whose shorter side is at most `working_side`,
+    so thresholds do not depend on resolution. Defaults were measured on real photos
+    (hymenoptera): they flag 4 of 398 (two black-and-white photos, a rendered ant on white, a
+    not-found placeholder).
+    """
+
+    too_small: SizeCheck = SizeCheck()
+    extreme_aspect_ratio: MaxCheck = MaxCheck(max=6.0, action="drop")
+    near_constant: MinCheck = Field(MinCheck(min=8.0, action="drop"), description="grey standard deviation (0-255)")
+    low_information: MinCheck = Field(MinCheck(min=3.0), description="grey-level entropy in bits (max 8)")
+    too_dark: MinCheck = Field(MinCheck(min=25.0), description="mean grey level")
+    too_bright: MaxCheck = Field(MaxCheck(max=230.0), description="mean grey level")
+    blurry: MinCheck = Field(MinCheck(min=20.0), description="variance of the Laplacian at the working size")
+    grayscale: MinCheck = Field(MinCheck(min=2.0), description="mean per-pixel max-min channel difference; off for grey corpora")
+    working_side: PositiveInt = 256
+
+    @field_validator("extreme_aspect_ratio")
+    @classmethod
+    def _ratio_at_least_one(cls, value: MaxCheck) -> MaxCheck:
+        if value.max < 1.0:
+            raise ValueError(f"max must be at least 1 (a width/height ratio), got {value.max}")
+        return value
+
+
+class ImageCleanParams(Section):
+    max_pixels: PositiveInt = Field(64_000_000, description="Refuse larger images before decoding (decompression bombs).")
+    quality: ImageQualityParams = ImageQualityParams()
 
 
 class CleanParams(Section):
@@ -169,7 +213,9 @@ class ImageNormaliseParams(Section):
     size: PositiveInt = Field(128, description="Output side in pixels.")
     resize: Literal["shorter_side_crop", "pad", "stretch"] = "shorter_side_crop"
     background: tuple[Byte, Byte, Byte] = (255, 255, 255)
+    mode: Literal["RGB", "L"] = Field("RGB", description="Colour space of the output: RGB, or L (8-bit grey).")
     encoding: Literal["png", "jpeg"] = "png"
+    png_compress_level: Annotated[int, Field(ge=0, le=9)] = Field(3, description="zlib level: lossless either way; higher is smaller and slower.")
     jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 95
 
 

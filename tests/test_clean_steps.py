@@ -6,6 +6,7 @@ import random
 import struct
 import zlib
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -171,17 +172,17 @@ def test_inspect_image_decodes_common_formats(fmt, options):
 @pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "1", "I;16", "CMYK"])
 def test_inspect_image_accepts_other_modes(mode):
     fmt = "TIFF" if mode == "CMYK" else "PNG"
-    verdict = inspect_image(encode(Image.new(mode, (20, 20)), fmt), ImageCleanParams())
+    image = noise((20, 20)).convert(mode) if mode != "I;16" else noise((20, 20)).convert("L").convert("I;16")
+    verdict = inspect_image(encode(image, fmt), ImageCleanParams())
     assert verdict.reason is None, verdict.detail
 
 
-def test_same_pixels_in_two_formats_hash_alike():
-    picture = noise()
-    as_png = inspect_image(encode(picture, "PNG"), ImageCleanParams())
-    as_bmp = inspect_image(encode(picture, "BMP"), ImageCleanParams())
-    other = inspect_image(encode(noise(seed=1), "PNG"), ImageCleanParams())
-    assert as_png.content_hash == as_bmp.content_hash
-    assert as_png.content_hash != other.content_hash
+def test_clean_hash_names_the_file_bytes():
+    """clean hashes the file; equal pixels in two formats are caught after normalise (decoded pixels)."""
+    import hashlib
+
+    data = encode(noise(), "PNG")
+    assert inspect_image(data, ImageCleanParams()).content_hash == hashlib.sha256(data).hexdigest()
 
 
 def test_inspect_image_is_deterministic():
@@ -216,10 +217,41 @@ def test_inspect_image_truncated_is_corrupt(fmt):
     ((120, 20), None),  # exactly 6:1
 ])
 def test_inspect_image_shape_checks(size, reason):
-    verdict = inspect_image(encode(Image.new("RGB", size, (1, 2, 3)), "PNG"), ImageCleanParams())
+    verdict = inspect_image(encode(noise(size), "PNG"), ImageCleanParams())
     assert verdict.reason == reason
-    if reason:
-        assert verdict.detail == f"{size[0]}x{size[1]}"
+    if reason == "too_small":
+        assert verdict.detail == f"{min(size)} < 16"
+    elif reason:
+        assert verdict.detail.endswith("> 6")
+
+
+QUALITY_CASES = {
+    "near_constant": Image.new("RGB", (64, 64), (90, 120, 30)),
+    "too_dark": Image.fromarray(np.random.default_rng(0).integers(0, 45, (64, 64, 3), dtype=np.uint8)),
+    "grayscale": noise((64, 64)).convert("L").convert("RGB"),
+}
+
+
+@pytest.mark.parametrize("check", sorted(QUALITY_CASES))
+def test_quality_check_action_drop_flag_or_off(check):
+    """Each quality check follows its action: drop (reason), flag (kept with the flag), or off."""
+    from pipeline.params import ImageQualityParams
+
+    data = encode(QUALITY_CASES[check], "PNG")
+    default = getattr(ImageQualityParams(), check)
+    for action, expect_reason, expect_flag in (("drop", check, False), ("flag", None, True), ("off", None, False)):
+        quality = ImageQualityParams(**{check: default.model_copy(update={"action": action})})
+        verdict = inspect_image(data, ImageCleanParams(quality=quality))
+        assert verdict.reason == expect_reason, (action, verdict)
+        assert (check in [name for name, _ in verdict.flags]) == expect_flag, (action, verdict.flags)
+
+
+def test_multi_frame_gif_is_flagged_with_its_frame_count():
+    frames = [noise((32, 32), seed=i).convert("P") for i in range(3)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    verdict = inspect_image(buffer.getvalue(), ImageCleanParams())
+    assert verdict.reason is None and ("multi_frame", "3 frames, the first is used") in verdict.flags
 
 
 def test_inspect_image_more_pixels_than_max_pixels():

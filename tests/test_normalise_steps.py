@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -238,3 +239,16 @@ def test_placeholders_replace_only_what_is_switched_on(flags, text, expected):
     from pipeline.steps.normalise import normalise_text
 
     assert normalise_text(text, TextNormaliseParams(placeholders=flags)) == expected
+
+
+def test_grey_output_mode_and_png_level_keep_pixels():
+    """mode L gives 8-bit grey; the PNG level changes only the size of the bytes, not the pixels."""
+    from pipeline.params import ImageNormaliseParams
+    from pipeline.steps.normalise import normalise_image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (50, 70, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    grey = normalise_image(buffer.getvalue(), ImageNormaliseParams(size=32, mode="L"))
+    assert Image.open(io.BytesIO(grey.image)).mode == "L"
+    fast, small = (normalise_image(buffer.getvalue(), ImageNormaliseParams(size=32, png_compress_level=k)) for k in (0, 9))
+    assert fast.content_hash == small.content_hash and len(fast.image) > len(small.image)

@@ -35,6 +35,7 @@ def run(ctx: Context) -> Outcome:
     details = _where(raw) + ": " + pd.Series([v.detail or "" for v in verdicts], index=raw.index)
     kept_verdicts = [v for v in verdicts if v.reason is None]
     raw = _drop(ctx, raw, reasons.notna(), reasons, details.str.removesuffix(": "))
+    _flag(ctx, raw["id"], kept_verdicts)
     records = _records(raw, kept_verdicts, ctx.dataset.modality)
     write_records(records, ctx.args.output)
     extra = {
@@ -49,6 +50,16 @@ def _drop(ctx: Context, frame: pd.DataFrame, mask: pd.Series, reasons: pd.Series
     """Ledger the rows under `mask` as dropped and return the rest."""
     ctx.ledger.drop(frame.loc[mask, "id"], reasons[mask], details[mask])
     return frame.loc[~mask]
+
+
+def _flag(ctx: Context, ids: pd.Series, verdicts: list[Verdict]) -> None:
+    """Ledger the quality flags of kept records (they stay in the output)."""
+    flagged: dict[str, list[tuple[str, str]]] = {}
+    for record_id, verdict in zip(ids, verdicts, strict=True):
+        for name, detail in verdict.flags:
+            flagged.setdefault(name, []).append((record_id, detail))
+    for name, rows in sorted(flagged.items()):
+        ctx.ledger.flag([r[0] for r in rows], name, [r[1] for r in rows])
 
 
 def _where(frame: pd.DataFrame) -> pd.Series:

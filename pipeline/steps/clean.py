@@ -5,20 +5,23 @@ to drop it, in the manner of datatrove's filters; the stage counts the reasons.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
+import hashlib
 import html
 import io
 import re
 import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import ftfy
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.params import DatasetParams, ImageCleanParams, TextCleanParams
-from pipeline.records import pixel_hash, text_hash
+from pipeline.params import DatasetParams, ImageCleanParams, ImageQualityParams, TextCleanParams
+from pipeline.records import text_hash
+from pipeline.steps.pixels import pillow_pixel_guard_off
+from pipeline.steps.quality import CHECKS, Measures, QualityThresholds, measure
 
 TAG = re.compile(r"<(?:/?[A-Za-z][^<>]{0,200}|!--.*?--)>", re.S)  # a tag or comment, not '3 < 5 and 7 > 2'
 # Zero-width characters and bidirectional controls: invisible, but they make equal texts differ.
@@ -35,6 +38,7 @@ class Verdict:
     label: str | None = None
     text: str | None = None
     repairs: tuple[str, ...] = ()
+    flags: tuple[tuple[str, str], ...] = ()  # (check, detail) of a kept record
     width: int | None = None
     height: int | None = None
     content_hash: str | None = None
@@ -147,7 +151,7 @@ def clean_texts(texts: Sequence[str | None], params: TextCleanParams) -> list[Ve
 # --- images ---------------------------------------------------------------------------------
 
 def inspect_image(data: bytes | None, params: ImageCleanParams) -> Verdict:
-    """Decode safely: refuse pixel bombs before allocating, verify, then fully load and check size."""
+    """Decode safely (pixel limit from the header before decoding, verify, full load), then check quality."""
     if not data:
         return Verdict(reason="empty_file")
     try:
@@ -161,42 +165,50 @@ def inspect_image(data: bytes | None, params: ImageCleanParams) -> Verdict:
         return Verdict(reason="corrupt_image", detail=f"{type(exc).__name__}: {exc}"[:200])
 
 
-@contextlib.contextmanager
-def pillow_pixel_guard_off() -> Iterator[None]:
-    """Turn off Pillow's own decompression-bomb limit (89M pixels) for the duration.
-
-    `_inspect` applies the configured `max_pixels` itself, from the header, before any pixel is
-    decoded; Pillow's fixed limit would otherwise overrule a user who raised it.
-    """
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
-
-
 def _inspect(data: bytes, params: ImageCleanParams) -> Verdict:
     with Image.open(io.BytesIO(data)) as probe:
         width, height = probe.size
+        frames = getattr(probe, "n_frames", 1)
         if width * height > params.max_pixels:
             return Verdict(reason="too_many_pixels", detail=f"{width}x{height} > {params.max_pixels} pixels")
         probe.verify()
+    side = params.quality.working_side
     with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        rgb = image.convert("RGB")
-    problem = _shape_problem(width, height, params)
-    if problem:
-        return Verdict(reason=problem, detail=f"{width}x{height}")
-    return Verdict(width=width, height=height, content_hash=pixel_hash("RGB", rgb.size, rgb.tobytes()))
+        if image.format == "JPEG":
+            image.draft("RGB", (side, side))  # decode at the smallest DCT scale still >= the working size
+        image.load()  # a full decode: truncated or corrupt data fails here
+        pixels = np.asarray(image.convert("RGB"))
+    measures = replace(measure(pixels, working_side=side), width=width, height=height,
+                       aspect_ratio=max(width, height) / max(1, min(width, height)))
+    return _judge(measures, params.quality, frames, content_hash=hashlib.sha256(data).hexdigest())
 
 
-def _shape_problem(width: int, height: int, params: ImageCleanParams) -> str | None:
-    if width < params.min_width or height < params.min_height:
-        return "too_small"
-    if max(width, height) / min(width, height) > params.max_aspect_ratio:
-        return "extreme_aspect_ratio"
-    return None
+def quality_thresholds(params: ImageQualityParams) -> QualityThresholds:
+    """The quality module's thresholds, with the checks whose action is `off` disabled."""
+    def on(check: object, value: float) -> float | None:
+        return None if check.action == "off" else value
+
+    q = params
+    return QualityThresholds(
+        min_width=on(q.too_small, q.too_small.min_width), min_height=on(q.too_small, q.too_small.min_height),
+        max_aspect_ratio=on(q.extreme_aspect_ratio, q.extreme_aspect_ratio.max),
+        min_grey_std=on(q.near_constant, q.near_constant.min), min_entropy=on(q.low_information, q.low_information.min),
+        min_brightness=on(q.too_dark, q.too_dark.min), max_brightness=on(q.too_bright, q.too_bright.max),
+        min_sharpness=on(q.blurry, q.blurry.min), min_chroma=on(q.grayscale, q.grayscale.min), working_side=q.working_side,
+    )
+
+
+def _judge(measures: Measures, params: ImageQualityParams, frames: int, *, content_hash: str) -> Verdict:
+    """Drop on the first failed check whose action is drop; otherwise keep, with the other flags."""
+    thresholds = quality_thresholds(params)
+    failed = [flag for check in CHECKS if (flag := check(measures, thresholds)) is not None]
+    drops = [f for f in failed if getattr(params, f.name).action == "drop"]
+    if drops:
+        return Verdict(reason=drops[0].name, detail=drops[0].detail)
+    flags = tuple((f.name, f.detail) for f in failed)
+    if frames > 1:
+        flags += (("multi_frame", f"{frames} frames, the first is used"),)
+    return Verdict(width=measures.width, height=measures.height, content_hash=content_hash, flags=flags)
 
 
 def inspect_images(blobs: Sequence[bytes | None], params: ImageCleanParams) -> list[Verdict]:

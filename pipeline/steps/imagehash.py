@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from pipeline.steps.clean import pillow_pixel_guard_off
+from pipeline.steps.pixels import pillow_pixel_guard_off
 
 Method = Literal["phash", "dhash"]
 METHODS = ("phash", "dhash")

@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 
 from pipeline.params import ImageNormaliseParams, TextNormaliseParams
 from pipeline.records import pixel_hash, text_hash
-from pipeline.steps.clean import pillow_pixel_guard_off
+from pipeline.steps.pixels import pillow_pixel_guard_off
 
 WHITESPACE = re.compile(r"\s+")
 # Replaced in this order, so a number inside a URL, an address or a phone number stays inside its token.
@@ -71,8 +71,10 @@ def normalise_image(data: bytes, params: ImageNormaliseParams) -> Normalised:
         image = ImageOps.exif_transpose(image)
         rgb = _to_rgb(image, params.background)
     resized = _resize(rgb, params)
+    if params.mode == "L":
+        resized = resized.convert("L")
     return Normalised(
-        pixel_hash("RGB", resized.size, resized.tobytes()),
+        pixel_hash(resized.mode, resized.size, resized.tobytes()),
         image=_encode(resized, params),
         width=resized.width,
         height=resized.height,
@@ -124,5 +126,5 @@ def _encode(image: Image.Image, params: ImageNormaliseParams) -> bytes:
     if params.encoding == "jpeg":
         image.save(buffer, format="JPEG", quality=params.jpeg_quality)
     else:
-        image.save(buffer, format="PNG", compress_level=6)
+        image.save(buffer, format="PNG", compress_level=params.png_compress_level)
     return buffer.getvalue()
