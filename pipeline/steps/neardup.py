@@ -1,0 +1,554 @@
+"""Near-duplicate texts: shingles, MinHash, LSH banding, verified pairs and clusters.
+
+The whole step is vectorised with numpy over chunks of documents, so it needs no compiled code:
+
+1. Case-folded texts are laid end to end in one code-point buffer; k-grams of characters (or of
+   word hashes) are hashed to 32 bits with a polynomial over the buffer and a murmur finaliser.
+2. MinHash applies `num_perm` random affine bijections of the 32-bit space (`a * x + b mod 2**32`,
+   `a` odd), drawn from `rng(seed, "minhash")`, and keeps the minimum per document
+   (`np.minimum.reduceat`). Every value depends on one document alone, so signatures do not
+   change with document order or chunk size.
+3. LSH hashes each band of `rows` values to 64 bits; documents that share a band hash are
+   candidate pairs.
+4. Candidates are verified by the exact Jaccard of their shingle sets (or the signature estimate)
+   against the threshold, and union-find over the verified pairs gives the clusters, each named
+   by its smallest member index.
+
+Shingle hashes are 32-bit, so "exact" Jaccard is exact up to hash collisions (about 2**-32 per
+pair of distinct shingles), as with datasketch's default 32-bit hashing.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from pipeline.seeding import rng
+
+log = logging.getLogger(__name__)
+
+ShingleKind = Literal["char", "word"]
+VerifyKind = Literal["exact", "estimate"]
+DEFAULT_SIZE = {"char": 5, "word": 3}
+_MASK32 = np.uint64(0xFFFFFFFF)
+_BASE = np.uint32(0x01000193)  # odd polynomial base (the FNV prime)
+_BLOCK = 8_192  # shingles per MinHash block: 128 x 8k uint32 values stay in cache
+
+
+@dataclass(slots=True, frozen=True)
+class NearDupSettings:
+    """How near duplicates are found; validated on construction.
+
+    Attributes:
+        threshold: Jaccard similarity at or above which two texts are near duplicates.
+        num_perm: MinHash permutations per signature.
+        shingle: "char" k-grams or "word" k-grams of the case-folded text.
+        size: k; None means 5 for characters and 3 for words.
+        bands, rows: explicit LSH banding (both or neither, bands * rows <= num_perm); None means
+            the banding that minimises the weighted false positive and false negative areas.
+        weights: (false positive, false negative) weights for that choice. Candidates are
+            verified afterwards, so the default favours recall.
+        verify: "exact" Jaccard of the shingle sets, or the "estimate" from the signatures.
+        seed: the project seed; permutations come from `rng(seed, "minhash")`.
+        chunk_size: documents shingled and hashed at a time (memory, not results).
+    """
+
+    threshold: float = 0.8
+    num_perm: int = 128
+    shingle: ShingleKind = "char"
+    size: int | None = None
+    bands: int | None = None
+    rows: int | None = None
+    weights: tuple[float, float] = (0.1, 0.9)
+    verify: VerifyKind = "exact"
+    seed: int = 0
+    chunk_size: int = 20_000
+
+    def __post_init__(self) -> None:
+        _check(_is_real(self.threshold) and 0.0 < self.threshold <= 1.0, "threshold", "a float in (0, 1]",
+               self.threshold)
+        _check(_is_int(self.num_perm) and self.num_perm >= 1, "num_perm", "an int >= 1", self.num_perm)
+        _check(self.shingle in DEFAULT_SIZE, "shingle", "'char' or 'word'", self.shingle)
+        _check(self.size is None or (_is_int(self.size) and self.size >= 1), "size", "an int >= 1 or None", self.size)
+        _check(self.verify in ("exact", "estimate"), "verify", "'exact' or 'estimate'", self.verify)
+        _check(_is_int(self.chunk_size) and self.chunk_size >= 1, "chunk_size", "an int >= 1", self.chunk_size)
+        _check(len(self.weights) == 2 and min(self.weights) >= 0 and sum(self.weights) > 0,
+               "weights", "two non-negative floats, not both 0", self.weights)
+        explicit = (self.bands, self.rows)
+        _check(explicit == (None, None) or (all(_is_int(v) and v >= 1 for v in explicit)
+                                            and self.bands * self.rows <= self.num_perm),
+               "bands", f"None with rows None, or ints >= 1 with bands * rows <= num_perm ({self.num_perm})",
+               explicit)
+
+    @property
+    def k(self) -> int:
+        """The shingle size in use."""
+        return self.size or DEFAULT_SIZE[self.shingle]
+
+    def banding(self) -> tuple[int, int]:
+        """(bands, rows): the explicit ones, or the optimum for the threshold."""
+        if self.bands is not None and self.rows is not None:
+            return self.bands, self.rows
+        return optimal_bands(self.threshold, self.num_perm, weights=self.weights)
+
+
+def _check(ok: bool, name: str, what: str, got: object) -> None:
+    if not ok:
+        raise ValueError(f"The '{name}' parameter of NearDupSettings must be {what}. Got {got!r} instead.")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+@dataclass(slots=True)
+class Shingles:
+    """Hashed shingles of n documents: document i owns `values[offsets[i]:offsets[i + 1]]`.
+
+    Every document has at least one shingle. From `shingle_sets` the values of each document are
+    sorted and unique.
+    """
+
+    values: np.ndarray  # uint32
+    offsets: np.ndarray  # int64, n + 1
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def sizes(self) -> np.ndarray:
+        """Shingles per document."""
+        return np.diff(self.offsets)
+
+
+@dataclass(slots=True)
+class NearDupResult:
+    """Verified near-duplicate pairs and the clusters they chain into.
+
+    Attributes:
+        labels: per document, the smallest index of its cluster (its own index when alone).
+        pairs: (m, 2) int64 verified pairs (i < j), sorted.
+        jaccard: (m,) float64 similarity of each pair (exact or estimated, per `verify`).
+        candidates: candidate pairs produced by LSH before verification.
+        bands, rows: the banding used.
+    """
+
+    labels: np.ndarray
+    pairs: np.ndarray
+    jaccard: np.ndarray
+    candidates: int
+    bands: int
+    rows: int
+
+    def clusters(self) -> list[list[int]]:
+        """Member indices of every cluster with two or more documents, ordered by smallest member."""
+        return clusters_from_labels(self.labels)
+
+
+# --- shingles -------------------------------------------------------------------------------
+
+def shingle_hashes(texts: Sequence[str], *, shingle: ShingleKind = "char", size: int | None = None) -> Shingles:
+    """Hashed k-grams per document, in text order, duplicates kept (what MinHash needs).
+
+    Texts are case-folded first. A text shorter than k gives one shingle of the whole text (the
+    empty text included), so every document has at least one shingle.
+    """
+    k = size or DEFAULT_SIZE[shingle]
+    if len(texts) == 0:
+        return Shingles(values=np.empty(0, np.uint32), offsets=np.zeros(1, np.int64))
+    folded = [text.casefold() for text in texts]
+    if shingle == "char":
+        return _kgrams(*_padded_chars(folded, k), k)
+    tokens, lengths = _word_tokens(folded)
+    return _kgrams(*_pad_tokens(tokens, lengths, k), k)
+
+
+def shingle_sets(texts: Sequence[str], *, shingle: ShingleKind = "char", size: int | None = None) -> Shingles:
+    """Sorted unique hashed shingles per document (for exact Jaccard)."""
+    return _unique_per_doc(shingle_hashes(texts, shingle=shingle, size=size))
+
+
+def _padded_chars(folded: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Code points of all texts, each followed by k zeros, and the text lengths."""
+    pad = "\0" * k
+    joined = pad.join(folded) + pad
+    lengths = np.fromiter(map(len, folded), dtype=np.int64, count=len(folded))
+    return np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32), lengths
+
+
+def _word_tokens(folded: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """A 32-bit hash per whitespace-separated word, and the word count of each text."""
+    joined = "\0".join(" ".join(text.replace("\0", " ").split()) for text in folded)
+    codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+    gap = (codes == 32) | (codes == 0)
+    begin = ~gap & np.concatenate(([True], gap[:-1]))
+    begins = np.flatnonzero(begin)
+    if begins.size == 0:
+        return np.empty(0, np.uint32), np.zeros(len(folded), np.int64)
+    position = np.arange(codes.size) - begins[np.maximum(np.cumsum(begin) - 1, 0)]
+    position[gap] = 0
+    weighted = codes * _position_weights(int(position.max()) + 1)[position]
+    weighted[gap] = 0
+    sums = np.add.reduceat(weighted, begins)
+    lengths = np.add.reduceat((~gap).astype(np.uint32), begins)
+    words = _fmix32(sums ^ (lengths * np.uint32(0x9E3779B9)))
+    docs = np.cumsum(codes == 0)[begins]  # a text's index is the count of separators before it
+    return words, np.bincount(docs, minlength=len(folded)).astype(np.int64)
+
+
+def _position_weights(n: int) -> np.ndarray:
+    """Odd 32-bit multipliers for character positions 0..n-1 in a word (a fixed function of position)."""
+    return _fmix32(np.arange(n, dtype=np.uint32) * np.uint32(0x9E3779B9) + np.uint32(0x7F4A7C15)) | np.uint32(1)
+
+
+def _pad_tokens(tokens: np.ndarray, lengths: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens of each document followed by k zeros, as `_padded_chars` lays out characters."""
+    docs = np.repeat(np.arange(len(lengths)), lengths)
+    padded = np.zeros(tokens.size + k * len(lengths), dtype=np.uint32)
+    padded[np.arange(tokens.size) + docs * k] = tokens
+    return padded, lengths
+
+
+def _kgrams(padded: np.ndarray, lengths: np.ndarray, k: int) -> Shingles:
+    """Hash every window of k tokens that starts inside a document (one window when shorter than k)."""
+    windows = padded.size - k + 1
+    h = padded[:windows].copy()
+    for t in range(1, k):
+        h *= _BASE
+        h += padded[t:t + windows]
+    counts = np.maximum(lengths - k + 1, 1)
+    blocks = np.column_stack((counts, lengths + k - counts)).ravel()
+    keep = np.repeat(np.tile(np.array([True, False]), len(lengths)), blocks)[:windows]
+    offsets = np.concatenate(([0], np.cumsum(counts)))
+    return Shingles(values=_fmix32(h[keep]), offsets=offsets)
+
+
+def _fmix32(h: np.ndarray) -> np.ndarray:
+    """Murmur3's 32-bit finaliser: every input bit affects every output bit."""
+    h = h ^ (h >> np.uint32(16))
+    h *= np.uint32(0x85EBCA6B)
+    h ^= h >> np.uint32(13)
+    h *= np.uint32(0xC2B2AE35)
+    h ^= h >> np.uint32(16)
+    return h
+
+
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values: as `np.unique`, whose hash-based path in numpy 2.4 is far slower."""
+    ordered = np.sort(values)
+    return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))] if ordered.size else ordered
+
+
+def _unique_per_doc(shingles: Shingles) -> Shingles:
+    keys = _sorted_unique(_doc_keys(shingles))
+    counts = np.bincount((keys >> np.uint64(32)).astype(np.int64), minlength=len(shingles))
+    offsets = np.concatenate(([0], np.cumsum(counts)))
+    return Shingles(values=(keys & _MASK32).astype(np.uint32), offsets=offsets)
+
+
+def _doc_keys(shingles: Shingles) -> np.ndarray:
+    """(document << 32) | value: sorted when the documents' values are."""
+    docs = np.repeat(np.arange(len(shingles), dtype=np.uint64), shingles.sizes())
+    return (docs << np.uint64(32)) | shingles.values.astype(np.uint64)
+
+
+# --- MinHash --------------------------------------------------------------------------------
+
+def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b) of the affine bijections `a * x + b mod 2**32` (a odd), from `rng(seed, "minhash")`."""
+    gen = rng(seed, "minhash")
+    a = gen.integers(0, 2**32, size=num_perm, dtype=np.uint64).astype(np.uint32) | np.uint32(1)
+    b = gen.integers(0, 2**32, size=num_perm, dtype=np.uint64).astype(np.uint32)
+    return a, b
+
+
+def minhash_signatures(shingles: Shingles, *, num_perm: int = 128, seed: int = 0) -> np.ndarray:
+    """(n, num_perm) uint32 MinHash signatures of the documents' shingles."""
+    return np.ascontiguousarray(_minhash_columns(shingles, *permutations(num_perm, seed)).T)
+
+
+def _minhash_columns(shingles: Shingles, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(num_perm, n) signatures, computed over blocks of whole documents so values stay in cache."""
+    out = np.empty((len(a), len(shingles)), dtype=np.uint32)
+    offsets = shingles.offsets
+    cuts = _sorted_unique(np.searchsorted(offsets, np.arange(0, offsets[-1], _BLOCK), side="right") - 1)
+    cuts = np.append(cuts, len(shingles))
+    width = int(np.diff(offsets[cuts]).max(initial=0))
+    scratch = np.empty((len(a), width), dtype=np.uint32)  # reused: fresh buffers would page-fault
+    for d0, d1 in zip(cuts[:-1].tolist(), cuts[1:].tolist()):
+        x = shingles.values[offsets[d0]:offsets[d1]]
+        v = np.multiply(a[:, None], x, out=scratch[:, :x.size])
+        v += b[:, None]
+        np.minimum.reduceat(v, offsets[d0:d1] - offsets[d0], axis=1, out=out[:, d0:d1])
+    return out
+
+
+def estimated_jaccard(signatures: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Fraction of equal signature values for each (i, j) row of `pairs` ((n, num_perm) signatures)."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    return (signatures[pairs[:, 0]] == signatures[pairs[:, 1]]).mean(axis=1)
+
+
+# --- LSH ------------------------------------------------------------------------------------
+
+def optimal_bands(threshold: float, num_perm: int, *, weights: tuple[float, float] = (0.5, 0.5)) -> tuple[int, int]:
+    """(bands, rows) with bands * rows <= num_perm minimising the weighted FP and FN areas.
+
+    The false positive area is the integral of the collision probability `1 - (1 - s**r)**b` over
+    s in [0, threshold]; the false negative area that of its complement over [threshold, 1]. As
+    datasketch's `_optimal_param` (same scan order and ties), with Gauss-Legendre quadrature.
+    """
+    bands, rows = np.array([(b, r) for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)]).T
+    fp = _integrate(lambda s: 1 - (1 - s ** rows[:, None]) ** bands[:, None], 0.0, threshold)
+    fn = _integrate(lambda s: (1 - s ** rows[:, None]) ** bands[:, None], threshold, 1.0)
+    best = int(np.argmin(fp * weights[0] + fn * weights[1]))
+    return int(bands[best]), int(rows[best])
+
+
+def _integrate(f: Callable[[np.ndarray], np.ndarray], lo: float, hi: float, pieces: int = 32) -> np.ndarray:
+    """Composite 16-point Gauss-Legendre integral of f over [lo, hi], vectorised over f's rows."""
+    nodes, w = np.polynomial.legendre.leggauss(16)
+    edges = np.linspace(lo, hi, pieces + 1)
+    half = (edges[1:] - edges[:-1])[:, None] / 2
+    s = ((edges[:-1] + edges[1:])[:, None] / 2 + half * nodes).ravel()
+    return f(s) @ (half * w).ravel()
+
+
+def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(bands, n) uint64 hash of each band of each (n, num_perm) signature."""
+    return _band_keys_columns(np.ascontiguousarray(signatures.T), bands, rows)
+
+
+def _band_keys_columns(columns: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """Per band, the sum of its rows times random odd 64-bit multipliers (mod 2**64)."""
+    draws = rng(0, "minhash", "bands").integers(0, 2**63, size=bands * rows, dtype=np.uint64)
+    mult = draws * np.uint64(2) + np.uint64(1)
+    keys = np.zeros((bands, columns.shape[1]), dtype=np.uint64)
+    for band in range(bands):
+        for row in range(band * rows, (band + 1) * rows):
+            keys[band] += columns[row].astype(np.uint64) * mult[row]
+    return keys
+
+
+def candidate_pairs(keys: np.ndarray) -> np.ndarray:
+    """(m, 2) sorted unique pairs (i < j) of documents sharing a key in any band of (bands, n) `keys`.
+
+    Each band is sorted once with the document index packed into the key's low bits, which
+    drops that many key bits: the few spurious candidates this adds are removed by verification.
+    A bucket of m documents gives m * (m - 1) / 2 pairs, as in any LSH index.
+    """
+    n = keys.shape[1]
+    if n < 2:
+        return np.empty((0, 2), np.int64)
+    codes = np.empty(0, np.int64)
+    bits = np.uint64(int(n - 1).bit_length())
+    index = np.arange(n, dtype=np.uint64)
+    for band in keys:
+        found = _bucket_pairs(np.sort(((band >> bits) << bits) | index), bits, n)
+        codes = _sorted_unique(np.concatenate((codes, found)))
+    return np.column_stack((codes // n, codes % n))
+
+
+def _bucket_pairs(packed: np.ndarray, bits: np.uint64, n: int) -> np.ndarray:
+    """Codes i * n + j (i < j) of all pairs within each bucket of one sorted, packed band."""
+    order = (packed & ((np.uint64(1) << bits) - np.uint64(1))).astype(np.int64)
+    top = packed >> bits
+    starts = np.flatnonzero(np.concatenate(([True], top[1:] != top[:-1])))
+    sizes = np.diff(np.append(starts, n))
+    partners = np.repeat(starts + sizes, sizes) - np.arange(n) - 1  # later members of the bucket
+    total = int(partners.sum())
+    if total == 0:
+        return np.empty(0, np.int64)
+    left = np.repeat(np.arange(n), partners)
+    right = np.arange(total) - np.repeat(np.cumsum(partners) - partners, partners) + left + 1
+    return order[left] * n + order[right]
+
+
+# --- verification and clusters --------------------------------------------------------------
+
+def exact_jaccard(sets: Shingles, pairs: np.ndarray) -> np.ndarray:
+    """Jaccard of the sorted unique shingle sets (from `shingle_sets`) for each (i, j) row of `pairs`."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    if len(pairs) == 0:
+        return np.empty(0, np.float64)
+    sizes = sets.sizes()
+    small, large = pairs.T.copy()
+    swap = sizes[small] > sizes[large]
+    small[swap], large[swap] = large[swap], small[swap]
+    order = np.lexsort((small, large))  # queries grouped by the set they search: cache friendly
+    inter = np.empty(len(pairs), np.int64)
+    inter[order] = _intersections(sets, small[order], large[order])
+    union = sizes[pairs[:, 0]] + sizes[pairs[:, 1]] - inter
+    return inter / union
+
+
+def _intersections(sets: Shingles, small: np.ndarray, large: np.ndarray) -> np.ndarray:
+    """|set(small) & set(large)| per pair, by searching small's values among large's keys."""
+    keys = _doc_keys(sets)
+    counts = sets.sizes()[small]
+    first = np.cumsum(counts) - counts
+    where = np.arange(int(counts.sum())) - np.repeat(first - sets.offsets[small], counts)
+    queries = (np.repeat(large.astype(np.uint64), counts) << np.uint64(32)) | sets.values[where].astype(np.uint64)
+    found = np.searchsorted(keys, queries)
+    hit = keys[np.minimum(found, keys.size - 1)] == queries
+    return np.add.reduceat(hit.astype(np.int64), first)
+
+
+def cluster_labels(n: int, pairs: np.ndarray) -> np.ndarray:
+    """Union-find over (i, j) pairs: per document the smallest index of its connected component."""
+    parent = np.arange(n, dtype=np.int64)
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    left, right = pairs[:, 0], pairs[:, 1]
+    while True:
+        root_l, root_r = parent[left], parent[right]
+        split = root_l != root_r
+        if not split.any():
+            return parent
+        lo, hi = np.minimum(root_l, root_r)[split], np.maximum(root_l, root_r)[split]
+        np.minimum.at(parent, hi, lo)  # hook the larger root under the smaller
+        while True:  # pointer jumping until every node points at its root
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                break
+            parent = grand
+
+
+def clusters_from_labels(labels: np.ndarray) -> list[list[int]]:
+    """Member indices of each label shared by two or more documents, ordered by smallest member."""
+    order = np.argsort(labels, kind="stable")
+    starts = np.flatnonzero(np.diff(labels[order], prepend=-1))
+    sizes = np.diff(starts, append=len(order))
+    shared = sizes > 1
+    return [order[s:s + m].tolist() for s, m in zip(starts[shared].tolist(), sizes[shared].tolist())]
+
+
+# --- the step -------------------------------------------------------------------------------
+
+def near_duplicates(texts: Sequence[str], settings: NearDupSettings | None = None) -> NearDupResult:
+    """Find near-duplicate texts: MinHash + LSH candidates, verified, chained into clusters.
+
+    Args:
+        texts: the (already normalised) texts; indices in the result refer to this order.
+        settings: how to shingle, hash, band and verify; defaults to `NearDupSettings()`.
+
+    Returns:
+        Cluster labels per text, the verified pairs with their Jaccard, and the banding used.
+    """
+    settings = settings or NearDupSettings()
+    texts = list(texts)
+    bands, rows = settings.banding()
+    keys = _all_band_keys(texts, settings, bands, rows)
+    candidates = candidate_pairs(keys)
+    similarity = _verify(texts, candidates, settings)
+    keep = similarity >= settings.threshold
+    pairs = candidates[keep]
+    log.debug("near duplicates: %d candidates, %d verified pairs", len(candidates), len(pairs))
+    return NearDupResult(labels=cluster_labels(len(texts), pairs), pairs=pairs, jaccard=similarity[keep],
+                         candidates=len(candidates), bands=bands, rows=rows)
+
+
+def _chunks(n: int, size: int) -> Iterator[slice]:
+    return (slice(start, min(start + size, n)) for start in range(0, n, size))
+
+
+def _all_band_keys(texts: Sequence[str], settings: NearDupSettings, bands: int, rows: int) -> np.ndarray:
+    """(bands, n) band keys, shingling and hashing `chunk_size` texts at a time."""
+    a, b = permutations(settings.num_perm, settings.seed)
+    keys = np.empty((bands, len(texts)), dtype=np.uint64)
+    for part in _chunks(len(texts), settings.chunk_size):
+        shingles = shingle_hashes(texts[part], shingle=settings.shingle, size=settings.k)
+        columns = _minhash_columns(shingles, a[:bands * rows], b[:bands * rows])
+        keys[:, part] = _band_keys_columns(columns, bands, rows)
+    return keys
+
+
+def _verify(texts: Sequence[str], pairs: np.ndarray, settings: NearDupSettings) -> np.ndarray:
+    """Similarity of each candidate pair, re-shingling only the texts involved, a chunk at a time."""
+    similarity = np.empty(len(pairs), dtype=np.float64)
+    for part in _chunks(len(pairs), max(settings.chunk_size // 2, 1)):
+        docs = _sorted_unique(pairs[part].ravel())
+        subset = [texts[i] for i in docs.tolist()]
+        similarity[part] = _similarity(subset, np.searchsorted(docs, pairs[part]), settings)
+    return similarity
+
+
+def _similarity(texts: list[str], pairs: np.ndarray, settings: NearDupSettings) -> np.ndarray:
+    if settings.verify == "exact":
+        return exact_jaccard(shingle_sets(texts, shingle=settings.shingle, size=settings.k), pairs)
+    shingles = shingle_hashes(texts, shingle=settings.shingle, size=settings.k)
+    return estimated_jaccard(minhash_signatures(shingles, num_perm=settings.num_perm, seed=settings.seed), pairs)
+
+
+# --- calibration ----------------------------------------------------------------------------
+
+def calibrate(labelled: Iterable[tuple[str, str, bool]], settings: NearDupSettings | None = None, *,
+              target_precision: float = 0.98) -> dict[str, Any]:
+    """Precision and recall of MinHash + LSH + verification on labelled pairs, and a better banding.
+
+    A pair is predicted a duplicate when its two signatures agree on all rows of at least one band
+    and it passes verification at the threshold. Every (bands, rows) with bands * rows <= num_perm
+    is scored; the suggestion is the one with the highest recall whose precision reaches
+    `target_precision` (ties: fewer candidates, then more rows), or None when none does.
+
+    Returns:
+        A JSON-serialisable dict: the settings, pair counts, the configured banding's scores
+        and the suggested banding's.
+    """
+    settings = settings or NearDupSettings()
+    items = list(labelled)
+    if not items:
+        raise ValueError("calibrate needs at least one labelled pair (text_a, text_b, is_duplicate).")
+    truth = np.array([bool(r[2]) for r in items])
+    texts = [r[0] for r in items] + [r[1] for r in items]
+    pairs = np.column_stack((np.arange(len(items)), np.arange(len(items)) + len(items)))
+    shingles = shingle_hashes(texts, shingle=settings.shingle, size=settings.k)
+    signatures = minhash_signatures(shingles, num_perm=settings.num_perm, seed=settings.seed)
+    equal = signatures[pairs[:, 0]] == signatures[pairs[:, 1]]
+    verified = _similarity(texts, pairs, settings) >= settings.threshold
+    scores = _banding_scores(equal, verified, truth)
+    bands, rows = settings.banding()
+    return {
+        "threshold": settings.threshold, "num_perm": settings.num_perm, "shingle": settings.shingle,
+        "size": settings.k, "verify": settings.verify, "target_precision": target_precision,
+        "pairs": len(items), "duplicates": int(truth.sum()),
+        "configured": scores[(bands, rows)],
+        "suggested": _suggest(scores, target_precision),
+    }
+
+
+def _banding_scores(equal: np.ndarray, verified: np.ndarray, truth: np.ndarray) -> dict[tuple[int, int], dict]:
+    """Scores of every banding, keyed by (bands, rows); `equal` is (pairs, num_perm) agreement."""
+    num_perm = equal.shape[1]
+    scores = {}
+    for rows in range(1, num_perm + 1):
+        most = num_perm // rows
+        agree = equal[:, :most * rows].reshape(len(equal), most, rows).all(axis=2)
+        collide = np.logical_or.accumulate(agree, axis=1)  # column b-1: some band among the first b
+        for bands in range(1, most + 1):
+            scores[(bands, rows)] = _score(bands, rows, collide[:, bands - 1], verified, truth)
+    return scores
+
+
+def _score(bands: int, rows: int, collide: np.ndarray, verified: np.ndarray, truth: np.ndarray) -> dict:
+    """Precision and recall of collide-and-verified; None where undefined (no predictions, no duplicates)."""
+    predicted = collide & verified
+    tp, positives, duplicates = int((predicted & truth).sum()), int(predicted.sum()), int(truth.sum())
+    return {
+        "bands": bands, "rows": rows, "candidates": int(collide.sum()),
+        "precision": tp / positives if positives else None,
+        "recall": tp / duplicates if duplicates else None,
+        "candidate_recall": int((collide & truth).sum()) / duplicates if duplicates else None,
+    }
+
+
+def _suggest(scores: dict[tuple[int, int], dict], target: float) -> dict | None:
+    good = [s for s in scores.values() if s["precision"] is not None and s["precision"] >= target]
+    if not good:
+        return None
+    return max(good, key=lambda s: (s["recall"] or 0.0, -s["candidates"], s["rows"], -s["bands"]))

@@ -1,0 +1,207 @@
+"""Unit tests for pipeline.steps.neardup: shingles, MinHash, banding, verification, clusters, calibration."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from datasketch import MinHashLSH
+
+from pipeline.steps.neardup import (
+    NearDupSettings,
+    calibrate,
+    cluster_labels,
+    exact_jaccard,
+    minhash_signatures,
+    near_duplicates,
+    optimal_bands,
+    shingle_hashes,
+    shingle_sets,
+)
+
+WORDS = [f"{a}{b}{c}" for a in "bcdfgklmnprstvz" for b in "aeiou" for c in "lmnrst"]  # 450 words
+
+
+def sentence(gen: np.random.Generator, words: int = 18) -> str:
+    return " ".join(gen.choice(WORDS, size=words))
+
+
+def replace_word(text: str, at: int, word: str = "qqqqq") -> str:
+    words = text.split()
+    words[at] = word
+    return " ".join(words)
+
+
+def char_jaccard(a: str, b: str, k: int = 5) -> float:
+    """Reference Jaccard of character k-gram string sets."""
+    def grams(t: str) -> set[str]:
+        t = t.casefold()
+        return {t[i:i + k] for i in range(max(len(t) - k + 1, 1))}
+    sa, sb = grams(a), grams(b)
+    return len(sa & sb) / len(sa | sb)
+
+
+@pytest.fixture
+def corpus() -> tuple[list[str], set[tuple[int, int]]]:
+    """40 distinct sentences and 10 one-word edits of the first 10 (indices 40..49)."""
+    gen = np.random.default_rng(7)
+    texts = [sentence(gen) for _ in range(40)]
+    texts += [replace_word(texts[i], 3 + i % 10) for i in range(10)]
+    return texts, {(i, 40 + i) for i in range(10)}
+
+
+def test_planted_near_duplicates_are_found_and_distinct_texts_are_not(corpus):
+    texts, planted = corpus
+    result = near_duplicates(texts, NearDupSettings(threshold=0.7))
+    assert {tuple(p) for p in result.pairs.tolist()} == planted
+    assert result.clusters() == [[i, 40 + i] for i in range(10)]
+    assert (result.jaccard >= 0.7).all()
+    assert all(result.labels[i] == i for i in range(10, 40))
+
+
+def test_exact_jaccard_matches_string_sets(corpus):
+    texts, planted = corpus
+    pairs = np.array(sorted(planted) + [(0, 1), (2, 3)])
+    got = exact_jaccard(shingle_sets(texts), pairs)
+    assert got == pytest.approx([char_jaccard(texts[i], texts[j]) for i, j in pairs])
+
+
+def test_chains_cluster_transitively():
+    gen = np.random.default_rng(3)
+    a = sentence(gen, 16)
+    b = replace_word(a, 2)
+    c = replace_word(b, 12, "zzzzzz")
+    threshold = 0.75
+    assert char_jaccard(a, b) >= threshold and char_jaccard(b, c) >= threshold > char_jaccard(a, c)
+    texts = [c, sentence(gen), a, b]
+    result = near_duplicates(texts, NearDupSettings(threshold=threshold, bands=32, rows=4))
+    assert [2, 0] not in result.pairs.tolist() and [0, 2] not in result.pairs.tolist()
+    assert result.clusters() == [[0, 2, 3]]
+    assert result.labels.tolist() == [0, 1, 0, 0]
+
+
+def test_cluster_labels_match_a_reference_union_find():
+    gen = np.random.default_rng(0)
+    pairs = np.sort(gen.integers(0, 300, size=(200, 2)), axis=1)
+    parent = list(range(300))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    for i, j in pairs.tolist():
+        ri, rj = find(i), find(j)
+        parent[max(ri, rj)] = min(ri, rj)
+    expected = [find(x) for x in range(300)]
+    members: dict[int, int] = {}
+    for x, root in enumerate(expected):
+        members.setdefault(root, x)
+    assert cluster_labels(300, pairs).tolist() == [members[root] for root in expected]
+
+
+def test_signatures_do_not_depend_on_batch_or_order(corpus):
+    texts, _ = corpus
+    whole = minhash_signatures(shingle_hashes(texts), seed=5)
+    alone = np.vstack([minhash_signatures(shingle_hashes([t]), seed=5) for t in texts])
+    reversed_ = minhash_signatures(shingle_hashes(texts[::-1]), seed=5)[::-1]
+    assert whole.dtype == np.uint32 and whole.shape == (50, 128)
+    assert np.array_equal(whole, alone) and np.array_equal(whole, reversed_)
+    assert not np.array_equal(whole, minhash_signatures(shingle_hashes(texts), seed=6))
+
+
+def test_results_do_not_depend_on_chunk_size_or_order(corpus):
+    texts, _ = corpus
+    base = near_duplicates(texts, NearDupSettings(threshold=0.7))
+    small = near_duplicates(texts, NearDupSettings(threshold=0.7, chunk_size=3))
+    order = np.random.default_rng(1).permutation(len(texts))
+    shuffled = near_duplicates([texts[i] for i in order], NearDupSettings(threshold=0.7))
+    assert np.array_equal(base.pairs, small.pairs) and np.array_equal(base.jaccard, small.jaccard)
+    relabelled = {tuple(sorted(p)) for p in order[shuffled.pairs].tolist()}
+    assert relabelled == {tuple(p) for p in base.pairs.tolist()}
+
+
+def test_deterministic_across_runs(corpus):
+    texts, _ = corpus
+    first, second = near_duplicates(texts), near_duplicates(texts)
+    assert np.array_equal(first.labels, second.labels) and np.array_equal(first.pairs, second.pairs)
+    assert shingle_hashes(["stable hash"]).values.tolist() == shingle_hashes(["stable hash"]).values.tolist()
+
+
+@pytest.mark.parametrize("threshold,num_perm", [(0.8, 128), (0.5, 128), (0.9, 256), (0.7, 64)])
+def test_threshold_banding_matches_datasketch(threshold, num_perm):
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    assert optimal_bands(threshold, num_perm) == (lsh.b, lsh.r)
+
+
+def test_default_banding_favours_recall_because_candidates_are_verified():
+    bands, rows = NearDupSettings(threshold=0.8).banding()
+    assert bands * rows <= 128
+    assert (bands, rows) == (14, 9)  # datasketch picks (9, 13) with equal weights
+    assert 1 - (1 - 0.8**rows) ** bands > 0.85  # collision probability at the threshold
+
+
+def test_explicit_bands_and_rows_are_respected(corpus):
+    texts, _ = corpus
+    result = near_duplicates(texts, NearDupSettings(threshold=0.7, bands=4, rows=8))
+    assert (result.bands, result.rows) == (4, 8)
+    with pytest.raises(ValueError, match="'bands' parameter of NearDupSettings must be"):
+        NearDupSettings(bands=20, rows=8)
+    with pytest.raises(ValueError, match="'bands'"):
+        NearDupSettings(bands=4)
+    with pytest.raises(ValueError, match="'threshold' parameter of NearDupSettings must be a float in"):
+        NearDupSettings(threshold=1.5)
+
+
+@pytest.mark.parametrize("verify", ["exact", "estimate"])
+def test_verification_removes_false_candidates(corpus, verify):
+    texts, planted = corpus
+    texts = texts + [texts[i].upper() for i in range(20, 25)]  # 50..54: same after case folding
+    loose = NearDupSettings(threshold=0.9, bands=64, rows=2, verify=verify)  # many weak candidates
+    result = near_duplicates(texts, loose)
+    assert result.candidates > len(planted) + 5
+    assert result.pairs.tolist() == [[i, 30 + i] for i in range(20, 25)]
+    assert result.jaccard.tolist() == [1.0] * 5
+
+
+def test_word_shingles_case_fold_and_whitespace():
+    texts = ["Alpha  beta gamma delta epsilon", "alpha beta\tGAMMA delta epsilon", "zeta eta theta iota kappa"]
+    result = near_duplicates(texts, NearDupSettings(shingle="word", threshold=0.9))
+    assert result.pairs.tolist() == [[0, 1]] and result.jaccard.tolist() == [1.0]
+    assert shingle_hashes(texts, shingle="word").sizes().tolist() == [3, 3, 3]
+
+
+def test_case_folding_is_unicode_aware():
+    folded = shingle_hashes(["Straße 🙂 ok", "STRASSE 🙂 OK"])
+    assert folded.sizes().tolist() == [8, 8]
+    assert folded.values[:8].tolist() == folded.values[8:].tolist()
+
+
+def test_empty_and_tiny_inputs():
+    empty = near_duplicates([])
+    assert empty.labels.shape == (0,) and empty.pairs.shape == (0, 2) and empty.clusters() == []
+    one = near_duplicates(["just one"])
+    assert one.labels.tolist() == [0] and one.pairs.shape == (0, 2)
+    tiny = near_duplicates(["", "ab", "AB", "", "abc"])  # shorter than k: one shingle of the whole text
+    assert tiny.clusters() == [[0, 3], [1, 2]]
+    assert shingle_hashes(["", "ab", "abcdefg"]).sizes().tolist() == [1, 1, 3]
+    assert near_duplicates(["", " "], NearDupSettings(shingle="word")).clusters() == [[0, 1]]
+
+
+def test_calibrate_reports_precision_recall_and_a_suggestion(corpus):
+    texts, planted = corpus
+    gen = np.random.default_rng(11)
+    labelled = [(texts[i], texts[j], True) for i, j in sorted(planted)]
+    labelled += [(texts[i], texts[i + 1], False) for i in range(20, 30)]
+    labelled += [(texts[i], replace_word(replace_word(texts[i], 2), 8), False) for i in range(30, 35)]
+    labelled += [(sentence(gen), sentence(gen), False) for _ in range(5)]
+    report = calibrate(labelled, NearDupSettings(threshold=0.7), target_precision=0.95)
+    json.dumps(report)  # plain JSON
+    assert report["pairs"] == 30 and report["duplicates"] == 10
+    configured = report["configured"]
+    assert configured["recall"] == 1.0 and configured["precision"] == 1.0
+    suggested = report["suggested"]
+    assert suggested["precision"] >= 0.95 and suggested["recall"] == 1.0
+    assert suggested["bands"] * suggested["rows"] <= 128
+    with pytest.raises(ValueError, match="at least one labelled pair"):
+        calibrate([])
