@@ -46,9 +46,11 @@ class Ledger:
         details = [None] * len(ids) if details is None else [_text_or_none(d) for d in details]
         self.rows.extend((self.stage, i, "dropped", r, None, None, d) for i, r, d in zip(ids, reasons, details, strict=True))
 
-    def merge(self, ids: Iterable[str], into: Iterable[str], reason: str) -> None:
-        """Record `ids` as merged into the survivors `into` (one per id)."""
-        self.rows.extend((self.stage, i, "merged", reason, s, None, None) for i, s in zip(ids, into, strict=True))
+    def merge(self, ids: Iterable[str], into: Iterable[str], reason: str, details: Iterable[str | None] | None = None) -> None:
+        """Record `ids` as merged into the survivors `into` (one per id), with optional details."""
+        ids, into = list(ids), list(into)
+        details = [None] * len(ids) if details is None else [_text_or_none(d) for d in details]
+        self.rows.extend((self.stage, i, "merged", reason, s, None, d) for i, s, d in zip(ids, into, details, strict=True))
 
     def generate(self, ids: Iterable[str], parents: Iterable[str], reason: str) -> None:
         """Record `ids` as new records made from `parents` (one per id)."""

@@ -224,11 +224,56 @@ class NormaliseParams(Section):
     image: ImageNormaliseParams = ImageNormaliseParams()
 
 
+class TextNearParams(Section):
+    """MinHash + LSH near duplicates of normalised texts; pairs are verified before they merge."""
+
+    shingle: Literal["char", "word"] = "char"
+    size: PositiveInt | None = Field(None, description="Shingle length (default: 5 chars or 3 words).")
+    num_perm: PositiveInt = 128
+    threshold: Annotated[float, Field(gt=0.0, le=1.0)] = Field(0.8, description="Jaccard similarity at which two texts merge.")
+    bands: PositiveInt | None = Field(None, description="LSH bands; with rows, replaces the choice made from the threshold.")
+    rows: PositiveInt | None = None
+    verify: Literal["exact", "estimate"] = Field("exact", description="Check candidates by exact shingle Jaccard, or by the MinHash estimate.")
+    group_threshold: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        0.5, description="Looser Jaccard whose clusters share a group_id, so split keeps them on one side."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TextNearParams:
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("give both bands and rows, or neither")
+        if self.bands is not None and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands x rows ({self.bands} x {self.rows}) exceeds num_perm {self.num_perm}")
+        if self.group_threshold > self.threshold:
+            raise ValueError(f"group_threshold {self.group_threshold} must not exceed threshold {self.threshold}")
+        return self
+
+
+class ImageNearParams(Section):
+    """Perceptual-hash near duplicates of normalised images, searched by multi-index hashing."""
+
+    hash: Literal["phash", "dhash"] = "phash"
+    max_distance: Annotated[int, Field(ge=0, le=64)] = Field(6, description="Hamming distance (of 64 bits) at which images merge.")
+    group_max_distance: Annotated[int, Field(ge=0, le=64)] = Field(10, description="Looser distance whose clusters share a group_id.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ImageNearParams:
+        if self.group_max_distance < self.max_distance:
+            raise ValueError(f"group_max_distance {self.group_max_distance} must be at least max_distance {self.max_distance}")
+        return self
+
+
 class DedupParams(Section):
-    survivor: Literal["first_id", "longest"] = Field("first_id", description="Which record of an exact-duplicate cluster is kept.")
+    key: Literal["content", "content_and_label"] = Field(
+        "content", description="Exact-duplicate key: the normalised content, or content and label together."
+    )
+    near: bool = Field(True, description="Merge near duplicates too (else they only share a group_id).")
+    survivor: Literal["first_id", "longest", "most_common_label"] = Field("first_id", description="Which record of a cluster is kept.")
     conflicts: Literal["majority", "drop", "keep"] = Field(
         "majority", description="Cluster with several labels: keep the majority label, drop the cluster, or keep one per label."
     )
+    text: TextNearParams = TextNearParams()
+    image: ImageNearParams = ImageNearParams()
 
 
 class SplitParams(Section):

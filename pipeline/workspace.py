@@ -2,8 +2,8 @@
 
 `make_workspace` copies the project's tracked files into a folder, merges a params overlay into
 its `params.yaml` (the overlay's `datasets` replace the demo ones; other sections merge key by
-key), turns relative source paths into paths relative to the workspace, and starts a fresh git
-and DVC repository there. `dvc repro` in that folder is then the ordinary pipeline.
+key), rewrites source paths outside the project relative to the workspace (paths inside it refer
+to the workspace's own copy), and starts a fresh git and DVC repository there. `dvc repro` in that folder is then the ordinary pipeline.
 """
 from __future__ import annotations
 
@@ -41,14 +41,22 @@ def overlay_params(project: Path, overlay: Path, workdir: Path) -> dict[str, Any
     extra = yaml.safe_load(overlay.read_text()) or {}
     merged = merge(base, extra)
     for entry in merged.get("datasets", {}).values():
-        source = Path(entry["source"])
-        absolute = source if source.is_absolute() else (project / source).resolve()
-        entry["source"] = os.path.relpath(absolute, workdir.resolve())
+        entry["source"] = _reroot(Path(entry["source"]), project, workdir)
     try:
         Params.model_validate(merged)
     except Exception as exc:  # pydantic.ValidationError
         raise ParamsError(describe_errors(exc, overlay) if hasattr(exc, "errors") else str(exc)) from None
     return merged
+
+
+def _reroot(source: Path, project: Path, workdir: Path) -> str:
+    """A source as seen from the workspace: paths inside the project stay as they are (the
+    workspace has its own copy, or makes it, like the demo corpora); paths outside it are
+    rewritten relative to the workspace."""
+    absolute = source if source.is_absolute() else (project / source).resolve()
+    if absolute.is_relative_to(project.resolve()):
+        return absolute.relative_to(project.resolve()).as_posix()
+    return os.path.relpath(absolute, workdir.resolve())
 
 
 def tracked_files(project: Path) -> list[str]:

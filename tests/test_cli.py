@@ -47,12 +47,16 @@ def test_overlay_replaces_datasets_and_merges_sections():
 
 
 def test_overlay_sources_are_rerooted_at_the_workspace(tmp_path):
-    """A source relative to the project stays the same file when seen from the workspace."""
+    """A source outside the project stays the same file seen from the workspace; one inside it
+    (like the demo corpora, which the workspace generates itself) stays project-relative."""
     overlay = tmp_path / "o.yaml"
-    overlay.write_text(yaml.safe_dump({"datasets": {"t": {"modality": "text", "source": "data/x.tsv", "format": "tsv"}}}))
+    datasets = {"out": {"modality": "text", "source": "../elsewhere/x.tsv", "format": "tsv"},
+                "in": {"modality": "text", "source": "data/raw/demo_text/corpus.tsv", "format": "tsv"}}
+    overlay.write_text(yaml.safe_dump({"datasets": datasets}))
     workdir = tmp_path / "ws"
     params = overlay_params(ROOT, overlay, workdir)
-    assert (workdir / params["datasets"]["t"]["source"]).resolve() == (ROOT / "data" / "x.tsv").resolve()
+    assert (workdir / params["datasets"]["out"]["source"]).resolve() == (ROOT / "../elsewhere/x.tsv").resolve()
+    assert params["datasets"]["in"]["source"] == "data/raw/demo_text/corpus.tsv"
 
 
 def test_bad_overlay_is_a_params_error(tmp_path):

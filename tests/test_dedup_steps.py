@@ -1,6 +1,7 @@
 """Unit tests for pipeline.steps.dedup: clusters, survivors and label conflicts."""
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from conftest import text_records
@@ -27,7 +28,7 @@ def test_exact_duplicates_merge_into_smallest_id_under_first_id():
     dup_ids = _ids_by_text(records)["same text"]
     assert result.clusters == 1 and result.conflicts == 0
     assert set(result.kept["id"]) == {min(dup_ids), *_ids_by_text(records)["other"]}
-    assert result.merged == [(max(dup_ids), min(dup_ids), "exact_duplicate")]
+    assert result.merged == [(max(dup_ids), min(dup_ids), "exact_duplicate", None)]
     _accounted(records, result)
 
 
@@ -74,7 +75,7 @@ def test_majority_conflict_keeps_majority_label_and_merges_minority():
     assert result.clusters == 1 and result.conflicts == 1
     kept_survivor = result.kept[result.kept["id"] == survivor]
     assert list(kept_survivor["label"]) == ["a"]
-    assert (minority, survivor, "label_conflict_minority") in result.merged
+    assert (minority, survivor, "label_conflict_minority", None) in result.merged
     assert sum(m[2] == "exact_duplicate" for m in result.merged) == 2
     assert result.dropped == [] and result.flagged == []
     _accounted(records, result)
@@ -100,7 +101,7 @@ def test_keep_conflict_keeps_one_flagged_survivor_per_label():
     assert sorted(result.flagged) == sorted(result.kept["id"])
     for label in ("a", "b"):
         ids = sorted(records.loc[records["label"] == label, "id"])
-        assert (ids[1], ids[0], "exact_duplicate") in result.merged
+        assert (ids[1], ids[0], "exact_duplicate", None) in result.merged
     assert result.conflicts == 1 and result.clusters == 1
     _accounted(records, result)
 
@@ -122,3 +123,68 @@ def test_no_duplicates_keeps_everything():
     result = exact_duplicates(records, DedupParams())
     assert sorted(result.kept["id"]) == sorted(records["id"])
     assert result.merged == [] and result.dropped == [] and result.clusters == 0
+
+
+# --- near duplicates and groups -------------------------------------------------------------
+
+BASE = "the parcel with my new winter boots never arrived although tracking says it was delivered"
+
+
+def test_near_duplicate_texts_merge_with_their_similarity_in_the_detail():
+    from pipeline.steps.dedup import near_duplicates
+
+    records = text_records([("a", BASE), ("a", BASE + " yesterday"), ("a", "please refund the double charge on my card")])
+    result = near_duplicates(records, "text", DedupParams())
+    assert len(result.kept) == 2 and result.clusters == 1
+    (merged_id, survivor, reason, detail), = result.merged
+    assert reason == "near_duplicate" and survivor == min(records["id"][:2])
+    assert detail.startswith("jaccard 0.") and detail.endswith(survivor)
+
+
+def test_looser_groups_share_the_smallest_id_whatever_the_order():
+    from pipeline.steps.dedup import group_ids
+
+    rows = [("a", BASE), ("a", BASE.replace("winter boots", "summer sandals")), ("b", "my invoice shows a wrong address")]
+    records = text_records(rows)
+    groups = group_ids(records, "text", DedupParams())
+    assert groups.iloc[0] == groups.iloc[1] == min(records["id"][:2]) and groups.iloc[2] == records["id"].iloc[2]
+    shuffled = records.iloc[[2, 0, 1]]
+    assert group_ids(shuffled, "text", DedupParams()).sort_index().equals(groups.sort_index())
+
+
+def test_content_and_label_key_keeps_the_same_text_under_two_labels():
+    records = text_records([("a", "same text"), ("b", "same text")])
+    assert len(exact_duplicates(records, DedupParams(key="content_and_label")).kept) == 2
+    assert len(exact_duplicates(records, DedupParams()).kept) == 1
+
+
+def test_most_common_label_survivor_comes_from_the_largest_label():
+    records = text_records([("b", "t"), ("a", "t"), ("a", "t")])
+    survivor = exact_duplicates(records, DedupParams(survivor="most_common_label")).kept
+    assert survivor["label"].tolist() == ["a"]
+
+
+def test_near_duplicate_images_merge_and_different_ones_stay():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.records import conform, make_id
+    from pipeline.steps.dedup import near_duplicates
+
+    def encoded(pixels: np.ndarray, fmt: str, **options) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format=fmt, **options)
+        return buffer.getvalue()
+
+    rng = np.random.default_rng(0)
+    scene = np.kron(rng.integers(0, 256, (8, 8, 3)), np.ones((8, 8, 1))).astype(np.uint8)  # blocky 64x64 picture
+    other = np.kron(rng.integers(0, 256, (8, 8, 3)), np.ones((8, 8, 1))).astype(np.uint8)
+    blobs = [encoded(scene, "PNG"), encoded(scene, "JPEG", quality=60), encoded(other, "PNG")]
+    records = conform(pd.DataFrame({
+        "id": [make_id("img", i) for i in range(3)], "label": "x", "image": blobs, "content_hash": ["h0", "h1", "h2"],
+        "source": "mem", "group_id": [make_id("img", i) for i in range(3)],
+    }))
+    result = near_duplicates(records, "image", DedupParams())
+    assert len(result.kept) == 2 and result.merged[0][2] == "near_duplicate" and result.merged[0][3].startswith("hamming ")

@@ -34,15 +34,25 @@ SECTIONS = {"normalise": {"image": {"size": 24}}, "engine": {"workers": 1, "chun
 
 # --- inputs ---------------------------------------------------------------------------------
 
+WORDS = ("invoice parcel refund courier depot charge account delivery monday card address label box "
+         "order tracking payment receipt week late broken lamp door price twice wrong").split()
+
+
+def _sentence(seed: int) -> str:
+    """Eight words drawn for `seed`: different sentences share few character 5-grams."""
+    rng = np.random.default_rng(seed)
+    return " ".join(WORDS[i] for i in rng.choice(len(WORDS), 8, replace=False))
+
+
 def write_corpus(root: Path) -> None:
     """A 60-row TSV: 2 classes, exact duplicates (one only after whitespace folding), a conflict, bad rows."""
-    rows = [f"my invoice number {i} was charged twice this month\tbilling" for i in range(30)]
-    rows += [f"parcel {i} is stuck at the depot since monday\tshipping" for i in range(22)]
+    billing, shipping = [_sentence(i) for i in range(30)], [_sentence(100 + i) for i in range(22)]
+    rows = [f"{text}\tbilling" for text in billing] + [f"{text}\tshipping" for text in shipping]
     rows += [
-        "my invoice number 3 was charged twice this month\tbilling",  # exact duplicate
-        "my invoice number 3 was charged twice this month\tBill",  # duplicate via label_map
-        "parcel 5 is  stuck at the depot   since monday\tshipping",  # duplicate after whitespace folding
-        "parcel 7 is stuck at the depot since monday\tbilling",  # label conflict (minority)
+        f"{billing[3]}\tbilling",  # exact duplicate
+        f"{billing[3]}\tBill",  # duplicate via label_map
+        f"{shipping[5].replace(' ', '   ', 2)}\tshipping",  # duplicate after whitespace folding
+        f"{shipping[7]}\tbilling",  # label conflict (minority)
         "please send me a refund for the broken lamp\trefund",  # unknown label
         "too many\tfields\there",  # ragged row
         "\tshipping",  # empty text

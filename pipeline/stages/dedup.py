@@ -1,7 +1,8 @@
-"""Dedup: merge exact duplicates (equal normalised content) into one survivor per cluster.
+"""Dedup: merge exact duplicates, then verified near duplicates, and group what stays similar.
 
-Every merged record names its survivor in the ledger; label conflicts follow params
-`dedup.conflicts` and are counted in the metrics.
+Every merged record names its survivor in the ledger (near duplicates also their closest partner
+and similarity); label conflicts follow params `dedup.conflicts` and are counted in the metrics.
+A looser near-duplicate threshold fills `group_id`, which split keeps on one side.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from pipeline.io import read_records, write_records
 from pipeline.stages.base import Context, Outcome, entry, stage_main
-from pipeline.steps.dedup import exact_duplicates
+from pipeline.steps.dedup import DedupResult, exact_duplicates, group_ids, near_duplicates
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,20 +21,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(ctx: Context) -> Outcome:
     records = read_records(ctx.args.input)
-    result = exact_duplicates(records, ctx.params.dedup)
+    params, modality = ctx.params.dedup, ctx.dataset.modality
+    exact = exact_duplicates(records, params)
+    _ledger(ctx, exact)
+    kept = exact.kept
+    near = near_duplicates(kept, modality, params) if params.near and len(kept) > 1 else None
+    if near is not None:
+        _ledger(ctx, near)
+        kept = near.kept
+    kept = kept.assign(group_id=group_ids(kept, modality, params)) if len(kept) > 1 else kept
+    write_records(kept, ctx.args.output)
+    groups = kept["group_id"].value_counts()
+    extra = {
+        "clusters": exact.clusters,
+        "near_clusters": near.clusters if near else 0,
+        "label_conflicts": exact.conflicts + (near.conflicts if near else 0),
+        "duplicate_rate": round(1 - len(kept) / len(records), 6) if len(records) else 0.0,
+        "groups_of_similar_records": int((groups > 1).sum()),
+        "records_in_groups": int(groups[groups > 1].sum()),
+        "labels": kept["label"].value_counts().sort_index().to_dict(),
+    }
+    return Outcome(len(records), len(kept), extra)
+
+
+def _ledger(ctx: Context, result: DedupResult) -> None:
     for reason in sorted({m[2] for m in result.merged}):
-        pairs = [m for m in result.merged if m[2] == reason]
-        ctx.ledger.merge([m[0] for m in pairs], [m[1] for m in pairs], reason)
+        rows = [m for m in result.merged if m[2] == reason]
+        ctx.ledger.merge([m[0] for m in rows], [m[1] for m in rows], reason, [m[3] for m in rows])
     ctx.ledger.drop(result.dropped, "label_conflict")
     ctx.ledger.flag(result.flagged, "label_conflict")
-    write_records(result.kept, ctx.args.output)
-    extra = {
-        "clusters": result.clusters,
-        "label_conflicts": result.conflicts,
-        "duplicate_rate": round(1 - len(result.kept) / len(records), 6) if len(records) else 0.0,
-        "labels": result.kept["label"].value_counts().sort_index().to_dict(),
-    }
-    return Outcome(len(records), len(result.kept), extra)
 
 
 def main(argv: list[str] | None = None) -> int:
