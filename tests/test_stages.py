@@ -113,7 +113,7 @@ def run_chain(root: Path, out: Path, dataset: str, **sections) -> Path:
         (clean, ["--root", str(root), "--output", str(d / "clean.parquet")]),
         (normalise, ["--input", str(d / "clean.parquet"), "--output", str(d / "normalise.parquet")]),
         (dedup, ["--input", str(d / "normalise.parquet"), "--output", str(d / "dedup.parquet")]),
-        (split, ["--input", str(d / "dedup.parquet"), "--output", str(d / "split")]),
+        (split, ["--input", str(d / "dedup.parquet"), "--output", str(d / "split"), "--leakage", str(d / "final" / "leakage.json")]),
         (augment, ["--input", str(d / "split"), "--output", str(d / "augment" / "train.parquet"),
                    "--preview", str(d / "augment" / "preview")]),
         (rebalance, ["--train", str(d / "augment" / "train.parquet"), "--split", str(d / "split"),

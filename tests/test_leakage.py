@@ -1,0 +1,68 @@
+"""The leakage certificate: duplicates across the split are found from content alone."""
+from __future__ import annotations
+
+import pandas as pd
+
+from conftest import text_records
+from pipeline.params import DedupParams
+from pipeline.steps.leakage import certificate, cross_split_pairs, evaluation_side_ids, method_text
+
+TEXT = "my parcel with the new winter boots never arrived although the tracking says delivered"
+
+
+def _splits(records: pd.DataFrame, names: list[str]) -> pd.Series:
+    return pd.Series(names, index=records.index)
+
+
+def test_exact_and_near_duplicates_across_splits_are_listed_evaluation_side_first():
+    records = text_records([("a", TEXT), ("a", TEXT), ("a", TEXT + " yesterday"), ("b", "refund the double charge please")])
+    leaks = cross_split_pairs(records, _splits(records, ["train", "test", "val", "train"]), "text", DedupParams(), seed=1)
+    kinds = {(leak.split, leak.other_split, leak.kind) for leak in leaks}
+    assert ("test", "train", "exact") in kinds and ("val", "train", "near") in kinds
+    assert all(leak.split != "train" for leak in leaks)
+    assert evaluation_side_ids(leaks) == {records["id"].iloc[1], records["id"].iloc[2]}
+
+
+def test_duplicates_within_one_split_are_not_leaks():
+    records = text_records([("a", TEXT), ("a", TEXT), ("b", "something else entirely different")])
+    assert cross_split_pairs(records, _splits(records, ["train", "train", "test"]), "text", DedupParams(), seed=1) == []
+
+
+def test_certificate_counts_pairs_by_sides_and_says_how():
+    records = text_records([("a", TEXT), ("a", TEXT)])
+    leaks = cross_split_pairs(records, _splits(records, ["train", "test"]), "text", DedupParams(), seed=1)
+    cert = certificate(leaks, method=method_text("text", DedupParams()), checked={"train": 1, "val": 0, "test": 1})
+    assert cert["cross_split_pairs"] == 1 and cert["by_splits"] == {"test-train": 1}
+    assert cert["pairs"][0]["kind"] == "exact" and "MinHash" in cert["method"]
+
+
+def _run_split(tmp_path, source_leakage: str, names: list[str]) -> tuple[int, dict, dict]:
+    import json
+
+    from conftest import write_params
+    from pipeline.io import write_records
+    from pipeline.stages import split
+
+    rows = [("a", TEXT), ("a", TEXT + " yesterday")] + [(("a", "b")[i % 2], f"distinct message number {i} about {i * 7} things") for i in range(20)]
+    records = text_records(rows).assign(source_split=names + ["train"] * 20)
+    write_records(records, tmp_path / "dedup.parquet")
+    datasets = {"t": {"modality": "text", "source": "x.tsv", "format": "tsv", "source_split": "keep"}}
+    params = write_params(tmp_path / "params.yaml", datasets, split={"source_leakage": source_leakage})
+    code = split.main(["--dataset", "t", "--params", str(params), "--input", str(tmp_path / "dedup.parquet"),
+                       "--output", str(tmp_path / "split"), "--leakage", str(tmp_path / "leakage.json"),
+                       "--metrics", str(tmp_path / "split.json"), "--ledger", str(tmp_path / "ledger.parquet")])
+    return code, json.loads((tmp_path / "leakage.json").read_text()), json.loads((tmp_path / "split.json").read_text())
+
+
+def test_source_split_leak_is_reported_when_kept(tmp_path):
+    """With the source's own split kept, a test record near-duplicating train is reported, not fatal."""
+    code, cert, metrics = _run_split(tmp_path, "keep", ["train", "test"])
+    assert code == 0 and cert["cross_split_pairs"] == 1 and cert["pairs"][0]["kind"] == "near"
+    assert metrics["leakage"]["cross_split_pairs"] == 1
+
+
+def test_source_split_leak_is_dropped_from_the_evaluation_side_when_asked(tmp_path):
+    code, cert, metrics = _run_split(tmp_path, "drop", ["train", "test"])
+    assert code == 0 and cert["cross_split_pairs"] == 0
+    assert metrics["dropped"] == {"duplicate_across_source_split": 1}
+    assert metrics["in"] == metrics["out"] + 1
