@@ -337,8 +337,20 @@ class AugmentParams(Section):
 
 
 class RebalanceParams(Section):
-    strategy: Literal["none", "random_over", "random_under"] = "random_over"
-    ratio: Annotated[float, Field(gt=0.0, le=1.0)] = Field(1.0, description="Target minority/majority ratio after resampling.")
+    strategy: Literal["none", "random_over", "random_under", "random_both", "tomek_links", "edited_nearest_neighbours"] = Field(
+        "random_over", description="imbalanced-learn sampler; the last two clean train by embeddings of the offline models."
+    )
+    ratio: Annotated[float, Field(gt=0.0, le=1.0)] = Field(1.0, description="Target smallest/largest class ratio after resampling.")
+    counts: dict[str, Annotated[int, Field(ge=1)]] | None = Field(
+        None, description="Per-class record counts to reach instead of a ratio (random_* strategies)."
+    )
+    n_neighbors: PositiveInt = Field(3, description="edited_nearest_neighbours: neighbours that must agree.")
+
+    @model_validator(mode="after")
+    def _counts_fit_strategy(self) -> RebalanceParams:
+        if self.counts is not None and not self.strategy.startswith("random"):
+            raise ValueError(f"counts applies to the random_* strategies, not {self.strategy!r}")
+        return self
 
 
 class EarlyStoppingParams(Section):

@@ -113,3 +113,63 @@ def test_different_seed_picks_other_records():
     one = json.dumps(sorted(rebalance(train, params, seed=1).copies["op"]))
     two = json.dumps(sorted(rebalance(train, params, seed=2).copies["op"]))
     assert one != two
+
+
+# --- per-class counts, both directions, cleaning samplers -----------------------------------
+
+def test_per_class_counts_over_and_under_sample_in_one_pass():
+    from collections import Counter
+
+    from pipeline.params import RebalanceParams
+    from pipeline.steps.rebalance import rebalance
+
+    train = text_records([("a", f"a{i}") for i in range(30)] + [("b", f"b{i}") for i in range(6)] + [("c", f"c{i}") for i in range(10)])
+    result = rebalance(train, RebalanceParams(strategy="random_both", counts={"a": 12, "b": 12}), seed=0)
+    assert Counter(result.train["label"]) == {"a": 12, "b": 12, "c": 10}
+    assert len(result.dropped) == 18 and len(result.copies) == 6
+    assert set(result.copies["parent_id"]) <= set(train["id"])
+
+
+def test_counts_only_apply_to_random_strategies():
+    from pipeline.params import RebalanceParams
+
+    with pytest.raises(ValueError, match="counts"):
+        RebalanceParams(strategy="tomek_links", counts={"a": 3})
+
+
+@pytest.mark.parametrize("strategy", ["tomek_links", "edited_nearest_neighbours"])
+def test_cleaning_samplers_drop_majority_records_in_the_minority_region(strategy):
+    import numpy as np
+
+    from pipeline.params import RebalanceParams
+    from pipeline.steps.rebalance import rebalance
+
+    rng = np.random.default_rng(0)
+    majority, minority = rng.normal(0, 1, (60, 2)), rng.normal(2.5, 0.5, (12, 2))
+    intruders = rng.normal(2.5, 0.3, (4, 2))  # majority records sitting among the minority
+    train = text_records([("maj", f"m{i}") for i in range(64)] + [("min", f"n{i}") for i in range(12)])
+    vectors = np.vstack([majority, intruders, minority])
+    order = np.argsort(train["id"].to_numpy())  # rebalance expects embeddings in id order
+    result = rebalance(train, RebalanceParams(strategy=strategy), seed=0, embeddings=vectors[order])
+    dropped = set(result.dropped)
+    assert dropped and dropped <= set(train.loc[train["label"] == "maj", "id"])
+    assert result.reason == strategy and len(result.train) == 76 - len(dropped)
+
+
+@pytest.mark.slow
+def test_embeddings_from_the_offline_models_are_deterministic_and_feed_the_cleaners():
+    """Real MiniLM embeddings: same texts, same vectors; ENN on them drops only majority records."""
+    import numpy as np
+
+    from pipeline.params import RebalanceParams
+    from pipeline.steps.embed import text_embeddings
+    from pipeline.steps.rebalance import rebalance
+
+    texts = [f"my parcel {i} never arrived" for i in range(20)] + [f"refund the charge on invoice {i}" for i in range(6)]
+    texts += ["refund my parcel charge"]  # a shipping-labelled text that reads like billing
+    train = text_records([("ship", t) for t in texts[:20]] + [("bill", t) for t in texts[20:26]] + [("ship", texts[26])])
+    ordered = train.sort_values("id")
+    first, second = (text_embeddings(ordered["text"].tolist()) for _ in range(2))
+    assert first.shape == (27, 384) and np.array_equal(first, second)
+    result = rebalance(train, RebalanceParams(strategy="edited_nearest_neighbours"), seed=0, embeddings=first)
+    assert set(result.dropped) <= set(train.loc[train["label"] == "ship", "id"])

@@ -1,4 +1,4 @@
-"""Rebalance: resample train classes (imbalanced-learn) and write the final dataset and its card.
+"""Rebalance: resample or clean train classes (imbalanced-learn) and write the final dataset and its card.
 
 val and test are copied unchanged from split; only train is resampled.
 """
@@ -8,9 +8,10 @@ import argparse
 from pathlib import Path
 
 from pipeline.io import read_records, write_json, write_records
-from pipeline.stages.base import Context, Outcome, entry, stage_main
+from pipeline.stages.base import Context, Outcome, StageError, entry, stage_main
 from pipeline.steps.card import make_card
-from pipeline.steps.rebalance import rebalance
+from pipeline.steps.embed import image_embeddings, text_embeddings
+from pipeline.steps.rebalance import CLEANING, rebalance
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,10 +21,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: Context) -> Outcome:
-    train = read_records(ctx.args.train)
-    result = rebalance(train, ctx.params.rebalance, ctx.params.seed)
+    train = read_records(ctx.args.train).sort_values("id", kind="stable").reset_index(drop=True)
+    params = ctx.params.rebalance
+    vectors = _embeddings(ctx, train) if params.strategy in CLEANING else None
+    try:
+        result = rebalance(train, params, ctx.params.seed, vectors)
+    except ValueError as exc:
+        raise StageError(str(exc)) from None
     ctx.ledger.generate(result.copies["id"], result.copies["parent_id"], "oversampled")
-    ctx.ledger.drop(result.dropped, "undersampled")
+    ctx.ledger.drop(result.dropped, result.reason)
     splits = {"train": result.train, **{s: read_records(ctx.args.split / f"{s}.parquet") for s in ("val", "test")}}
     for name, frame in splits.items():
         write_records(frame, ctx.args.output / f"{name}.parquet")
@@ -36,6 +42,14 @@ def run(ctx: Context) -> Outcome:
         "version": card["version"],
     }
     return Outcome(len(train), len(result.train), extra)
+
+
+def _embeddings(ctx: Context, train):
+    """Embeddings of train records (in id order) from the offline model of the dataset's modality."""
+    threads = ctx.params.finetune.threads
+    if ctx.dataset.modality == "text":
+        return text_embeddings(train["text"].tolist(), threads=threads)
+    return image_embeddings(train["image"].tolist(), threads=threads)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,9 @@
-"""Rebalance: resample train classes towards a target ratio with imbalanced-learn.
+"""Rebalance: resample train classes with imbalanced-learn.
 
-The samplers work on an index array, so they apply to any record. Oversampled copies get new ids
-and name their root original as parent; undersampled records are dropped with a reason.
+Random samplers work on an index array, so they apply to any record: oversampled copies get new
+ids and name their root original as parent; undersampled records are dropped with a reason.
+Cleaning under-samplers (Tomek links, edited nearest neighbours) need distances between records:
+they run on embeddings from the offline pretrained models and drop the records they remove.
 """
 from __future__ import annotations
 
@@ -16,50 +18,88 @@ from pipeline.params import RebalanceParams
 from pipeline.records import make_id, op_json
 from pipeline.seeding import derive_seed
 
+CLEANING = ("tomek_links", "edited_nearest_neighbours")
+
 
 @dataclass(slots=True)
 class Rebalanced:
-    """Train after resampling, the copies it gained and the ids it lost."""
+    """Train after resampling, the copies it gained and the ids it lost (with the reason)."""
 
     train: pd.DataFrame
     copies: pd.DataFrame
     dropped: list[str] = field(default_factory=list)
+    reason: str = "undersampled"
 
 
 def class_targets(counts: Counter[str], params: RebalanceParams) -> dict[str, int]:
-    """Records per class after resampling, so that smallest/largest reaches `params.ratio`."""
-    if params.strategy == "random_over":
+    """Records per class after resampling: per-class `counts`, or so that smallest/largest reaches `ratio`."""
+    if params.counts is not None:
+        wanted = {c: params.counts.get(c, n) for c, n in counts.items()}
+        if params.strategy == "random_over":
+            return {c: max(n, wanted[c]) for c, n in counts.items()}
+        if params.strategy == "random_under":
+            return {c: min(n, wanted[c]) for c, n in counts.items()}
+        return wanted
+    if params.strategy in ("random_over", "random_both"):
         floor = math.ceil(params.ratio * max(counts.values()))
-        return {c: max(n, floor) for c, n in counts.items()}
+        over = {c: max(n, floor) for c, n in counts.items()}
+        return over
     if params.strategy == "random_under":
         ceiling = max(min(counts.values()), math.floor(min(counts.values()) / params.ratio))
         return {c: min(n, ceiling) for c, n in counts.items()}
     return dict(counts)
 
 
-def rebalance(train: pd.DataFrame, params: RebalanceParams, seed: int) -> Rebalanced:
-    """Resample `train` (sorted by id first, so the result does not depend on input order)."""
+def rebalance(train: pd.DataFrame, params: RebalanceParams, seed: int, embeddings: np.ndarray | None = None) -> Rebalanced:
+    """Resample `train` (sorted by id first, so the result does not depend on input order).
+
+    `embeddings` (rows in id order) are needed by the cleaning strategies only.
+    """
     train = train.sort_values("id", kind="stable").reset_index(drop=True)
     counts = Counter(train["label"])
     if params.strategy == "none" or len(counts) < 2:
         return Rebalanced(train, train.iloc[0:0])
-    sampler = _sampler(params, class_targets(counts, params), seed)
-    sampler.fit_resample(np.arange(len(train)).reshape(-1, 1), train["label"].to_numpy())
-    chosen = np.asarray(sampler.sample_indices_)
-    if params.strategy == "random_under":
-        kept = np.sort(chosen)
-        dropped = sorted(set(train["id"]) - set(train["id"].iloc[kept]))
-        return Rebalanced(train.iloc[kept], train.iloc[0:0], dropped)
-    copies = _copies(train, chosen[len(train):])
-    return Rebalanced(pd.concat([train, copies], ignore_index=True), copies)
+    if params.strategy in CLEANING:
+        return _clean(train, params, embeddings)
+    targets = class_targets(counts, params)
+    labels = train["label"].to_numpy()
+    under = {c: min(n, targets[c]) for c, n in counts.items()}
+    kept = _under(labels, under, seed) if under != dict(counts) else np.arange(len(train))
+    dropped = sorted(set(train["id"]) - set(train["id"].iloc[kept]))
+    train = train.iloc[kept].reset_index(drop=True)
+    over = {c: max(under[c], targets[c]) for c in counts}
+    picked = _over(train["label"].to_numpy(), over, seed) if over != under else np.zeros(0, dtype=int)
+    copies = _copies(train, picked)
+    return Rebalanced(pd.concat([train, copies], ignore_index=True), copies, dropped)
 
 
-def _sampler(params: RebalanceParams, targets: dict[str, int], seed: int):
+def _under(labels: np.ndarray, targets: dict[str, int], seed: int) -> np.ndarray:
     from imblearn.under_sampling import RandomUnderSampler
+
+    sampler = RandomUnderSampler(sampling_strategy=targets, random_state=derive_seed(seed, "rebalance", "under", bits=32))
+    sampler.fit_resample(np.arange(len(labels)).reshape(-1, 1), labels)
+    return np.sort(np.asarray(sampler.sample_indices_))
+
+
+def _over(labels: np.ndarray, targets: dict[str, int], seed: int) -> np.ndarray:
+    """Positions of the records to copy (imbalanced-learn appends them after the originals)."""
     from imblearn.over_sampling import RandomOverSampler
 
-    cls = RandomOverSampler if params.strategy == "random_over" else RandomUnderSampler
-    return cls(sampling_strategy=targets, random_state=derive_seed(seed, "rebalance", bits=32))
+    sampler = RandomOverSampler(sampling_strategy=targets, random_state=derive_seed(seed, "rebalance", bits=32))
+    sampler.fit_resample(np.arange(len(labels)).reshape(-1, 1), labels)
+    return np.asarray(sampler.sample_indices_)[len(labels):]
+
+
+def _clean(train: pd.DataFrame, params: RebalanceParams, embeddings: np.ndarray | None) -> Rebalanced:
+    from imblearn.under_sampling import EditedNearestNeighbours, TomekLinks
+
+    if embeddings is None or len(embeddings) != len(train):
+        raise ValueError(f"{params.strategy} needs one embedding per train record")
+    sampler = TomekLinks() if params.strategy == "tomek_links" else EditedNearestNeighbours(n_neighbors=params.n_neighbors)
+    sampler.fit_resample(embeddings, train["label"].to_numpy())
+    kept = np.sort(np.asarray(sampler.sample_indices_))
+    dropped = sorted(set(train["id"]) - set(train["id"].iloc[kept]))
+    return Rebalanced(train.iloc[kept].reset_index(drop=True), train.iloc[0:0], dropped, reason=params.strategy)
 
 
 def _copies(train: pd.DataFrame, picked: np.ndarray) -> pd.DataFrame:
