@@ -449,6 +449,25 @@ class EvaluateParams(Section):
     baselines: BaselinesParams = BaselinesParams()
 
 
+class GatesParams(Section):
+    """Thresholds a run must meet (null: not checked); the report stage fails on a violated gate."""
+
+    warn_only: bool = Field(False, description="Report violated gates without failing the stage.")
+    max_duplicate_rate: Fraction | None = Field(0.5, description="dedup: share of records merged or dropped.")
+    max_drop_rate: Fraction | None = Field(0.25, description="Any stage: share of its input dropped.")
+    max_drop_rate_per_reason: Fraction | None = Field(0.15, description="Any stage: share of its input dropped for one reason.")
+    min_records_per_class_per_split: Annotated[int, Field(ge=0)] | None = 1
+    min_test_macro_f1: Fraction | None = None
+    max_cross_split_leaks: Annotated[int, Field(ge=0)] | None = 0
+    max_test_changed_fraction: Fraction | None = Field(
+        0.02, description="pipeline diff: share of test records added, removed or changed against the base revision."
+    )
+
+
+class ReportParams(Section):
+    examples: PositiveInt = Field(6, description="Examples per section (duplicate clusters, flagged images).")
+
+
 class Params(Section):
     """The whole of `params.yaml`."""
 
@@ -464,6 +483,8 @@ class Params(Section):
     rebalance: RebalanceParams = RebalanceParams()
     finetune: FinetuneParams = FinetuneParams()
     evaluate: EvaluateParams = EvaluateParams()
+    report: ReportParams = ReportParams()
+    gates: GatesParams = GatesParams()
 
     @field_validator("datasets")
     @classmethod

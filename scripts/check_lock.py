@@ -1,6 +1,6 @@
 """Compare the working dvc.lock with the committed one: data outputs must match exactly.
 
-Model stages (finetune, evaluate) may differ across CPU types (different SIMD kernels round
+Model stages (features, finetune, baselines, evaluate, report) may differ across CPU types (different SIMD kernels round
 differently); on the same kind of machine they match too. Those differences are reported, not
 failed, unless --strict is given. Exit 1 when a data output differs.
 """
@@ -12,7 +12,7 @@ import sys
 
 import yaml
 
-MODEL_STAGES = ("finetune", "evaluate")
+MODEL_STAGES = ("features", "finetune", "baselines", "evaluate", "report")
 
 
 def outs(lock: dict) -> dict[str, list]:

@@ -1,0 +1,122 @@
+"""Report: one self-contained HTML page per dataset, and the quality gates a CI run fails on.
+
+Reads the stage metrics, ledgers, record sets, card, leakage certificate and augmentation preview
+of a dataset; writes the page (charts and thumbnails embedded, nothing fetched when it opens);
+then fails, listing every violated gate with its value and threshold, unless `gates.warn_only`.
+Wall-clock seconds are left out, so the page is the same on every run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from pipeline.io import read_records
+from pipeline.stages.base import Context, Outcome, StageError, entry, stage_main
+from pipeline.steps.gates import evaluate_gates, violations
+from pipeline.steps.report import Example, ReportInputs, render
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "val", "test")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, type=Path, help="the dataset's data folder (data/<dataset>)")
+    parser.add_argument("--stage-metrics", required=True, type=Path, help="folder of the dataset's stage metrics")
+    parser.add_argument("--output", required=True, type=Path, help="HTML file to write")
+
+
+def run(ctx: Context) -> Outcome:
+    data, metrics = ctx.args.data, _stage_metrics(ctx.args.stage_metrics)
+    card = json.loads((data / "final" / "card.json").read_text())
+    leakage = json.loads((data / "final" / "leakage.json").read_text())
+    gates = evaluate_gates(metrics, card, leakage, ctx.params.gates)
+    inputs = ReportInputs(
+        dataset=ctx.name, modality=ctx.dataset.modality, card=card, leakage=leakage, metrics=metrics, gates=gates,
+        class_phases=_class_phases(metrics, card), **_examples(data, ctx.params.report.examples), **_preview(data),
+    )
+    ctx.args.output.parent.mkdir(parents=True, exist_ok=True)
+    ctx.args.output.write_text(render(inputs), encoding="utf-8")
+    failed = violations(gates)
+    for gate in failed:
+        log.warning("gate %s", gate.describe())
+    if failed and not ctx.params.gates.warn_only:
+        raise StageError("quality gates violated:\n  " + "\n  ".join(g.describe() for g in failed)
+                         + f"\n(report written to {ctx.args.output}; set gates.warn_only to report without failing)")
+    total = sum(card.get("records", {}).values())
+    extra = {"gates": {"checked": len(gates), "violated": len(failed)}, "gate_results": [g.describe() for g in gates]}
+    return Outcome(total, total, extra)
+
+
+def _stage_metrics(folder: Path) -> dict[str, dict[str, Any]]:
+    """Every stage's metrics but this stage's own, without wall-clock seconds."""
+    found = {}
+    for path in sorted(folder.glob("*.json")):
+        if path.stem != "report":
+            found[path.stem] = {k: v for k, v in json.loads(path.read_text()).items() if k != "seconds"}
+    return found
+
+
+def _class_phases(metrics: dict[str, dict[str, Any]], card: dict[str, Any]) -> dict[str, dict[str, int]]:
+    phases = {"ingest (clean)": metrics.get("clean", {}).get("labels", {}), "after dedup": metrics.get("dedup", {}).get("labels", {})}
+    per_class = metrics.get("split", {}).get("per_class", {})
+    for split in SPLITS:
+        phases[split] = {label: v.get(split, 0) for label, v in per_class.items()}
+    phases["train after rebalance"] = card.get("classes", {}).get("train", {})
+    return {k: v for k, v in phases.items() if v}
+
+
+def _examples(data: Path, limit: int) -> dict[str, list]:
+    """Duplicate pairs, label conflicts and flagged records, with their content."""
+    dedup_ledger = _ledger(data / "ledger" / "dedup.parquet")
+    clean_ledger = _ledger(data / "ledger" / "clean.parquet")
+    merged = dedup_ledger[dedup_ledger["fate"] == "merged"]
+    duplicates = pd.concat([rows.head(limit) for _, rows in merged[merged["reason"] != "label_conflict_minority"].groupby("reason")]) \
+        if len(merged) else merged
+    conflicts = merged[merged["reason"] == "label_conflict_minority"].head(limit)
+    flagged = clean_ledger[clean_ledger["fate"] == "flagged"].groupby("reason").head(2).head(limit * 2)
+    wanted = set(duplicates["id"]) | set(duplicates["into"]) | set(conflicts["id"]) | set(conflicts["into"])
+    records = _records(data / "normalise.parquet", wanted)
+    originals = _records(data / "clean.parquet", set(flagged["id"]))
+    return {
+        "duplicates": [(r.reason, _text(r.detail), records[r.id], records[r.into]) for r in duplicates.itertuples() if r.id in records and r.into in records],
+        "conflicts": [(r.reason, records[r.id], records[r.into]) for r in conflicts.itertuples() if r.id in records and r.into in records],
+        "flagged": [(r.reason, _text(r.detail), originals[r.id]) for r in flagged.itertuples() if r.id in originals],
+    }
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _ledger(path: Path) -> pd.DataFrame:
+    return pq.read_table(path).to_pandas() if path.exists() else pd.DataFrame(columns=["id", "fate", "reason", "into", "detail"])
+
+
+def _records(path: Path, ids: set[str]) -> dict[str, Example]:
+    if not ids or not path.exists():
+        return {}
+    frame = read_records(path)
+    frame = frame[frame["id"].isin(ids)]
+    return {r.id: Example(r.id, r.label, r.text if isinstance(r.text, str) else None, r.image if isinstance(r.image, bytes) else None)
+            for r in frame.itertuples()}
+
+
+def _preview(data: Path) -> dict[str, Any]:
+    folder = data / "augment" / "preview"
+    png, md = folder / "preview.png", folder / "samples.md"
+    return {"preview_png": png.read_bytes() if png.exists() else None, "preview_text": md.read_text() if md.exists() else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main("report", __doc__, add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    entry(__spec__.name, main)
+

@@ -1,0 +1,229 @@
+"""The data report: one self-contained HTML page per dataset (images and charts embedded).
+
+`render` turns a `ReportInputs` into HTML; every section has a stable id (summary, gates, flow,
+classes, duplicates, quality, augmentation, split, training, params) so tests and people can find it.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from pipeline.steps import plots
+from pipeline.steps.gates import Gate
+
+STAGE_ORDER = ("clean", "normalise", "dedup", "split", "augment", "rebalance", "finetune", "evaluate")
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
+h1{margin-bottom:.2rem} h2{border-bottom:2px solid #ddd;padding-bottom:.3rem;margin-top:2.2rem}
+table{border-collapse:collapse;margin:.6rem 0;font-size:.9rem} td,th{border:1px solid #ccc;padding:.25rem .55rem;text-align:left}
+th{background:#f3f3f3} .ok{color:#1a7f37;font-weight:600} .bad{color:#c62828;font-weight:700}
+.pair{display:flex;gap:1rem;align-items:flex-start;margin:.5rem 0;padding:.4rem;border:1px solid #eee}
+.pair div{flex:1} .muted{color:#666;font-size:.85rem} img.chart{max-width:100%} img.thumb{width:96px;height:96px;object-fit:cover}
+pre{background:#f7f7f7;padding:.6rem;overflow-x:auto;font-size:.8rem} code{font-size:.85rem}
+"""
+
+
+@dataclass(slots=True)
+class Example:
+    """A record shown in the report: its id, label, and text or image bytes."""
+
+    id: str
+    label: str
+    text: str | None = None
+    image: bytes | None = None
+
+
+@dataclass(slots=True)
+class ReportInputs:
+    """Everything the report shows, already loaded."""
+
+    dataset: str
+    modality: str
+    card: dict[str, Any]
+    leakage: dict[str, Any]
+    metrics: dict[str, dict[str, Any]]
+    gates: list[Gate]
+    class_phases: dict[str, dict[str, int]]
+    duplicates: list[tuple[str, str, Example, Example]] = field(default_factory=list)  # (reason, detail, merged, survivor)
+    conflicts: list[tuple[str, Example, Example]] = field(default_factory=list)
+    flagged: list[tuple[str, str, Example]] = field(default_factory=list)  # (flag, detail, record)
+    preview_png: bytes | None = None
+    preview_text: str | None = None
+
+
+def render(inputs: ReportInputs) -> str:
+    """The whole page."""
+    sections = [_summary(inputs), _gates(inputs.gates), _flow(inputs), _classes(inputs), _duplicates(inputs),
+                _quality(inputs), _augmentation(inputs), _split(inputs), _training(inputs), _params(inputs)]
+    title = f"Data report: {html.escape(inputs.dataset)}"
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{title}</h1>{''.join(sections)}</body></html>\n")
+
+
+# --- building blocks ------------------------------------------------------------------------
+
+def _section(key: str, heading: str, body: str) -> str:
+    return f"<section id='{key}'><h2>{html.escape(heading)}</h2>{body}</section>"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c if str(c).startswith('<') else html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _img(png: bytes, alt: str, css: str = "chart") -> str:
+    return f"<img class='{css}' alt='{html.escape(alt)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+
+
+def _thumb(blob: bytes) -> bytes:
+    with Image.open(io.BytesIO(blob)) as image:
+        small = image.convert("RGB")
+        small.thumbnail((96, 96))
+        buffer = io.BytesIO()
+        small.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+
+def _example(example: Example) -> str:
+    if example.image is not None:
+        content = _img(_thumb(example.image), example.id, "thumb")
+    else:
+        content = html.escape((example.text or "")[:300])
+    return f"<div>{content}<div class='muted'>{html.escape(example.label)} · <code>{html.escape(example.id)}</code></div></div>"
+
+
+# --- sections -------------------------------------------------------------------------------
+
+def _summary(inputs: ReportInputs) -> str:
+    card = inputs.card
+    rows = [["dataset", inputs.dataset], ["modality", inputs.modality], ["version", f"<code>{html.escape(card.get('version', ''))}</code>"]]
+    rows += [[f"{split} records", n] for split, n in card.get("records", {}).items()]
+    rows += [[f"{split} generated", n] for split, n in card.get("generated", {}).items()]
+    violated = sum(not g.passed for g in inputs.gates)
+    verdict = f"<span class='bad'>{violated} gate(s) violated</span>" if violated else "<span class='ok'>all gates pass</span>"
+    return _section("summary", "Summary", f"<p>{verdict}</p>" + _table(["", "value"], rows))
+
+
+def _gates(gates: list[Gate]) -> str:
+    rows = [[g.name, g.where, g.value, g.threshold, "<span class='ok'>pass</span>" if g.passed else "<span class='bad'>VIOLATED</span>"]
+            for g in gates]
+    return _section("gates", "Quality gates", _table(["gate", "where", "value", "threshold", "verdict"], rows) if rows else "<p>No gates configured.</p>")
+
+
+def _flow(inputs: ReportInputs) -> str:
+    stages = [s for s in STAGE_ORDER if s in inputs.metrics]
+    counts = {s: {k: (sum(v.values()) if isinstance(v, dict) else v) for k, v in inputs.metrics[s].items() if k in plots.FLOW} for s in stages}
+    rows = [[s, *(counts[s].get(k, 0) for k in plots.FLOW)] for s in stages]
+    reasons = [[s, reason, n] for s in stages for reason, n in sorted(inputs.metrics[s].get("dropped", {}).items())]
+    body = _img(plots.record_flow(stages, counts), "records through the stages") + _table(["stage", *plots.FLOW], rows)
+    body += "<h3>Drop reasons</h3>" + (_table(["stage", "reason", "records"], reasons) if reasons else "<p>No record was dropped.</p>")
+    return _section("flow", "Records through the stages", body)
+
+
+def _classes(inputs: ReportInputs) -> str:
+    rows = [[phase, *(counts.get(label, 0) for label in sorted({l for c in inputs.class_phases.values() for l in c}))]
+            for phase, counts in inputs.class_phases.items()]
+    labels = sorted({l for c in inputs.class_phases.values() for l in c})
+    body = _img(plots.class_distribution(inputs.class_phases), "class distribution") + _table(["phase", *labels], rows)
+    return _section("classes", "Class distribution", body)
+
+
+def _duplicates(inputs: ReportInputs) -> str:
+    dedup = inputs.metrics.get("dedup", {})
+    intro = (f"<p>{dedup.get('merged', 0)} records merged: {dedup.get('clusters', 0)} exact clusters, "
+             f"{dedup.get('near_clusters', 0)} near-duplicate clusters; {dedup.get('label_conflicts', 0)} label conflicts; "
+             f"{dedup.get('groups_of_similar_records', 0)} groups of similar records kept together by the split.</p>")
+    pairs = "".join(f"<div class='pair'>{_example(merged)}{_example(survivor)}<div class='muted'>{html.escape(reason)}"
+                    f"<br>{html.escape(detail or '')}<br>merged (left) into survivor (right)</div></div>"
+                    for reason, detail, merged, survivor in inputs.duplicates)
+    conflicts = "".join(f"<div class='pair'>{_example(a)}{_example(b)}<div class='muted'>{html.escape(reason)}</div></div>"
+                        for reason, a, b in inputs.conflicts)
+    body = intro + (pairs or "<p>No duplicates.</p>") + "<h3>Label conflicts</h3>" + (conflicts or "<p>None.</p>")
+    return _section("duplicates", "Duplicate clusters", body)
+
+
+def _quality(inputs: ReportInputs) -> str:
+    flagged = inputs.metrics.get("clean", {}).get("flagged", {})
+    repaired = inputs.metrics.get("clean", {}).get("repaired", {})
+    rows = [[name, n] for name, n in sorted(flagged.items())]
+    body = (_table(["flag", "records kept with it"], rows) if rows else "<p>No record was flagged.</p>")
+    if repaired:
+        body += "<h3>Text repairs</h3>" + _table(["repair", "texts changed"], [[k, v] for k, v in sorted(repaired.items())])
+    body += "".join(f"<div class='pair'>{_example(ex)}<div class='muted'>{html.escape(flag)}: {html.escape(detail or '')}</div></div>"
+                    for flag, detail, ex in inputs.flagged)
+    return _section("quality", "Quality flags and repairs", body)
+
+
+def _augmentation(inputs: ReportInputs) -> str:
+    if inputs.preview_png:
+        body = _img(inputs.preview_png, "originals beside their variants")
+    elif inputs.preview_text:
+        body = f"<pre>{html.escape(inputs.preview_text)}</pre>"
+    else:
+        body = "<p>No preview.</p>"
+    aug = inputs.metrics.get("augment", {})
+    note = f"<p>{aug.get('generated', 0)} variants generated, {sum(aug.get('dropped', {}).values())} dropped, {aug.get('out', 0)} train records after augment.</p>"
+    return _section("augmentation", "Augmentation preview", note + body)
+
+
+def _split(inputs: ReportInputs) -> str:
+    split = inputs.metrics.get("split", {})
+    per_class = split.get("per_class", {})
+    rows = [[label, *(v.get(s, 0) for s in ("train", "val", "test")), *(v.get(f"{s}_fraction", 0) for s in ("train", "val", "test"))]
+            for label, v in sorted(per_class.items())]
+    leak = inputs.leakage
+    leak_text = (f"<p>Leakage certificate: <b>{leak.get('cross_split_pairs', 0)}</b> cross-split pairs "
+                 f"({html.escape(leak.get('method', ''))}). Groups on two sides: {split.get('groups_on_two_sides', 0)}.</p>")
+    pairs = leak.get("pairs", [])[:20]
+    if pairs:
+        leak_text += _table(["split", "id", "other split", "other id", "kind", "similarity"],
+                            [[p["split"], p["id"], p["other_split"], p["other_id"], p["kind"], p["similarity"]] for p in pairs])
+    header = ["class", "train", "val", "test", "train share", "val share", "test share"]
+    target = split.get("target", {})
+    return _section("split", "Split and leakage", f"<p>Target ratios: {html.escape(json.dumps(target))}</p>" + _table(header, rows) + leak_text)
+
+
+def _training(inputs: ReportInputs) -> str:
+    body = ""
+    history = inputs.metrics.get("finetune", {}).get("history")
+    if history:
+        body += "<h3>Fine-tuning curves</h3>" + _img(plots.training_curves(history), "training curves")
+    evaluation = inputs.metrics.get("evaluate", {})
+    matrix = evaluation.get("confusion_matrix")
+    if matrix:
+        body += "<h3>Confusion matrix (test)</h3>" + _img(plots.confusion(matrix["rows_true_cols_pred"], matrix["labels"]), "confusion matrix")
+    scores = [[k, evaluation[k]] for k in ("accuracy", "macro_f1", "roc_auc", "ece") if k in evaluation]
+    if scores:
+        body += "<h3>Test scores</h3>" + _table(["metric", "value"], scores)
+    per_class = evaluation.get("per_class", {})
+    if per_class:
+        body += _table(["class", "precision", "recall", "f1", "support"],
+                       [[c, v.get("precision"), v.get("recall"), v.get("f1"), v.get("support")] for c, v in sorted(per_class.items())])
+    body += _baselines(inputs.metrics)
+    return _section("training", "Fine-tuning and evaluation", body or "<p>No model metrics.</p>")
+
+
+def _baselines(metrics: dict[str, dict[str, Any]]) -> str:
+    """Side-by-side comparison with the baselines, wherever the evaluation metrics hold them."""
+    comparison = metrics.get("evaluate", {}).get("baselines") or metrics.get("baselines", {}).get("baselines")
+    if not isinstance(comparison, dict) or not comparison:
+        return ""
+    rows = []
+    for name, values in sorted(comparison.items()):
+        if isinstance(values, dict):
+            rows.append([name, *(values.get(k, "") for k in ("macro_f1", "accuracy", "beaten"))])
+    warnings = metrics.get("evaluate", {}).get("warnings", [])
+    notes = "".join(f"<p class='bad'>{html.escape(str(w))}</p>" for w in warnings)
+    return "<h3>Against the baselines</h3>" + _table(["model", "macro_f1", "accuracy", "fine-tuned model beat it"], rows) + notes
+
+
+def _params(inputs: ReportInputs) -> str:
+    text = json.dumps(inputs.card.get("params", {}), indent=2, sort_keys=True)
+    return _section("params", "Parameters that produced this version", f"<pre>{html.escape(text)}</pre>")

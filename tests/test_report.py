@@ -1,0 +1,144 @@
+"""The data report and the quality gates: rendered in a real browser, gates that fail a run."""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import write_params
+from pipeline.params import GatesParams
+from pipeline.steps.gates import evaluate_gates, violations
+from pipeline.steps.report import Example, ReportInputs, render
+
+SECTIONS = ["summary", "gates", "flow", "classes", "duplicates", "quality", "augmentation", "split", "training", "params"]
+METRICS = {
+    "clean": {"in": 100, "out": 90, "generated": 0, "merged": 0, "dropped": {"empty_text": 4, "ragged_row": 6},
+              "labels": {"a": 60, "b": 30}, "repaired": {"mojibake": 3}},
+    "dedup": {"in": 90, "out": 80, "generated": 0, "merged": 10, "dropped": {}, "duplicate_rate": 0.111, "clusters": 4,
+              "near_clusters": 2, "label_conflicts": 1, "labels": {"a": 52, "b": 28}},
+    "split": {"in": 80, "out": 80, "generated": 0, "merged": 0, "dropped": {}, "target": {"train": 0.8, "val": 0.1, "test": 0.1},
+              "per_class": {"a": {"train": 42, "val": 5, "test": 5}, "b": {"train": 22, "val": 3, "test": 3}}, "groups_on_two_sides": 0},
+    "finetune": {"in": 72, "out": 72, "generated": 0, "merged": 0, "dropped": {},
+                 "history": [{"epoch": 1, "train_loss": 0.6, "val_macro_f1": 0.7}, {"epoch": 2, "train_loss": 0.3, "val_macro_f1": 0.8}]},
+    "evaluate": {"in": 8, "out": 8, "generated": 0, "merged": 0, "dropped": {}, "accuracy": 0.75, "macro_f1": 0.7,
+                 "per_class": {"a": {"precision": 0.8, "recall": 0.8, "f1": 0.8, "support": 5}, "b": {"precision": 0.6, "recall": 0.6, "f1": 0.6, "support": 3}},
+                 "confusion_matrix": {"labels": ["a", "b"], "rows_true_cols_pred": [[4, 1], [1, 2]]}},
+}
+CARD = {"version": "abc123", "records": {"train": 64, "val": 8, "test": 8}, "generated": {"train": 0, "val": 0, "test": 0},
+        "classes": {"train": {"a": 42, "b": 22}, "val": {"a": 5, "b": 3}, "test": {"a": 5, "b": 3}}, "params": {"seed": 42}}
+LEAKAGE = {"cross_split_pairs": 0, "method": "exact content hash", "pairs": []}
+
+
+def _png(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _inputs(gates=None) -> ReportInputs:
+    a, b = Example("id-a", "a", image=_png(1)), Example("id-b", "a", image=_png(2))
+    return ReportInputs("demo", "image", CARD, LEAKAGE, METRICS, gates or evaluate_gates(METRICS, CARD, LEAKAGE, GatesParams()),
+                        {"ingest": {"a": 60, "b": 30}, "train": {"a": 42, "b": 22}},
+                        duplicates=[("near_duplicate", "hamming 3 with id-b", a, b)], flagged=[("blurry", "12 < 20", a)],
+                        preview_png=_png(3))
+
+
+# --- gates ----------------------------------------------------------------------------------
+
+def test_gates_pass_and_fail_with_value_and_threshold():
+    strict = GatesParams(max_drop_rate_per_reason=0.05, min_test_macro_f1=0.9, max_duplicate_rate=None)
+    gates = evaluate_gates(METRICS, CARD, LEAKAGE, strict)
+    failed = {g.name: g for g in violations(gates)}
+    assert set(failed) == {"max_drop_rate_per_reason", "min_test_macro_f1"}
+    assert failed["max_drop_rate_per_reason"].where == "clean: ragged_row" and failed["max_drop_rate_per_reason"].value == 0.06
+    assert "0.7 (must be >= 0.9) VIOLATED" in failed["min_test_macro_f1"].describe()
+    assert not any(g.name == "max_duplicate_rate" for g in gates)  # null threshold: not checked
+
+
+def test_leak_and_tiny_class_gates():
+    gates = evaluate_gates(METRICS, {**CARD, "classes": {"test": {"a": 5, "b": 0}}}, {"cross_split_pairs": 2}, GatesParams())
+    assert {g.name for g in violations(gates)} == {"min_records_per_class_per_split", "max_cross_split_leaks"}
+
+
+# --- the page -------------------------------------------------------------------------------
+
+def test_page_is_self_contained_with_every_section():
+    page = render(_inputs())
+    for key in SECTIONS:
+        assert f"id='{key}'" in page
+    assert "http://" not in page and "https://" not in page and "src='data:image/png;base64," in page
+
+
+def _chromium() -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)")
+    return exe
+
+
+def _browser(exe: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+    return subprocess.run([exe, *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_page_renders_in_headless_chromium(tmp_path):
+    """The page renders offline: the screenshot is not blank and the DOM holds every section and chart."""
+    exe = _chromium()
+    page = tmp_path / "report.html"
+    page.write_text(render(_inputs()), encoding="utf-8")
+    shot = tmp_path / "shot.png"
+    _browser(exe, tmp_path, "--window-size=1280,3000", f"--screenshot={shot}", page.as_uri())
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.std() > 10 and (pixels < 128).mean() > 0.01  # text and charts, not a white page
+    dom = _browser(exe, tmp_path, "--dump-dom", page.as_uri()).stdout
+    for key in SECTIONS:
+        assert f'id="{key}"' in dom, key
+    assert dom.count("<img") >= 5 and "Quality gates" in dom and "abc123" in dom
+
+
+# --- the stage ------------------------------------------------------------------------------
+
+def _stage_inputs(tmp_path: Path) -> tuple[Path, Path]:
+    data, metrics = tmp_path / "data", tmp_path / "metrics"
+    (data / "final").mkdir(parents=True)
+    metrics.mkdir()
+    (data / "final" / "card.json").write_text(json.dumps(CARD))
+    (data / "final" / "leakage.json").write_text(json.dumps(LEAKAGE))
+    for stage, values in METRICS.items():
+        (metrics / f"{stage}.json").write_text(json.dumps({**values, "seconds": 1.5}))
+    return data, metrics
+
+
+@pytest.mark.parametrize("warn_only, code", [(False, 1), (True, 0)])
+def test_violated_gate_fails_the_stage_unless_warn_only(tmp_path, caplog, warn_only, code):
+    from pipeline.stages import report
+
+    data, metrics = _stage_inputs(tmp_path)
+    datasets = {"t": {"modality": "text", "source": "x.tsv", "format": "tsv"}}
+    params = write_params(tmp_path / "params.yaml", datasets, gates={"min_test_macro_f1": 0.9, "warn_only": warn_only})
+    caplog.set_level("INFO", logger="pipeline")
+    out = tmp_path / "report.html"
+    result = report.main(["--dataset", "t", "--params", str(params), "--data", str(data), "--stage-metrics", str(metrics),
+                          "--output", str(out), "--metrics", str(tmp_path / "report.json")])
+    assert result == code and out.exists()
+    assert "min_test_macro_f1: 0.7 (must be >= 0.9) VIOLATED" in caplog.text
+
+
+def test_page_does_not_change_with_wall_clock_seconds(tmp_path):
+    """The page leaves out seconds, so a rerun gives the same bytes (dvc repro --force stays stable)."""
+    from pipeline.stages import report
+
+    data, metrics = _stage_inputs(tmp_path)
+    params = write_params(tmp_path / "params.yaml", {"t": {"modality": "text", "source": "x.tsv", "format": "tsv"}})
+    args = ["--dataset", "t", "--params", str(params), "--data", str(data), "--stage-metrics", str(metrics), "--metrics", str(tmp_path / "r.json")]
+    report.main([*args, "--output", str(tmp_path / "a.html")])
+    (metrics / "clean.json").write_text(json.dumps({**METRICS["clean"], "seconds": 99.0}))
+    report.main([*args, "--output", str(tmp_path / "b.html")])
+    assert (tmp_path / "a.html").read_bytes() == (tmp_path / "b.html").read_bytes()
