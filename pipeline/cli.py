@@ -2,7 +2,10 @@
 
   pipeline info                          stages of dvc.yaml and datasets of params.yaml
   pipeline workspace OVERLAY --dir DIR   a fresh git+DVC copy of the project with a params
-                                         overlay (e.g. params/real-data.yaml), then dvc repro
+                                         overlay (e.g. overlays/real-data.yaml), then dvc repro
+  pipeline diff BASE [TARGET]            data diff of the final datasets (Markdown), with the
+                                         gate on changed test records; TARGET defaults to the
+                                         workspace
 """
 from __future__ import annotations
 
@@ -46,6 +49,31 @@ def workspace(project: Path, overlay: Path, workdir: Path, run: bool) -> int:
     return code
 
 
+def data_diff(project: Path, base: str, target: str, datasets: list[str] | None, output: Path | None) -> int:
+    """Print (or write) the Markdown diff; exit 1 when the test-change gate is violated."""
+    from pipeline.diff import DiffError, Version, diff_dataset, markdown, violated
+
+    params = load_params(project / "params.yaml")
+    names = datasets or list(params.datasets)
+    gate = params.gates.max_test_changed_fraction
+    try:
+        old, new = Version(project, base), Version(project, target)
+        diffs = [diff_dataset(name, old, new) for name in names]
+    except DiffError as exc:
+        log.error("%s", exc)
+        return 2
+    text = markdown(diffs, base, target, gate)
+    if output:
+        output.write_text(text, encoding="utf-8")
+    else:
+        print(text)
+    failed = violated(diffs, gate)
+    if failed and not params.gates.warn_only:
+        log.error("gate max_test_changed_fraction (%s) violated for: %s", gate, ", ".join(failed))
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pipeline", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -57,11 +85,18 @@ def main(argv: list[str] | None = None) -> int:
     ws.add_argument("overlay", type=Path, help="YAML whose sections override params.yaml (datasets replace)")
     ws.add_argument("--dir", type=Path, required=True, help="workspace folder (replaced if it exists)")
     ws.add_argument("--no-repro", action="store_true", help="only prepare the workspace")
+    df = sub.add_parser("diff", help="data diff of the final datasets between two versions")
+    df.add_argument("base", help="git revision to compare against (e.g. main, HEAD~1)")
+    df.add_argument("target", nargs="?", default="workspace", help="git revision, or 'workspace' (default)")
+    df.add_argument("--dataset", action="append", help="only this dataset (repeatable)")
+    df.add_argument("--output", type=Path, help="write the Markdown here instead of printing it")
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
     try:
         if args.command == "workspace":
             return workspace(args.project, args.overlay, args.dir, not args.no_repro)
+        if args.command == "diff":
+            return data_diff(args.project, args.base, args.target, args.dataset, args.output)
         return info(args.project)
     except (ParamsError, FileNotFoundError) as exc:
         log.error("%s", exc)
