@@ -6,10 +6,15 @@
   pipeline diff BASE [TARGET]            data diff of the final datasets (Markdown), with the
                                          gate on changed test records; TARGET defaults to the
                                          workspace
+  pipeline calibrate PAIRS               precision and recall of the configured text near-
+                                         duplicate settings on labelled pairs (CSV/TSV/JSON
+                                         lines: text_a, text_b, is_duplicate), and the bands x
+                                         rows to use for a target precision
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -74,6 +79,31 @@ def data_diff(project: Path, base: str, target: str, datasets: list[str] | None,
     return 0
 
 
+def calibrate_pairs(project: Path, pairs: Path, target_precision: float) -> int:
+    """Score the configured MinHash settings on labelled pairs, normalised as the pipeline would."""
+    import pandas as pd
+
+    from pipeline.steps.dedup import text_settings
+    from pipeline.steps.neardup import calibrate
+    from pipeline.steps.normalise import normalise_text
+
+    params = load_params(project / "params.yaml")
+    if pairs.suffix == ".jsonl":
+        frame = pd.read_json(pairs, lines=True)
+    else:
+        frame = pd.read_csv(pairs, sep="\t" if pairs.suffix == ".tsv" else ",", dtype={"text_a": str, "text_b": str})
+    missing = {"text_a", "text_b", "is_duplicate"} - set(frame.columns)
+    if missing:
+        log.error("%s: columns %s missing (need text_a, text_b, is_duplicate)", pairs, sorted(missing))
+        return 2
+    norm = params.normalise.text
+    truth = frame["is_duplicate"].astype(str).str.strip().str.lower().isin(["1", "true", "yes", "y"])
+    labelled = [(normalise_text(str(a), norm), normalise_text(str(b), norm), bool(t))
+                for a, b, t in zip(frame["text_a"], frame["text_b"], truth)]
+    print(json.dumps(calibrate(labelled, text_settings(params.dedup), target_precision=target_precision), indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pipeline", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -90,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     df.add_argument("target", nargs="?", default="workspace", help="git revision, or 'workspace' (default)")
     df.add_argument("--dataset", action="append", help="only this dataset (repeatable)")
     df.add_argument("--output", type=Path, help="write the Markdown here instead of printing it")
+    cal = sub.add_parser("calibrate", help="precision/recall of the text near-duplicate settings on labelled pairs")
+    cal.add_argument("pairs", type=Path, help="CSV, TSV or JSON lines with text_a, text_b, is_duplicate")
+    cal.add_argument("--target-precision", type=float, default=0.98)
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
     try:
@@ -97,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             return workspace(args.project, args.overlay, args.dir, not args.no_repro)
         if args.command == "diff":
             return data_diff(args.project, args.base, args.target, args.dataset, args.output)
+        if args.command == "calibrate":
+            return calibrate_pairs(args.project, args.pairs, args.target_precision)
         return info(args.project)
     except (ParamsError, FileNotFoundError) as exc:
         log.error("%s", exc)

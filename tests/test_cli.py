@@ -64,3 +64,25 @@ def test_bad_overlay_is_a_params_error(tmp_path):
     overlay.write_text(yaml.safe_dump({"split": {"train": 2.0}}))
     with pytest.raises(ParamsError, match="split"):
         overlay_params(ROOT, overlay, tmp_path / "ws")
+
+
+def test_calibrate_scores_the_configured_settings_on_labelled_pairs(tmp_path, capsys):
+    """Pairs are normalised as the pipeline would; the JSON gives precision, recall and a suggestion."""
+    import json
+
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("text_a,text_b,is_duplicate\n"
+                     "the parcel never arrived at my door,the  parcel never arrived at my door,1\n"
+                     "please refund the second charge,where is my parcel today,0\n"
+                     "my router keeps dropping the connection,my router keeps dropping the connection!,yes\n")
+    assert cli.main(["--project", str(ROOT), "calibrate", str(pairs)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["pairs"] == 3 and report["duplicates"] == 2
+    assert report["configured"]["precision"] == 1.0 and report["configured"]["recall"] == 1.0
+    assert report["suggested"]["precision"] >= 0.98
+
+
+def test_calibrate_names_missing_columns(tmp_path):
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("a,b\nx,y\n")
+    assert cli.main(["--project", str(ROOT), "calibrate", str(pairs)]) == 2

@@ -11,11 +11,15 @@ keeps similar records that both survive on one side.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from pipeline.params import DedupParams
+
+if TYPE_CHECKING:
+    from pipeline.steps.neardup import NearDupSettings
 
 Merge = tuple[str, str, str, str | None]  # (id, survivor, reason, detail)
 
@@ -63,15 +67,21 @@ def similar_records(records: pd.DataFrame, modality: str, params: DedupParams, *
     return _similar_images(records, params, loose)
 
 
-def _similar_texts(records: pd.DataFrame, params: DedupParams, loose: bool) -> Similar:
-    from pipeline.steps.neardup import NearDupSettings, near_duplicates
+def text_settings(params: DedupParams, *, loose: bool = False, seed: int = 0) -> NearDupSettings:
+    """The near-duplicate engine's settings for dedup's merge threshold (or the looser group one)."""
+    from pipeline.steps.neardup import NearDupSettings
 
     near = params.text
-    settings = NearDupSettings(
+    return NearDupSettings(
         threshold=near.group_threshold if loose else near.threshold, num_perm=near.num_perm, shingle=near.shingle,
-        size=near.size, bands=None if loose else near.bands, rows=None if loose else near.rows, verify=near.verify,
+        size=near.size, bands=None if loose else near.bands, rows=None if loose else near.rows, verify=near.verify, seed=seed,
     )
-    result = near_duplicates(records["text"].tolist(), settings)
+
+
+def _similar_texts(records: pd.DataFrame, params: DedupParams, loose: bool) -> Similar:
+    from pipeline.steps.neardup import near_duplicates
+
+    result = near_duplicates(records["text"].tolist(), text_settings(params, loose=loose))
     return Similar(result.labels, _closest(result.pairs, [f"jaccard {j:.3f}" for j in result.jaccard], result.jaccard))
 
 

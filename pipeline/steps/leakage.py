@@ -6,7 +6,7 @@ seed, so an LSH miss in dedup is not repeated here; perceptual hashes are search
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import pandas as pd
 
@@ -49,12 +49,11 @@ def _near_pairs(records: pd.DataFrame, modality: str, params: DedupParams, seed:
     if len(records) < 2:
         return []
     if modality == "text":
-        from pipeline.steps.neardup import NearDupSettings, near_duplicates
+        from pipeline.steps.dedup import text_settings
+        from pipeline.steps.neardup import near_duplicates
 
-        near = params.text
-        settings = NearDupSettings(threshold=near.threshold, num_perm=near.num_perm, shingle=near.shingle,
-                                   size=near.size, verify="exact", seed=seed)
-        result = near_duplicates(records["text"].tolist(), settings)
+        settings = text_settings(params, seed=seed)
+        result = near_duplicates(records["text"].tolist(), replace(settings, verify="exact", bands=None, rows=None))
         return [(int(i), int(j), f"jaccard {s:.3f}") for (i, j), s in zip(result.pairs.tolist(), result.jaccard.tolist())]
     from pipeline.steps.imagehash import hash_images, near_pairs
 
