@@ -62,6 +62,8 @@ class DatasetParams(Section):
     label_case: Literal["keep", "lower"] = "lower"
     label_map: dict[str, str] = Field(default_factory=dict, description="Raw label (after strip and case) -> canonical label.")
     unknown_label: Literal["drop", "map"] = Field("drop", description="A label outside `labels`: drop it, or map it to `fallback_label`.")
+    multi_label: bool = Field(False, description="Each record may hold several labels, joined by `label_separator`.")
+    label_separator: str = Field("|", min_length=1, description="Multi-label: separator in the source and in the label column.")
     fallback_label: str | None = None
 
     @model_validator(mode="after")

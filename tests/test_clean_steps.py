@@ -320,3 +320,11 @@ def test_unknown_label_can_map_to_a_fallback():
 def test_fallback_label_must_be_declared():
     with pytest.raises(ValueError, match="fallback_label"):
         DatasetParams(modality="text", source="x", format="tsv", labels=["a", "b"], unknown_label="map", fallback_label="c")
+
+
+def test_multi_label_parts_are_canonicalised_sorted_and_deduplicated():
+    dataset = DatasetParams(modality="text", source="x", format="tsv", multi_label=True, labels=["news", "sport", "tech"],
+                            label_map={"football": "sport"})
+    assert canonical_label(" Tech | football|sport", dataset) == ("sport|tech", None)
+    assert canonical_label("tech|weather", dataset) == (None, "unknown_label")
+    assert canonical_label(" | ", dataset) == (None, "missing_label")

@@ -189,3 +189,58 @@ def test_split_report_counts_groups_on_two_sides():
     records = text_records([("a", str(i)) for i in range(6)], group_ids=["g1", "g1", "g2", "g2", "g3", "g3"])
     assignment = pd.Series(["train", "test", "val", "test", "train", "train"], index=records.index)
     assert split_report(records, assignment, SplitParams())["groups_on_two_sides"] == 2
+
+
+# --- multi-label ----------------------------------------------------------------------------
+
+def test_iterative_stratification_keeps_every_label_near_its_ratio_and_groups_whole():
+    import numpy as np
+
+    from pipeline.steps.split import iterative_group_split
+
+    rng = np.random.default_rng(0)
+    names = ["sports", "politics", "tech", "health", "rare"]
+    weights = np.array([0.5, 0.4, 0.3, 0.2, 0.04])
+    rows = []
+    for i in range(600):
+        chosen = [n for n, w in zip(names, weights) if rng.random() < w] or ["tech"]
+        rows.append(("|".join(sorted(chosen)), f"doc {i}"))
+    groups = [f"g{i // 2}" for i in range(600)]  # pairs of records share a group
+    records = text_records(rows, group_ids=groups)
+    plan = iterative_group_split(records, SplitParams(), seed=3, separator="|")
+    assert plan.assignment.notna().all()
+    assert records.assign(split=plan.assignment).groupby("group_id")["split"].nunique().max() == 1
+    exploded = records.assign(split=plan.assignment, label=records["label"].str.split("|")).explode("label")
+    for label, rows_of_label in exploded.groupby("label"):
+        shares = rows_of_label["split"].value_counts(normalize=True)
+        assert abs(shares.get("train", 0) - 0.8) < 0.06, label
+        assert shares.get("test", 0) > 0 and shares.get("val", 0) > 0, label
+
+
+def test_iterative_split_does_not_depend_on_row_order():
+    from pipeline.steps.split import iterative_group_split
+
+    rows = [("a|b", "x0"), ("a", "x1"), ("b", "x2"), ("a|c", "x3"), ("c", "x4"), ("b|c", "x5")] * 6
+    records = text_records([(label, f"{text}-{i}") for i, (label, text) in enumerate(rows)])
+    plan = iterative_group_split(records, SplitParams(), seed=1, separator="|")
+    shuffled = records.sample(frac=1.0, random_state=0)
+    again = iterative_group_split(shuffled, SplitParams(), seed=1, separator="|")
+    assert again.assignment.sort_index().equals(plan.assignment.sort_index())
+
+
+def test_split_stage_reports_multi_label_shares_per_label(tmp_path):
+    import json
+
+    from conftest import write_params
+    from pipeline.io import write_records
+    from pipeline.stages import split
+
+    rows = [("a|b" if i % 3 == 0 else ("a" if i % 3 == 1 else "b"), f"text {i}") for i in range(90)]
+    write_records(text_records(rows), tmp_path / "dedup.parquet")
+    params = write_params(tmp_path / "params.yaml", {"t": {"modality": "text", "source": "x", "format": "tsv", "multi_label": True}})
+    code = split.main(["--dataset", "t", "--params", str(params), "--input", str(tmp_path / "dedup.parquet"),
+                       "--output", str(tmp_path / "split"), "--leakage", str(tmp_path / "leakage.json"),
+                       "--metrics", str(tmp_path / "m.json")])
+    assert code == 0
+    per_class = json.loads((tmp_path / "m.json").read_text())["per_class"]
+    assert set(per_class) == {"a", "b"} and abs(per_class["a"]["train_fraction"] - 0.8) < 0.05

@@ -15,7 +15,9 @@ from pipeline.io import read_records, write_json, write_records
 from pipeline.seeding import derive_seed
 from pipeline.stages.base import Context, Outcome, StageError, entry, stage_main
 from pipeline.steps.leakage import certificate, cross_split_pairs, evaluation_side_ids, method_text
-from pipeline.steps.split import SPLITS, SplitError, source_split_plan, split_report, stratified_group_split
+from pipeline.steps.split import (
+    SPLITS, SplitError, iterative_group_split, source_split_plan, split_report, stratified_group_split,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,17 +31,23 @@ def run(ctx: Context) -> Outcome:
     n_in = len(records)
     params, seed = ctx.params.split, ctx.params.seed
     keep_source = ctx.dataset.source_split == "keep"
+    separator = ctx.dataset.label_separator if ctx.dataset.multi_label else None
     try:
-        plan = source_split_plan(records, params, seed) if keep_source else stratified_group_split(records, params, seed)
+        if keep_source:
+            plan = source_split_plan(records, params, seed)
+        elif separator:
+            plan = iterative_group_split(records, params, seed, separator)
+        else:
+            plan = stratified_group_split(records, params, seed)
     except SplitError as exc:
         raise StageError(str(exc)) from None
-    report = split_report(records, plan.assignment, params)
+    report = split_report(records, plan.assignment, params, separator)
     if report["groups_on_two_sides"] and not keep_source:
         raise StageError(f"{report['groups_on_two_sides']} groups ended up on two sides of the split")
     records, assignment, leaks = _certify(ctx, records, plan.assignment, keep_source)
     for split in SPLITS:
         write_records(records[assignment == split], ctx.args.output / f"{split}.parquet")
-    extra = {**split_report(records, assignment, params), "train_only_classes": plan.train_only_classes,
+    extra = {**split_report(records, assignment, params, separator), "train_only_classes": plan.train_only_classes,
              "source_split": keep_source, "leakage": {"cross_split_pairs": len(leaks)}}
     return Outcome(n_in, int(assignment.isin(SPLITS).sum()), extra)
 

@@ -47,10 +47,31 @@ class Verdict:
 # --- labels ---------------------------------------------------------------------------------
 
 def canonical_label(raw: str | None, dataset: DatasetParams) -> tuple[str | None, str | None]:
-    """(label, None) for a usable label, or (None, reason): strip, case, map, then the declared set."""
+    """(label, None) for a usable label, or (None, reason): strip, case, map, then the declared set.
+
+    Multi-label: each part is canonicalised alike; the label is the sorted distinct parts joined
+    by the separator, so the same set of labels always reads the same.
+    """
     if raw is None or not str(raw).strip():
         return None, "missing_label"
-    label = str(raw).strip()
+    if dataset.multi_label:
+        return _canonical_set(str(raw), dataset)
+    return _canonical_one(str(raw), dataset)
+
+
+def _canonical_set(raw: str, dataset: DatasetParams) -> tuple[str | None, str | None]:
+    parts = [p for p in raw.split(dataset.label_separator) if p.strip()]
+    if not parts:
+        return None, "missing_label"
+    results = [_canonical_one(p, dataset) for p in parts]
+    failed = next((reason for label, reason in results if reason), None)
+    if failed:
+        return None, failed
+    return dataset.label_separator.join(sorted({label for label, _ in results})), None
+
+
+def _canonical_one(raw: str, dataset: DatasetParams) -> tuple[str | None, str | None]:
+    label = raw.strip()
     if dataset.label_case == "lower":
         label = label.casefold()
     label = dataset.label_map.get(label, label)

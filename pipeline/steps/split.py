@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from collections import Counter
+
 import pandas as pd
 
 from pipeline.params import SplitParams
@@ -64,6 +66,46 @@ def _stratify(records: pd.DataFrame, ratios: dict[str, float], seed: int, small_
         train_only.append(str(label))
         where.update(dict.fromkeys(members["group_id"], "train"))
     return SplitPlan(records["group_id"].map(where), train_only)
+
+
+def iterative_group_split(records: pd.DataFrame, params: SplitParams, seed: int, separator: str) -> SplitPlan:
+    """Multi-label split by iterative stratification (Sechidis et al., 2011), over whole groups.
+
+    Repeatedly takes the label with the fewest records still unassigned and gives each group that
+    carries it (largest first, then in an order keyed on the seed) to the split that most lacks
+    that label, breaking ties by the split that most lacks records. Labels are the separator-joined
+    sets the clean stage writes.
+    """
+    ratios = {s: getattr(params, s) for s in SPLITS}
+    candidates = [s for s in SPLITS if ratios[s] > 0]
+    groups = _label_sets(records, separator)
+    groups["order"] = [derive_seed(seed, "split", g) for g in groups["group_id"]]
+    groups = groups.sort_values(["size", "order"], ascending=[False, True])
+    per_label = Counter(label for labels, n in zip(groups["labels"], groups["size"]) for label in labels for _ in range(n))
+    wanted = {s: {label: n * ratios[s] for label, n in per_label.items()} for s in SPLITS}
+    room = {s: len(records) * ratios[s] for s in SPLITS}
+    where: dict[str, str] = {}
+    remaining = per_label.copy()
+    pending = list(zip(groups["group_id"], groups["labels"], groups["size"]))
+    while pending:
+        label = min((l for l, n in remaining.items() if n > 0), key=lambda l: (remaining[l], l), default=None)
+        chosen = [g for g in pending if label is None or label in g[1]]
+        for group, labels, size in chosen:
+            split = max(candidates, key=lambda s: (wanted[s].get(label, 0) if label else 0, room[s], -SPLITS.index(s)))
+            where[group] = split
+            room[split] -= size
+            for l in labels:
+                wanted[split][l] -= size
+                remaining[l] -= size
+        pending = [g for g in pending if g[0] not in where]
+    return SplitPlan(records["group_id"].map(where))
+
+
+def _label_sets(records: pd.DataFrame, separator: str) -> pd.DataFrame:
+    """One row per group: its id, size and the union of its records' labels (a frozenset)."""
+    sets = records.groupby("group_id")["label"].agg(lambda labels: frozenset(l for v in labels for l in v.split(separator)))
+    sizes = records.groupby("group_id").size()
+    return pd.DataFrame({"group_id": sets.index, "labels": sets.to_numpy(), "size": sizes.loc[sets.index].to_numpy()})
 
 
 def _fill(members: pd.DataFrame, ratios: dict[str, float]) -> dict[str, str]:
@@ -123,9 +165,15 @@ def _source_names(records: pd.DataFrame) -> pd.Series:
     return names
 
 
-def split_report(records: pd.DataFrame, assignment: pd.Series, params: SplitParams) -> dict:
-    """Counts per split and class, achieved class proportions, and groups found on two sides."""
-    table = pd.crosstab(records["label"], assignment).reindex(columns=list(SPLITS), fill_value=0)
+def split_report(records: pd.DataFrame, assignment: pd.Series, params: SplitParams, separator: str | None = None) -> dict:
+    """Counts per split and class, achieved class proportions, and groups found on two sides.
+
+    With a multi-label `separator`, proportions are per individual label.
+    """
+    labels = records["label"] if separator is None else records["label"].str.split(separator)
+    exploded = pd.DataFrame({"label": labels, "split": assignment}).explode("label") if separator else \
+        pd.DataFrame({"label": labels, "split": assignment})
+    table = pd.crosstab(exploded["label"], exploded["split"]).reindex(columns=list(SPLITS), fill_value=0)
     per_class = {
         str(label): {s: int(row[s]) for s in SPLITS} | {f"{s}_fraction": round(row[s] / max(1, row.sum()), 4) for s in SPLITS}
         for label, row in table.iterrows()
