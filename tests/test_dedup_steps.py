@@ -188,3 +188,15 @@ def test_near_duplicate_images_merge_and_different_ones_stay():
     }))
     result = near_duplicates(records, "image", DedupParams())
     assert len(result.kept) == 2 and result.merged[0][2] == "near_duplicate" and result.merged[0][3].startswith("hamming ")
+
+
+def test_exact_merges_follow_their_survivor_into_a_near_duplicate():
+    """An exact copy of X, where X later merges into its near duplicate Y, names Y (via X) in the ledger."""
+    from pipeline.steps.dedup import follow_merges
+
+    exact = [("x2", "x", "exact_duplicate", None), ("z2", "z", "exact_duplicate", None)]
+    near = [("x", "y", "near_duplicate", "jaccard 0.910 with y")]
+    assert follow_merges(exact, near) == [
+        ("x2", "y", "exact_duplicate", "via x"),
+        ("z2", "z", "exact_duplicate", None),
+    ]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pipeline.io import read_records, write_records
 from pipeline.stages.base import Context, Outcome, entry, stage_main
-from pipeline.steps.dedup import DedupResult, exact_duplicates, group_ids, near_duplicates
+from pipeline.steps.dedup import DedupResult, exact_duplicates, follow_merges, group_ids, near_duplicates
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,12 +23,15 @@ def run(ctx: Context) -> Outcome:
     records = read_records(ctx.args.input)
     params, modality = ctx.params.dedup, ctx.dataset.modality
     exact = exact_duplicates(records, params)
-    _ledger(ctx, exact)
     kept = exact.kept
     near = near_duplicates(kept, modality, params) if params.near and len(kept) > 1 else None
     if near is not None:
+        exact.merged = follow_merges(exact.merged, near.merged)
+        _ledger(ctx, exact)
         _ledger(ctx, near)
         kept = near.kept
+    else:
+        _ledger(ctx, exact)
     kept = kept.assign(group_id=group_ids(kept, modality, params)) if len(kept) > 1 else kept
     write_records(kept, ctx.args.output)
     groups = kept["group_id"].value_counts()

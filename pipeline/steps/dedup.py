@@ -172,6 +172,21 @@ def _merge(members: pd.DataFrame, params: DedupParams, result: DedupResult, reas
     return survivor
 
 
+def follow_merges(earlier: list[Merge], later: list[Merge]) -> list[Merge]:
+    """Earlier merges re-pointed at the final survivor when a later pass merged their survivor too.
+
+    An exact duplicate merged into X, where X then merges into its near duplicate Y, names Y (via X).
+    """
+    onward = {record_id: survivor for record_id, survivor, _, _ in later}
+    out = []
+    for record_id, survivor, reason, detail in earlier:
+        final = onward.get(survivor, survivor)
+        if final != survivor:
+            detail = "; ".join(filter(None, [detail, f"via {survivor}"]))
+        out.append((record_id, final, reason, detail))
+    return out
+
+
 # --- entry points ---------------------------------------------------------------------------
 
 def exact_duplicates(records: pd.DataFrame, params: DedupParams) -> DedupResult:
