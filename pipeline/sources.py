@@ -12,6 +12,7 @@ import io
 import json
 import os
 import posixpath
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -113,8 +114,11 @@ def detect_encoding(data: bytes) -> str:
     return best.encoding if best is not None else "cp1252"
 
 
+SURROGATE_ESCAPES = re.compile("[\udc80-\udcff]")  # undecodable bytes, kept by errors="surrogateescape"
+
+
 def _has_surrogates(text: str) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for ch in text)
+    return not text.isascii() and SURROGATE_ESCAPES.search(text) is not None
 
 
 def _read_delimited(path: Path, dataset: DatasetParams) -> Iterator[Raw]:

@@ -1,6 +1,7 @@
 """Run a chunk function in this process or in a local process pool, keeping input order."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
@@ -9,6 +10,8 @@ from tqdm import tqdm
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+CHUNKS_PER_WORKER = 4  # with fewer, the last chunks leave workers idle while one finishes
 
 
 def map_chunks(
@@ -21,10 +24,13 @@ def map_chunks(
 ) -> list[R]:
     """`fn` over consecutive chunks of `items`, flattened in input order.
 
-    `fn` must be a module-level function (or a functools.partial of one) when `workers > 1`,
-    since chunks are pickled to the worker processes.
+    `chunk_size` is the most records per chunk. With several workers, chunks are made smaller
+    where needed so that each worker gets at least `CHUNKS_PER_WORKER` of them (steps work
+    record by record, so results do not depend on it). `fn` must be a module-level function (or
+    a functools.partial of one) when `workers > 1`, since chunks are pickled to the workers.
     """
-    chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
+    size = chunk_size if workers <= 1 else max(1, min(chunk_size, math.ceil(len(items) / (workers * CHUNKS_PER_WORKER))))
+    chunks = [items[i : i + size] for i in range(0, len(items), size)]
     progress = tqdm(total=len(items), desc=desc, unit="rec", disable=None, leave=False)
     results: list[R] = []
     with progress:
@@ -40,3 +46,4 @@ def _run(fn: Callable[[Sequence[T]], list[R]], chunks: list[Sequence[T]], worker
         return
     with ProcessPoolExecutor(max_workers=workers) as pool:
         yield from pool.map(fn, chunks)
+

@@ -9,6 +9,7 @@ The default thresholds are measured on the 398 hymenoptera photos (see `QualityT
 """
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -119,7 +120,10 @@ def mean_chroma(pixels: np.ndarray) -> float:
     """Mean over pixels of max(R, G, B) - min(R, G, B): 0 for grey pixels however they are stored."""
     if pixels.ndim == 2:
         return 0.0
-    return float((pixels.max(axis=2).astype(np.int16) - pixels.min(axis=2)).mean())
+    # Channel by channel: numpy's max(axis=2) over 3 values per pixel is about 50 times slower.
+    channels = [pixels[..., c] for c in range(pixels.shape[2])]
+    high, low = functools.reduce(np.maximum, channels), functools.reduce(np.minimum, channels)
+    return float((high.astype(np.int16) - low).mean())
 
 
 def _working_copy(pixels: np.ndarray, side: int) -> np.ndarray:
