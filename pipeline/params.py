@@ -339,8 +339,12 @@ class AugmentParams(Section):
 
 
 class RebalanceParams(Section):
-    strategy: Literal["none", "random_over", "random_under", "random_both", "tomek_links", "edited_nearest_neighbours"] = Field(
-        "random_over", description="imbalanced-learn sampler; the last two clean train by embeddings of the offline models."
+    strategy: Literal[
+        "none", "random_over", "random_under", "random_both", "augment_over", "tomek_links", "edited_nearest_neighbours"
+    ] = Field(
+        "random_over",
+        description="imbalanced-learn sampler; augment_over makes new minority records as augmented variants of "
+        "originals; the last two clean train by embeddings of the offline models.",
     )
     ratio: Annotated[float, Field(gt=0.0, le=1.0)] = Field(1.0, description="Target smallest/largest class ratio after resampling.")
     counts: dict[str, Annotated[int, Field(ge=1)]] | None = Field(
@@ -350,8 +354,8 @@ class RebalanceParams(Section):
 
     @model_validator(mode="after")
     def _counts_fit_strategy(self) -> RebalanceParams:
-        if self.counts is not None and not self.strategy.startswith("random"):
-            raise ValueError(f"counts applies to the random_* strategies, not {self.strategy!r}")
+        if self.counts is not None and not (self.strategy.startswith("random") or self.strategy == "augment_over"):
+            raise ValueError(f"counts applies to the random_* and augment_over strategies, not {self.strategy!r}")
         return self
 
 

@@ -173,3 +173,14 @@ def test_embeddings_from_the_offline_models_are_deterministic_and_feed_the_clean
     assert first.shape == (27, 384) and np.array_equal(first, second)
     result = rebalance(train, RebalanceParams(strategy="edited_nearest_neighbours"), seed=0, embeddings=first)
     assert set(result.dropped) <= set(train.loc[train["label"] == "ship", "id"])
+
+
+def test_augment_counts_spread_the_missing_records_over_originals_only():
+    from pipeline.params import RebalanceParams
+    from pipeline.steps.rebalance import augment_counts
+
+    train = text_records([("a", f"a{i}") for i in range(10)] + [("b", f"b{i}") for i in range(3)] + [("b", "variant")])
+    train.loc[train["text"] == "variant", "parent_id"] = train["id"].iloc[10]  # an augmented record of class b
+    counts = augment_counts(train, RebalanceParams(strategy="augment_over"), seed=0)
+    assert counts[train["label"] == "a"].sum() == 0 and counts[train["text"] == "variant"].sum() == 0
+    assert counts[train["label"] == "b"].sum() == 6 and set(counts[(train["label"] == "b") & train["parent_id"].isna()]) == {2}

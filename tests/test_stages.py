@@ -316,3 +316,21 @@ def test_unknown_dataset_returns_2(tmp_path, stage_log):
     params = write_params(tmp_path / "params.yaml", DATASETS)
     assert clean.main(_clean_args(params, tmp_path, dataset="nope")) == 2
     assert "'nope'" in stage_log.text and "'t'" in stage_log.text
+
+
+@pytest.mark.parametrize("dataset, target", [("t", {"shipping": 30}), ("im", {"circle": 16})])
+def test_augment_over_makes_fresh_variants_of_minority_originals(inputs, tmp_path, dataset, target):
+    """rebalance augment_over: the new minority records are augmented variants (not copies) of train originals."""
+    out = run_chain(inputs, tmp_path / "run", dataset, augment={"text": {"variants": 0}, "image": {"variants": 0}},
+                    rebalance={"strategy": "augment_over", "counts": target})
+    train = _final(out)["train"]
+    made = train[train["parent_id"].notna()]
+    assert len(made) > 0 and {json.loads(op)["op"] for op in made["op"]} == {"augment"}
+    assert set(made["parent_id"]) <= set(train.loc[train["parent_id"].isna(), "id"])
+    assert made["content_hash"].isin(train.loc[train["parent_id"].isna(), "content_hash"]).sum() == 0  # none is a copy
+    ledger = pq.read_table(out / "ledger" / "rebalance.parquet").to_pandas()
+    assert set(ledger.loc[ledger["fate"] == "generated", "reason"]) == {"augmented_oversample"}
+    metrics = json.loads((out / "metrics" / "rebalance.json").read_text())
+    assert metrics["in"] + metrics["generated"] == metrics["out"] + sum(metrics["dropped"].values())
+    (label, wanted), = target.items()
+    assert (train["label"] == label).sum() == wanted - sum(metrics["dropped"].values())  # but for dropped repeats

@@ -7,11 +7,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import pandas as pd
+
 from pipeline.io import read_records, write_json, write_records
 from pipeline.stages.base import Context, Outcome, StageError, entry, stage_main
+from pipeline.steps.augment import AugmenterUnavailable, check_available, generate_variants, redundancy
 from pipeline.steps.card import make_card
 from pipeline.steps.embed import image_embeddings, text_embeddings
-from pipeline.steps.rebalance import CLEANING, rebalance
+from pipeline.steps.rebalance import CLEANING, Rebalanced, augment_counts, rebalance
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,14 +26,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(ctx: Context) -> Outcome:
     train = read_records(ctx.args.train).sort_values("id", kind="stable").reset_index(drop=True)
     params = ctx.params.rebalance
-    vectors = _embeddings(ctx, train) if params.strategy in CLEANING else None
-    try:
-        result = rebalance(train, params, ctx.params.seed, vectors)
-    except ValueError as exc:
-        raise StageError(str(exc)) from None
-    ctx.ledger.generate(result.copies["id"], result.copies["parent_id"], "oversampled")
+    held_out = {s: read_records(ctx.args.split / f"{s}.parquet") for s in ("val", "test")}
+    if params.strategy == "augment_over":
+        result = _augment_over(ctx, train, held_out)
+    else:
+        vectors = _embeddings(ctx, train) if params.strategy in CLEANING else None
+        try:
+            result = rebalance(train, params, ctx.params.seed, vectors)
+        except ValueError as exc:
+            raise StageError(str(exc)) from None
+        ctx.ledger.generate(result.copies["id"], result.copies["parent_id"], "oversampled")
     ctx.ledger.drop(result.dropped, result.reason)
-    splits = {"train": result.train, **{s: read_records(ctx.args.split / f"{s}.parquet") for s in ("val", "test")}}
+    splits = {"train": result.train, **held_out}
     for name, frame in splits.items():
         write_records(frame, ctx.args.output / f"{name}.parquet")
     card = make_card(ctx.name, ctx.params, splits)
@@ -42,6 +49,25 @@ def run(ctx: Context) -> Outcome:
         "version": card["version"],
     }
     return Outcome(len(train), len(result.train), extra)
+
+
+def _augment_over(ctx: Context, train: pd.DataFrame, held_out: dict[str, pd.DataFrame]) -> Rebalanced:
+    """New minority records as fresh augmented variants of originals (not exact copies)."""
+    modality = ctx.dataset.modality
+    params = ctx.params.augment.text if modality == "text" else ctx.params.augment.image
+    try:
+        check_available(modality, params)
+    except AugmenterUnavailable as exc:
+        raise StageError(str(exc)) from None
+    counts = augment_counts(train, ctx.params.rebalance, ctx.params.seed)
+    engine = ctx.params.engine
+    variants = generate_variants(train, counts, modality, params, ctx.params.seed, workers=engine.workers,
+                                 chunk_size=max(1, engine.chunk_size // 8), namespace="rebalance")
+    ctx.ledger.generate(variants["id"], variants["parent_id"], "augmented_oversample")
+    reasons = redundancy(variants, train, {h for frame in held_out.values() for h in frame["content_hash"]})
+    kept = variants[reasons.isna()]
+    ctx.ledger.drop(variants.loc[reasons.notna(), "id"], reasons[reasons.notna()])
+    return Rebalanced(pd.concat([train, kept], ignore_index=True), kept)
 
 
 def _embeddings(ctx: Context, train):

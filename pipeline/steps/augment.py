@@ -59,9 +59,9 @@ def variant_counts(train: pd.DataFrame, params: TextAugmentParams | ImageAugment
     return counts
 
 
-def variant_id(parent_id: str, variant: int) -> str:
-    """Stable id of the `variant`-th augmented copy of `parent_id`."""
-    return make_id(parent_id, "augment", variant)
+def variant_id(parent_id: str, variant: int, namespace: str = "augment") -> str:
+    """Stable id of the `variant`-th augmented copy of `parent_id` made by `namespace` (a stage)."""
+    return make_id(parent_id, namespace, variant)
 
 
 # --- text -----------------------------------------------------------------------------------
@@ -98,29 +98,40 @@ def check_augmenters(augmenters: Sequence[TextAugmenter]) -> None:
         ) from None
 
 
+def check_available(modality: str, params: TextAugmentParams | ImageAugmentParams) -> None:
+    """Raise AugmenterUnavailable, saying why, when the configured augmentation cannot run."""
+    if modality == "text":
+        check_augmenters(params.augmenters)
+        return
+    try:
+        transform_spec(params.transform)
+    except Exception as exc:  # albumentations raises many types for a bad dict
+        raise AugmenterUnavailable(f"params augment.image.transform is not a loadable albumentations dict: {exc}") from None
+
+
 def augmenter_spec(augmenters: Sequence[TextAugmenter]) -> str:
     """Canonical JSON of an augmenter list (the cache key and the recorded operation)."""
     return json.dumps([a.model_dump() for a in augmenters], sort_keys=True)
 
 
-def augment_text(text: str, record_id: str, variant: int, *, spec: str, seed: int) -> str:
+def augment_text(text: str, record_id: str, variant: int, *, spec: str, seed: int, namespace: str = "augment") -> str:
     """Apply every augmenter in order, with global RNGs seeded for this record and variant."""
-    seed_globals(seed, "augment", record_id, variant)
+    seed_globals(seed, namespace, record_id, variant)
     for augmenter in _text_augmenters(spec):
         result = augmenter.augment(text)
         text = result[0] if isinstance(result, list) else result
     return text
 
 
-def augment_texts(items: Sequence[tuple], params: TextAugmentParams, seed: int) -> list[Variant]:
+def augment_texts(items: Sequence[tuple], params: TextAugmentParams, seed: int, namespace: str = "augment") -> list[Variant]:
     """All variants of a chunk of (id, text[, variant count]) records (count defaults to params.variants)."""
     spec = augmenter_spec(params.augmenters)
     op = {"op": "augment", "augmenters": json.loads(spec)}
     out = []
     for record_id, text, *count in items:
         for v in range(count[0] if count else params.variants):
-            new = augment_text(text, record_id, v, spec=spec, seed=seed)
-            out.append(Variant(variant_id(record_id, v), record_id, text_hash(new), op_json({**op, "variant": v}), text=new))
+            new = augment_text(text, record_id, v, spec=spec, seed=seed, namespace=namespace)
+            out.append(Variant(variant_id(record_id, v, namespace), record_id, text_hash(new), op_json({**op, "variant": v}), text=new))
     return out
 
 
@@ -153,29 +164,29 @@ def seed_transforms(transform: Any, seed: int, *keys: object) -> None:
         seed_transforms(child, seed, *keys, index)
 
 
-def augment_image(data: bytes, record_id: str, variant: int, *, spec: str, seed: int) -> tuple[np.ndarray, list]:
+def augment_image(data: bytes, record_id: str, variant: int, *, spec: str, seed: int, namespace: str = "augment") -> tuple[np.ndarray, list]:
     """Pixels of one variant and the transforms applied with their sampled parameters."""
     compose = _compose(spec)
-    seed_transforms(compose, seed, "augment", record_id, variant)
+    seed_transforms(compose, seed, namespace, record_id, variant)
     with Image.open(io.BytesIO(data)) as image:
         pixels = np.asarray(image.convert("RGB"))
     result = compose(image=pixels)
     return result["image"], [[name, _plain(p)] for name, p in result.get("applied_transforms", [])]
 
 
-def augment_images(items: Sequence[tuple], params: ImageAugmentParams, seed: int) -> list[Variant]:
+def augment_images(items: Sequence[tuple], params: ImageAugmentParams, seed: int, namespace: str = "augment") -> list[Variant]:
     """All variants of a chunk of (id, image bytes[, variant count]) records, encoded as PNG."""
     spec = transform_spec(params.transform)
     out = []
     for record_id, data, *count in items:
         for v in range(count[0] if count else params.variants):
-            pixels, applied = augment_image(data, record_id, v, spec=spec, seed=seed)
+            pixels, applied = augment_image(data, record_id, v, spec=spec, seed=seed, namespace=namespace)
             image = Image.fromarray(pixels)
             buffer = io.BytesIO()
             image.save(buffer, format="PNG", compress_level=6)
             op = op_json({"op": "augment", "variant": v, "applied": applied})
             digest = pixel_hash("RGB", image.size, image.tobytes())
-            out.append(Variant(variant_id(record_id, v), record_id, digest, op, image=buffer.getvalue()))
+            out.append(Variant(variant_id(record_id, v, namespace), record_id, digest, op, image=buffer.getvalue()))
     return out
 
 
@@ -192,3 +203,41 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.integer):
         return int(value)
     return value if isinstance(value, (str, int, bool)) or value is None else str(value)
+
+
+# --- records --------------------------------------------------------------------------------
+
+PARENT_COLUMNS = ["label", "source", "source_row", "source_split", "group_id", "width", "height"]
+
+
+def generate_variants(train: pd.DataFrame, counts: pd.Series, modality: str, params: TextAugmentParams | ImageAugmentParams,
+                      seed: int, *, workers: int = 1, chunk_size: int = 32, namespace: str = "augment") -> pd.DataFrame:
+    """Records for `counts` variants of each train record, carrying the parent's label, group and source."""
+    from pipeline.engines import map_chunks
+
+    column = "text" if modality == "text" else "image"
+    step = augment_texts if modality == "text" else augment_images
+    eligible = train[counts > 0]
+    items = list(zip(eligible["id"], eligible[column], counts[counts > 0]))
+    fn = functools.partial(step, params=params, seed=seed, namespace=namespace)
+    made = map_chunks(fn, items, workers=workers, chunk_size=chunk_size, desc=namespace)
+    generated = pd.DataFrame({
+        "id": [v.id for v in made], "parent_id": [v.parent_id for v in made], "content_hash": [v.content_hash for v in made],
+        "op": [v.op for v in made], column: [getattr(v, column) for v in made],
+    })
+    parents = train.set_index("id").loc[generated["parent_id"], PARENT_COLUMNS]
+    return pd.concat([generated, parents.reset_index(drop=True)], axis=1)
+
+
+def redundancy(variants: pd.DataFrame, train: pd.DataFrame, held_out_hashes: set[str]) -> pd.Series:
+    """Why each variant adds nothing (None where it is new): equal to its parent, to any record in
+    any split, or to an earlier variant (by id)."""
+    parent_hash = train.set_index("id")["content_hash"]
+    same_as_parent = variants["content_hash"].to_numpy() == parent_hash.loc[variants["parent_id"]].to_numpy()
+    existing = set(train["content_hash"]) | held_out_hashes
+    repeat = variants.sort_values("id")["content_hash"].duplicated().reindex(variants.index)
+    reason = pd.Series(None, index=variants.index, dtype="object")
+    reason[repeat] = "duplicate_variant"
+    reason[variants["content_hash"].isin(existing)] = "identical_to_existing"
+    reason[same_as_parent] = "identical_to_parent"
+    return reason

@@ -35,12 +35,12 @@ def class_targets(counts: Counter[str], params: RebalanceParams) -> dict[str, in
     """Records per class after resampling: per-class `counts`, or so that smallest/largest reaches `ratio`."""
     if params.counts is not None:
         wanted = {c: params.counts.get(c, n) for c, n in counts.items()}
-        if params.strategy == "random_over":
+        if params.strategy in ("random_over", "augment_over"):
             return {c: max(n, wanted[c]) for c, n in counts.items()}
         if params.strategy == "random_under":
             return {c: min(n, wanted[c]) for c, n in counts.items()}
         return wanted
-    if params.strategy in ("random_over", "random_both"):
+    if params.strategy in ("random_over", "random_both", "augment_over"):
         floor = math.ceil(params.ratio * max(counts.values()))
         over = {c: max(n, floor) for c, n in counts.items()}
         return over
@@ -71,6 +71,26 @@ def rebalance(train: pd.DataFrame, params: RebalanceParams, seed: int, embedding
     picked = _over(train["label"].to_numpy(), over, seed) if over != under else np.zeros(0, dtype=int)
     copies = _copies(train, picked)
     return Rebalanced(pd.concat([train, copies], ignore_index=True), copies, dropped)
+
+
+def augment_counts(train: pd.DataFrame, params: RebalanceParams, seed: int) -> pd.Series:
+    """Variants to make per train original so each class reaches its target (augment_over).
+
+    Only originals (no parent) are augmented; a class's missing records are spread as evenly as
+    possible over them, the extra ones first in an order keyed on the seed.
+    """
+    targets = class_targets(Counter(train["label"]), params)
+    counts = pd.Series(0, index=train.index)
+    for label, target in sorted(targets.items()):
+        members = train[train["label"] == label]
+        originals = members[members["parent_id"].isna()]
+        missing = target - len(members)
+        if missing <= 0 or originals.empty:
+            continue
+        order = sorted(originals.index, key=lambda i: derive_seed(seed, "rebalance-order", originals.at[i, "id"]))
+        base, extra = divmod(missing, len(order))
+        counts.loc[order] = [base + (rank < extra) for rank in range(len(order))]
+    return counts
 
 
 def _under(labels: np.ndarray, targets: dict[str, int], seed: int) -> np.ndarray:
