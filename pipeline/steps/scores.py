@@ -1,11 +1,15 @@
-"""Classification scores shared by fine-tuning (model selection) and evaluation."""
+"""Classification scores shared by fine-tuning (model selection), the baselines and evaluation.
+
+Besides accuracy and F1: ROC-AUC for binary tasks, the expected calibration error (ECE) with its
+reliability table, and the side-by-side comparison of the fine-tuned model with its baselines.
+"""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
 
 
 def macro_f1(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> float:
@@ -26,6 +30,78 @@ def classification_scores(y_true: Sequence[int], y_pred: Sequence[int], labels: 
         },
         "confusion_matrix": {"labels": list(labels), "rows_true_cols_pred": confusion_matrix(y_true, y_pred, labels=ids).tolist()},
     }
+
+
+def probability_scores(y_true: Sequence[int], scores: np.ndarray, *, bins: int, calibrated: bool = True) -> dict[str, Any]:
+    """ROC-AUC (binary tasks, from any monotone score of the second class) and, for probabilities, the ECE."""
+    out: dict[str, Any] = {}
+    auc = binary_roc_auc(y_true, scores)
+    if auc is not None:
+        out["roc_auc"] = round(auc, 6)
+    if calibrated:
+        out["ece"] = round(expected_calibration_error(y_true, scores, bins=bins), 6)
+    return out
+
+
+def binary_roc_auc(y_true: Sequence[int], scores: np.ndarray) -> float | None:
+    """Area under the ROC curve of class 1 against class 0; None unless the task is binary with both present."""
+    y = np.asarray(y_true)
+    if scores.ndim != 2 or scores.shape[1] != 2 or len(np.unique(y)) != 2:
+        return None
+    return float(roc_auc_score(y, scores[:, 1]))
+
+
+def reliability(y_true: Sequence[int], probs: np.ndarray, *, bins: int) -> list[dict[str, float]]:
+    """Equal-width bins of top-class confidence: per non-empty bin its mean confidence, accuracy and count."""
+    y, probs = np.asarray(y_true), np.asarray(probs, dtype=np.float64)
+    if len(y) == 0:
+        return []
+    confidence, correct = probs.max(axis=1), (probs.argmax(axis=1) == y)
+    index = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)  # (k/bins, (k+1)/bins] -> k
+    rows = []
+    for k in range(bins):
+        inside = index == k
+        if inside.any():
+            rows.append({"bin": k, "lower": round(k / bins, 6), "upper": round((k + 1) / bins, 6),
+                         "confidence": round(float(confidence[inside].mean()), 6),
+                         "accuracy": round(float(correct[inside].mean()), 6), "count": int(inside.sum())})
+    return rows
+
+
+def expected_calibration_error(y_true: Sequence[int], probs: np.ndarray, *, bins: int = 15) -> float:
+    """ECE: the count-weighted mean gap between confidence and accuracy over equal-width bins."""
+    table = reliability(y_true, probs, bins=bins)
+    total = sum(row["count"] for row in table)
+    if not total:
+        return 0.0
+    return float(sum(row["count"] * abs(row["accuracy"] - row["confidence"]) for row in table) / total)
+
+
+def compare_with_baselines(model: Mapping[str, Any], baselines: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Each baseline's scores beside the model's macro-F1 difference, a verdict and whether it was beaten.
+
+    The verdict is `better`, `tie` or `worse` (the model's macro-F1 against the baseline's). `worse`
+    means negative transfer, or a model not worth shipping: those baselines are listed in `not_beaten`.
+    """
+    side_by_side, not_beaten = {}, []
+    for name in sorted(baselines):
+        delta = round(model["macro_f1"] - baselines[name]["macro_f1"], 6)
+        verdict = "better" if delta > 0 else "tie" if delta == 0 else "worse"
+        side_by_side[name] = {**baselines[name], "model_minus_baseline_macro_f1": delta, "verdict": verdict,
+                              "beaten": verdict == "better"}
+        if verdict == "worse":
+            not_beaten.append(name)
+    return {"baselines": side_by_side, "not_beaten": not_beaten}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64 (stable)."""
+    z = np.asarray(logits, dtype=np.float64)
+    if z.size == 0:
+        return z
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def argmax(logits: np.ndarray) -> np.ndarray:

@@ -1,0 +1,35 @@
+"""Classical baselines: TF-IDF character n-grams + linear SVM, and the linear probe on features."""
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.steps.baselines import linear_probe, tfidf_svm
+
+SPAM = ["WIN a FREE prize now, call 0800", "Claim your FREE cash prize txt WIN", "URGENT! You have won a prize, call now",
+        "FREE entry to win cash, reply WIN"]
+HAM = ["see you at lunch tomorrow", "can you pick up milk on the way home", "running late, be there in ten",
+       "thanks for dinner last night"]
+
+
+def test_tfidf_separates_obvious_classes_and_is_deterministic():
+    train, y = SPAM + HAM, np.array([1] * 4 + [0] * 4)
+    test = ["WIN a FREE prize, call now", "see you at dinner tomorrow"]
+    scores = tfidf_svm(train, y, test, n_classes=2, seed=0)
+    assert scores.shape == (2, 2) and scores.argmax(axis=1).tolist() == [1, 0]
+    assert np.array_equal(scores, tfidf_svm(train, y, test, n_classes=2, seed=0))
+
+
+def test_tfidf_handles_three_classes_and_class_weights():
+    train = ["refund my bill", "invoice charge wrong", "parcel not delivered", "shipping is late", "app crashes", "login error"]
+    y = np.array([0, 0, 1, 1, 2, 2])
+    scores = tfidf_svm(train, y, ["my parcel is late", "the app shows an error"], n_classes=3, class_weights="balanced")
+    assert scores.shape == (2, 3) and scores.argmax(axis=1).tolist() == [1, 2]
+
+
+def test_linear_probe_gives_probabilities_over_all_classes():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 5))
+    y = (x[:, 0] > 0).astype(int)
+    probs = linear_probe(x, y, x[:10], n_classes=3, seed=0)  # class 2 never seen in train
+    assert probs.shape == (10, 3) and np.allclose(probs.sum(axis=1), 1.0) and (probs[:, 2] == 0).all()
+    assert (probs.argmax(axis=1) == y[:10]).mean() >= 0.9
