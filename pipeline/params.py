@@ -474,6 +474,9 @@ class GatesParams(Section):
     max_drop_rate_per_reason: Fraction | None = Field(0.15, description="Any stage: share of its input dropped for one reason.")
     min_records_per_class_per_split: Annotated[int, Field(ge=0)] | None = 1
     min_test_macro_f1: Fraction | None = None
+    min_margin_over_baselines: Annotated[float, Field(ge=-1.0, le=1.0)] | None = Field(
+        None, description="evaluate: test macro-F1 of the model minus each baseline's (0.0: a model that loses to any fails)."
+    )
     max_cross_split_leaks: Annotated[int, Field(ge=0)] | None = 0
     max_test_changed_fraction: Fraction | None = Field(
         0.02, description="pipeline diff: share of test records added, removed or changed against the base revision."

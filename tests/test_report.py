@@ -66,6 +66,17 @@ def test_leak_and_tiny_class_gates():
     assert {g.name for g in violations(gates)} == {"min_records_per_class_per_split", "max_cross_split_leaks"}
 
 
+
+def test_a_model_that_loses_to_a_baseline_fails_the_margin_gate():
+    versus = {"tfidf": {"macro_f1": 0.75, "model_minus_baseline_macro_f1": -0.05},
+              "random_init": {"macro_f1": 0.4, "model_minus_baseline_macro_f1": 0.3}}
+    metrics = {**METRICS, "evaluate": {**METRICS["evaluate"], "baselines": versus}}
+    gates = evaluate_gates(metrics, CARD, LEAKAGE, GatesParams(min_margin_over_baselines=0.0))
+    failed = violations(gates)
+    assert [(g.name, g.where) for g in failed] == [("min_margin_over_baselines", "tfidf")]
+    assert "-0.05 (must be >= 0) VIOLATED" in failed[0].describe()
+    assert not any(g.name == "min_margin_over_baselines" for g in evaluate_gates(metrics, CARD, LEAKAGE, GatesParams()))
+
 # --- the page -------------------------------------------------------------------------------
 
 def test_page_is_self_contained_with_every_section():

@@ -56,6 +56,10 @@ def evaluate_gates(metrics: dict[str, dict[str, Any]], card: dict[str, Any], lea
             gates += _min("min_records_per_class_per_split", fewest, params.min_records_per_class_per_split, f"{split}: {label}")
     if "evaluate" in metrics and "macro_f1" in metrics["evaluate"]:
         gates += _min("min_test_macro_f1", metrics["evaluate"]["macro_f1"], params.min_test_macro_f1)
+    for name, versus in sorted(metrics.get("evaluate", {}).get("baselines", {}).items()):
+        margin = versus.get("model_minus_baseline_macro_f1")
+        if margin is not None:
+            gates += _min("min_margin_over_baselines", margin, params.min_margin_over_baselines, name)
     gates += _max("max_cross_split_leaks", leakage.get("cross_split_pairs", 0), params.max_cross_split_leaks)
     return gates
 
