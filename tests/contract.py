@@ -22,11 +22,17 @@ RUN_ENV = {
 }
 
 
-def dvc(workdir: Path, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
-    """Run the project venv's dvc in `workdir`, capturing its output."""
+def dvc(workdir: Path, *args: str, timeout: int = 1800, activated: bool = False) -> subprocess.CompletedProcess:
+    """Run the project venv's dvc in `workdir`, capturing its output.
+
+    `activated`: with the venv's bin first on PATH, as after `source .venv/bin/activate` (DVC's
+    queue starts its workers as a bare `dvc` from PATH).
+    """
     exe = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "dvc"
-    return subprocess.run([str(exe), *args], cwd=workdir, env={**os.environ, **RUN_ENV},
-                          capture_output=True, text=True, timeout=timeout)
+    env = {**os.environ, **RUN_ENV}
+    if activated:
+        env["PATH"] = f"{exe.parent}{os.pathsep}{env.get('PATH', '')}"
+    return subprocess.run([str(exe), *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def unbalanced(metrics_root: Path) -> list[str]:

@@ -146,7 +146,7 @@ def test_sweep_through_the_dvc_queue(run):
     """A tiny grid queued with DVC's own experiments runs in DVC's temp copies; exp show lists both."""
     queued = dvc(run, "exp", "run", "--queue", "-S", "finetune.text.lr=0.0002,0.001")
     assert queued.returncode == 0, queued.stderr[-2000:]
-    ran = dvc(run, "exp", "run", "--run-all")
+    ran = dvc(run, "exp", "run", "--run-all", activated=True, timeout=1200)
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
     shown = dvc(run, "exp", "show", "--json")
     assert shown.returncode == 0, shown.stderr[-2000:]
