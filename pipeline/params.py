@@ -393,6 +393,17 @@ class TrainingParams(Section):
     )
     unfreeze_every: PositiveInt = Field(1, description="gradual: epochs between unfreezing one more layer group.")
     early_stopping: EarlyStoppingParams = EarlyStoppingParams()
+    smote_ratio: Annotated[float, Field(gt=0.0, le=1.0)] | None = Field(
+        None, description="linear_probe: SMOTE (imbalanced-learn) adds synthetic minority feature vectors until "
+        "smallest/largest class reaches this ratio (null: off). They are not records, so only the head sees them.",
+    )
+    smote_neighbors: PositiveInt = Field(5, description="linear_probe with smote_ratio: SMOTE's k nearest neighbours.")
+
+    @model_validator(mode="after")
+    def _smote_for_the_probe(self) -> TrainingParams:
+        if self.smote_ratio is not None and self.strategy != "linear_probe":
+            raise ValueError(f"smote_ratio applies to strategy linear_probe (a head on cached features), not {self.strategy!r}")
+        return self
 
 
 class TextFinetuneParams(TrainingParams):

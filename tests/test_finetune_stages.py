@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from conftest import text_records, write_params
-from pipeline.io import write_json, write_records
+from pipeline.io import read_records, write_json, write_records
 from pipeline.records import conform, make_id
 from pipeline.stages import baselines, evaluate, features, finetune
 
@@ -214,3 +214,23 @@ def test_image_chain(tmp_path):
     assert set(m["baselines"]) == {"linear_probe", "random_init"}  # no TF-IDF for images
     card = json.loads((out / "model" / "card.json").read_text())
     assert card["base_model"].startswith("efficientnet-lite0") and card["params"]["image"]["freeze_blocks"] == 14
+
+
+def test_linear_probe_with_smote_trains_on_synthetic_minority_features(tmp_path):
+    """smote_ratio: the head sees SMOTE points up to the ratio; the records and the ledger do not change."""
+    final = text_final(tmp_path, n=16)
+    records = read_records(final / "train.parquet")
+    kept = pd.concat([records[records["label"] == "spam"], records[records["label"] == "ham"].head(4)])
+    write_records(kept, final / "train.parquet")
+    out = run_chain(tmp_path, TEXT, final, text={**QUICK["text"], "strategy": "linear_probe", "lr": 0.01, "smote_ratio": 1.0,
+                                                  "smote_neighbors": 3})
+    m = metrics(out, "finetune")
+    assert m["smote_generated"] == 12 and m["in"] == len(kept) + 9  # 16 spam vs 4 ham: 12 synthetic ham vectors
+
+
+def test_smote_is_refused_outside_the_linear_probe(tmp_path, caplog):
+    params = write_params(tmp_path / "p.yaml", TEXT, finetune={"text": {"strategy": "partial", "smote_ratio": 1.0}})
+    args = ["--dataset", "t", "--params", str(params), "--data", str(tmp_path), "--output", str(tmp_path / "m"),
+            "--metrics", str(tmp_path / "m.json")]
+    assert finetune.main(args) == 2
+    assert "smote_ratio applies to strategy linear_probe" in caplog.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -184,3 +185,20 @@ def test_augment_counts_spread_the_missing_records_over_originals_only():
     counts = augment_counts(train, RebalanceParams(strategy="augment_over"), seed=0)
     assert counts[train["label"] == "a"].sum() == 0 and counts[train["text"] == "variant"].sum() == 0
     assert counts[train["label"] == "b"].sum() == 6 and set(counts[(train["label"] == "b") & train["parent_id"].isna()]) == {2}
+
+
+def test_smote_adds_interpolated_minority_vectors_and_keeps_the_originals():
+    from pipeline.steps.rebalance import smote_features
+
+    rng = np.random.default_rng(0)
+    x = np.vstack([rng.normal(0, 1, (40, 4)), rng.normal(5, 1, (8, 4)), rng.normal(-5, 1, (1, 4))]).astype(np.float32)
+    y = np.array([0] * 40 + [1] * 8 + [2])
+    new_x, new_y = smote_features(x, y, ratio=0.5, neighbors=5, seed=7)
+    assert np.array_equal(new_x[: len(x)], x) and np.array_equal(new_y[: len(y)], y)  # originals first, unchanged
+    assert np.bincount(new_y).tolist() == [40, 20, 1]  # class 1 up to 0.5 x 40; a single point cannot be interpolated
+    made = new_x[len(x):]
+    minority = x[y == 1]
+    assert (made >= minority.min(axis=0) - 1e-6).all() and (made <= minority.max(axis=0) + 1e-6).all()
+    again, _ = smote_features(x, y, ratio=0.5, neighbors=5, seed=7)
+    other, _ = smote_features(x, y, ratio=0.5, neighbors=5, seed=8)
+    assert np.array_equal(again, new_x) and not np.array_equal(other, new_x)

@@ -26,6 +26,7 @@ from pipeline.stages.base import Context, Outcome, StageError, entry, stage_main
 from pipeline.stages.features import read_features
 from pipeline.steps.device import Device, choose_device, make_deterministic
 from pipeline.steps.models import classifier_for
+from pipeline.steps.rebalance import smote_features
 from pipeline.steps.train import FitResult, fit, recipe_for
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ def run(ctx: Context) -> Outcome:
                      device=device, on_epoch=on_epoch)
     model.save(ctx.args.output)
     extra = {"history": result.history, "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
+             "smote_generated": int(len(data["train"][1]) - len(train)),
              **{k: result.best[k] for k in ("val_loss", "val_accuracy", "val_macro_f1")},
              "labels": labels, "strategy": section.strategy, **device.describe(), "threads": params.threads}
     if params.onnx:
@@ -75,7 +77,17 @@ def _training_data(ctx: Context, model, strategy: str, frames: dict[str, pd.Data
     if ctx.args.features is None:
         raise StageError("strategy linear_probe trains on cached features: pass --features (the features stage's output)")
     cached = {name: torch.from_numpy(read_features(ctx.args.features, name, f["id"])) for name, f in frames.items()}
+    section = getattr(ctx.params.finetune, ctx.dataset.modality)
+    if section.smote_ratio is not None:
+        cached["train"], targets["train"] = _smote(cached["train"], targets["train"], section, ctx.params.seed)
     return model.probe(), {name: (cached[name], targets[name]) for name in frames}
+
+
+def _smote(features: torch.Tensor, targets: torch.Tensor, section, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train features with SMOTE's synthetic minority points appended (logged; they are not records)."""
+    x, y = smote_features(features.numpy(), targets.numpy(), ratio=section.smote_ratio, neighbors=section.smote_neighbors, seed=seed)
+    log.info("smote: %d synthetic feature vectors added to %d", len(x) - len(features), len(features))
+    return torch.from_numpy(x), torch.from_numpy(y)
 
 
 @contextlib.contextmanager

@@ -4,6 +4,8 @@ Random samplers work on an index array, so they apply to any record: oversampled
 ids and name their root original as parent; undersampled records are dropped with a reason.
 Cleaning under-samplers (Tomek links, edited nearest neighbours) need distances between records:
 they run on embeddings from the offline pretrained models and drop the records they remove.
+SMOTE interpolates new points between neighbours, which are not records: it applies to feature
+vectors, for heads trained on embeddings (finetune's linear probe), never to the dataset.
 """
 from __future__ import annotations
 
@@ -131,3 +133,22 @@ def _copies(train: pd.DataFrame, picked: np.ndarray) -> pd.DataFrame:
     source["id"] = [make_id(i, "oversample", n) for i, n in zip(source["id"], nth)]
     source["parent_id"] = root
     return source.reset_index(drop=True)
+
+
+def smote_features(features: np.ndarray, labels: np.ndarray, *, ratio: float, neighbors: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Feature vectors and labels with SMOTE's synthetic minority points appended (originals first, unchanged).
+
+    Each class below `ratio` x the largest gets new points up to that ratio; a class with fewer than
+    two members cannot be interpolated and is left as it is. k is capped at the smallest such class.
+    """
+    from imblearn.over_sampling import SMOTE
+
+    counts = Counter(labels.tolist())
+    floor = math.ceil(ratio * max(counts.values()))
+    wanted = {c: floor for c, n in counts.items() if n < floor and n >= 2}
+    if not wanted:
+        return features, labels
+    k = min(neighbors, min(counts[c] for c in wanted) - 1)
+    sampler = SMOTE(sampling_strategy=wanted, k_neighbors=k, random_state=derive_seed(seed, "smote", bits=32))
+    x, y = sampler.fit_resample(features, labels)
+    return np.asarray(x, dtype=features.dtype), np.asarray(y, dtype=labels.dtype)
