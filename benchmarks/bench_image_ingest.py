@@ -1,0 +1,223 @@
+"""Benchmark: the project's image ingest + normalise path against a bare Pillow loop, same files.
+
+    .venv/bin/python benchmarks/bench_image_ingest.py [--repeat 3] [--rounds 3]
+
+The files are the 398 hymenoptera images from ../shared/datasets (read in place, never copied),
+or, where that folder is absent, 400 generated JPEGs of 500 x 375 pixels. Their bytes are read
+into memory once, and the list is repeated `--repeat` times so each timing lasts a few seconds.
+Then, in one run, each round times
+
+* bare: for each file, PIL `Image.open` (from the bytes), `load()`, `convert("RGB")` and
+  `resize((size, size))` (Pillow's default filter) in a plain loop, one process;
+* bare_same_work (for information, no target): the same library calls the project makes, in a
+  flat loop with no engine, no params and no records: `verify`, a decode (JPEG draft at the
+  working side), OpenCV's area downscale, grey conversion and the quality measures, SHA-256 of the
+  file; a second decode (JPEG draft at the output size), EXIF orientation, RGB, `ImageOps.fit`,
+  PNG encode and SHA-256 of the pixels. It shows what the project adds over its libraries;
+* project, 1 and 2 workers: what the clean and normalise stages do per image, through the local
+  engine: `map_chunks(inspect_images)` (pixel limit from the header, `verify`, a full decode and
+  the quality measures) then `map_chunks(normalise_images)` on the kept images (decode, EXIF
+  orientation, RGB, shorter-side crop, PNG encode, pixel hash), default params from
+  `pipeline.params` (`engine.chunk_size`, clean.image, normalise.image).
+
+The project's outputs with 1 and 2 workers must be equal. Rounds are interleaved (bare,
+bare_same_work, 1 worker, 2 workers, ...) so a change in machine load hits every path; the ratios
+use the median wall seconds over the rounds, and the per-round ratios are printed too. Since the
+machine may be shared, the load average before and after is reported, and so is each path's CPU
+time (this process plus its finished workers): a 2-worker wall-clock speedup needs two idle
+cores, while the CPU ratio shows what the pool costs in extra work. Prints one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import io
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.engines import map_chunks  # noqa: E402
+from pipeline.params import EngineParams, ImageCleanParams, ImageNormaliseParams  # noqa: E402
+from pipeline.steps.clean import inspect_images  # noqa: E402
+from pipeline.steps.normalise import normalise_images  # noqa: E402
+
+HYMENOPTERA = ROOT.parent / "shared" / "datasets" / "hymenoptera"
+TARGETS = {"project_1w_over_bare": 0.85, "project_2w_over_project_1w": 1.7}
+
+
+def load_files(folder: Path, *, fallback: int = 400) -> tuple[list[bytes], str]:
+    """Bytes of every file under `folder` (sorted), or of generated JPEGs where it is absent."""
+    if folder.is_dir():
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        return [f.read_bytes() for f in files], f"{folder.name}: {len(files)} files"
+    return [_generated_jpeg(i) for i in range(fallback)], f"generated: {fallback} JPEGs 500x375 (hymenoptera absent)"
+
+
+def _generated_jpeg(index: int) -> bytes:
+    """A smooth random photo-like picture: gradients plus blurred noise, JPEG quality 90."""
+    gen = np.random.default_rng(index)
+    yy, xx = np.mgrid[:375, :500].astype(np.float32)
+    base = gen.uniform(40, 200, 3) + gen.uniform(-0.2, 0.2, 3) * xx[..., None] + gen.uniform(-0.2, 0.2, 3) * yy[..., None]
+    noise = gen.normal(0, 30, (47, 63, 3)).repeat(8, 0).repeat(8, 1)[:375, :500]
+    pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+# --- the paths compared ---------------------------------------------------------------------
+
+def bare(blobs: list[bytes], size: int) -> list[tuple[int, int]]:
+    """Pillow open, load, convert to RGB and resize, in a plain loop."""
+    out = []
+    for data in blobs:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            out.append(image.convert("RGB").resize((size, size)).size)
+    return out
+
+
+def bare_same_work(blobs: list[bytes], size: int, *, side: int = 256, png_level: int = 3) -> list[str]:
+    """The project's library calls per image (see the module docstring), in a flat loop."""
+    out = []
+    for data in blobs:
+        with Image.open(io.BytesIO(data)) as probe:
+            probe.verify()
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format == "JPEG":
+                image.draft("RGB", (side, side))
+            image.load()
+            pixels = np.asarray(image.convert("RGB"))
+        scale = side / min(pixels.shape[:2])
+        if scale < 1:
+            shape = (max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale)))
+            pixels = cv2.resize(pixels, shape, interpolation=cv2.INTER_AREA)
+        grey = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
+        counts = np.bincount(grey.ravel(), minlength=256)
+        p = counts[counts > 0] / grey.size
+        r, g, b = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+        _ = (grey.std(), -(p * np.log2(p)).sum(), grey.mean(), cv2.Laplacian(grey, cv2.CV_64F).var(),
+             (np.maximum(np.maximum(r, g), b).astype(np.int16) - np.minimum(np.minimum(r, g), b)).mean(),
+             hashlib.sha256(data).hexdigest())
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format == "JPEG":
+                image.draft("RGB", (size, size))
+            rgb = ImageOps.exif_transpose(image).convert("RGB")
+        fitted = ImageOps.fit(rgb, (size, size), Image.Resampling.BICUBIC)
+        buffer = io.BytesIO()
+        fitted.save(buffer, format="PNG", compress_level=png_level)
+        out.append(hashlib.sha256(fitted.tobytes()).hexdigest())
+    return out
+
+
+def project(blobs: list[bytes], workers: int) -> tuple[list, dict[str, float]]:
+    """clean's inspect then normalise's normalise on the kept images, through the local engine."""
+    chunk = EngineParams().chunk_size
+    start = time.perf_counter()
+    verdicts = map_chunks(functools.partial(inspect_images, params=ImageCleanParams()), blobs, workers=workers, chunk_size=chunk)
+    kept = [data for data, verdict in zip(blobs, verdicts) if verdict.reason is None]
+    middle = time.perf_counter()
+    normalised = map_chunks(functools.partial(normalise_images, params=ImageNormaliseParams()), kept, workers=workers, chunk_size=chunk)
+    end = time.perf_counter()
+    return [verdicts, normalised], {"clean_s": middle - start, "normalise_s": end - middle}
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    """(result, wall seconds, CPU seconds of this process and its workers)."""
+    start, cpu = time.perf_counter(), cpu_seconds()
+    result = fn()
+    return result, time.perf_counter() - start, cpu_seconds() - cpu
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished child processes (the engine's workers)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+# --- the run --------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3, help="times the file list is repeated (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; ratios use the medians (default 3)")
+    parser.add_argument("--folder", type=Path, default=HYMENOPTERA)
+    args = parser.parse_args(argv)
+
+    files, what = load_files(args.folder)
+    blobs = files * args.repeat
+    size = ImageNormaliseParams().size
+    load_before = os.getloadavg()
+    project(blobs[:8], 1)  # warm imports and caches outside the timings
+    paths: dict[str, Callable[[], Any]] = {
+        "bare": lambda: bare(blobs, size),
+        "bare_same_work": lambda: bare_same_work(blobs, size, png_level=ImageNormaliseParams().png_compress_level),
+        "project_1w": lambda: project(blobs, 1),
+        "project_2w": lambda: project(blobs, 2),
+    }
+    wall: dict[str, list[float]] = {name: [] for name in paths}
+    cpu: dict[str, list[float]] = {name: [] for name in paths}
+    phases: dict[str, list[dict[str, float]]] = {"project_1w": [], "project_2w": []}
+    outputs: dict[str, Any] = {}
+    for _ in range(args.rounds):
+        for name, fn in paths.items():
+            outputs[name], w, c = timed(fn)
+            wall[name].append(w)
+            cpu[name].append(c)
+            if name in phases:
+                phases[name].append(outputs[name][1])
+        if outputs["project_1w"][0] != outputs["project_2w"][0]:
+            raise SystemExit("project output with 2 workers differs from 1 worker")
+    kept = sum(v.reason is None for v in outputs["project_1w"][0][0])
+    print(json.dumps(report(what, args, len(blobs), size, wall, cpu, phases, load_before, kept=kept)))
+    return 0
+
+
+def report(what: str, args: argparse.Namespace, images: int, size: int, wall: dict[str, list[float]],
+           cpu: dict[str, list[float]], phases: dict[str, list[dict[str, float]]], load_before: tuple[float, ...],
+           *, kept: int) -> dict[str, Any]:
+    """The JSON object: throughput, ratios (of median wall seconds), CPU seconds, targets, load."""
+    median = {name: statistics.median(values) for name, values in wall.items()}
+    ratios = {"project_1w_over_bare": median["bare"] / median["project_1w"],  # throughput: project over bare
+              "project_2w_over_project_1w": median["project_1w"] / median["project_2w"]}
+    per_round = [{"project_1w_over_bare": round(b / p1, 3), "project_2w_over_project_1w": round(p1 / p2, 3)}
+                 for b, p1, p2 in zip(wall["bare"], wall["project_1w"], wall["project_2w"])]
+    cpu_median = {name: statistics.median(values) for name, values in cpu.items()}
+    return {
+        "files": what, "repeat": args.repeat, "images": images, "kept_by_clean": kept, "size": size,
+        "chunk_size": EngineParams().chunk_size, "rounds": args.rounds, "cpus": os.cpu_count(),
+        "load_avg_1_5_15_before": [round(v, 2) for v in load_before],
+        "load_avg_1_5_15_after": [round(v, 2) for v in os.getloadavg()],
+        "images_per_s": {name: round(images / s, 1) for name, s in median.items()},
+        "project_phase_s": {name: {k: round(statistics.median(p[k] for p in rows), 3) for k in rows[0]}
+                            for name, rows in phases.items()},
+        "ratios": {**{k: round(v, 3) for k, v in ratios.items()},
+                   "project_1w_over_bare_same_work": round(median["bare_same_work"] / median["project_1w"], 3)},
+        "ratios_per_round": per_round,
+        "targets": {name: {"target": f">= {limit}", "holds": round(ratios[name], 3) >= limit} for name, limit in TARGETS.items()},
+        "cpu_s": {name: round(s, 2) for name, s in cpu_median.items()},
+        "cpu_ratios": {"project_1w_over_bare": round(cpu_median["bare"] / cpu_median["project_1w"], 3),
+                       "project_2w_cpu_over_1w_cpu": round(cpu_median["project_2w"] / cpu_median["project_1w"], 3)},
+        "bare_loop": "Image.open(bytes), load(), convert('RGB'), resize((size, size)); one process",
+        "bare_same_work": "the project's library calls (verify, decode, quality measures, decode, fit, PNG, hashes) in a flat loop",
+        "project_path": "map_chunks(inspect_images) then map_chunks(normalise_images) on kept images; default params",
+        "cpu": "CPU seconds of this process plus its finished workers (RUSAGE_CHILDREN); wall ratios need idle cores",
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
