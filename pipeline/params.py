@@ -424,7 +424,7 @@ class ImageFinetuneParams(TrainingParams):
         "efficientnet-b4", "efficientnet-b5", "efficientnet-b6", "efficientnet-b7",
     ] = "efficientnet-lite0"
     weights: str | None = Field(None, description="State dict file for `arch` (default: the packaged Lite0 ImageNet weights).")
-    image_size: PositiveInt = 128
+    image_size: Annotated[int, Field(ge=32)] = Field(128, description="Input side (EfficientNet needs at least 32).")
     freeze_blocks: Annotated[int, Field(ge=0)] = Field(
         14, description="partial and gradual: the stem and the first k MBConv blocks stay frozen (run once)."
     )
@@ -459,7 +459,9 @@ class RandomInitParams(Section):
     batch_size: PositiveInt = 64
     lr: Annotated[float, Field(gt=0)] = Field(5e-4, description="From scratch wants a larger rate than fine-tuning.")
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
-    image_size: PositiveInt | None = Field(None, description="Images: train at this side to save time (null: finetune's).")
+    image_size: Annotated[int, Field(ge=32)] | None = Field(
+        None, description="Images: train at this side to save time, at least 32 (null: finetune's)."
+    )
 
 
 class BaselinesParams(Section):

@@ -29,7 +29,7 @@ TEXT = {"t": {"modality": "text", "source": "corpus.tsv", "format": "tsv"}}
 IMAGE = {"im": {"modality": "image", "source": "images", "format": "image_folder"}}
 QUICK = {"text": {"epochs": 2, "batch_size": 8, "max_length": 24},
          "image": {"epochs": 2, "batch_size": 8, "image_size": 32}}
-BASELINES = {"baselines": {"random_init": {"epochs": 1, "batch_size": 16, "image_size": 24}}}
+BASELINES = {"baselines": {"random_init": {"epochs": 1, "batch_size": 16, "image_size": 32}}}
 
 
 def text_final(root: Path, n: int = 16) -> Path:

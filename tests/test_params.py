@@ -147,3 +147,13 @@ def test_dataset_lookup():
     assert params.dataset("b_set").format == "tsv"
     with pytest.raises(ParamsError, match=r"'nope'.*known: \['a_set', 'b_set'\]"):
         params.dataset("nope")
+
+
+def test_an_image_side_efficientnet_cannot_take_is_refused(tmp_path):
+    """Below 32 pixels EfficientNet's padding fails mid-training; params refuse it up front."""
+    from pipeline.params import Params
+
+    with pytest.raises(ValueError, match="image_size"):
+        Params.model_validate({"evaluate": {"baselines": {"random_init": {"image_size": 24}}}})
+    with pytest.raises(ValueError, match="image_size"):
+        Params.model_validate({"finetune": {"image": {"image_size": 16}}})
