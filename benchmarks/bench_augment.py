@@ -57,6 +57,7 @@ from pipeline.params import EngineParams, ImageAugmentParams, ImageNormalisePara
 from pipeline.records import make_id  # noqa: E402
 from pipeline.steps.augment import augment_images, augment_texts  # noqa: E402
 from pipeline.steps.normalise import normalise_images  # noqa: E402
+from measure import cpu_seconds, timed  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "datasets"
 SEED = 42
@@ -127,19 +128,6 @@ def bare_nlpaug(texts: list[str], params: TextAugmentParams) -> int:
 def project(fn: Callable, items: list[tuple], workers: int) -> list:
     chunk = max(1, EngineParams().chunk_size // 8)  # what the augment stage uses
     return map_chunks(fn, items, workers=workers, chunk_size=chunk)
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
-    """(result, wall seconds, CPU seconds of this process and its workers)."""
-    start, cpu = time.perf_counter(), cpu_seconds()
-    result = fn()
-    return result, time.perf_counter() - start, cpu_seconds() - cpu
-
-
-def cpu_seconds() -> float:
-    """CPU time of this process and of its finished child processes (the engine's workers)."""
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def compare(name: str, bare: Callable[[], Any], step: Callable, items: list[tuple], rounds: int) -> dict[str, Any]:

@@ -54,6 +54,7 @@ from pipeline.engines import map_chunks  # noqa: E402
 from pipeline.params import EngineParams, ImageCleanParams, ImageNormaliseParams  # noqa: E402
 from pipeline.steps.clean import inspect_images  # noqa: E402
 from pipeline.steps.normalise import normalise_images  # noqa: E402
+from measure import cpu_seconds, timed  # noqa: E402
 
 HYMENOPTERA = ROOT.parent / "shared" / "datasets" / "hymenoptera"
 TARGETS = {"project_1w_over_bare": 0.85, "project_2w_over_project_1w": 1.7}
@@ -134,19 +135,6 @@ def project(blobs: list[bytes], workers: int) -> tuple[list, dict[str, float]]:
     normalised = map_chunks(functools.partial(normalise_images, params=ImageNormaliseParams()), kept, workers=workers, chunk_size=chunk)
     end = time.perf_counter()
     return [verdicts, normalised], {"clean_s": middle - start, "normalise_s": end - middle}
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
-    """(result, wall seconds, CPU seconds of this process and its workers)."""
-    start, cpu = time.perf_counter(), cpu_seconds()
-    result = fn()
-    return result, time.perf_counter() - start, cpu_seconds() - cpu
-
-
-def cpu_seconds() -> float:
-    """CPU time of this process and of its finished child processes (the engine's workers)."""
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 # --- the run --------------------------------------------------------------------------------

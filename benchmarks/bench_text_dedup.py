@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.seeding import rng  # noqa: E402
 from pipeline.steps.neardup import NearDupSettings, near_duplicates  # noqa: E402
+from measure import reset_peak, status_kib  # noqa: E402
 
 LETTERS = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz", dtype="S1")
 
@@ -237,28 +238,13 @@ def run_datasketch(shingles: list[list[bytes]], threshold: float, num_perm: int)
 def measured(fn: Callable[[], Any]) -> tuple[Any, float, float, float]:
     """(result, seconds, peak RSS MiB during the call, peak minus RSS before, MiB)."""
     gc.collect()
-    reset = _reset_peak()
-    before = _status_kib("VmRSS")
+    reset = reset_peak()
+    before = status_kib("VmRSS")
     start = time.perf_counter()
     result = fn()
     seconds = time.perf_counter() - start
-    peak = _status_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = status_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return result, seconds, round(peak / 1024, 1), round((peak - before) / 1024, 1)
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def scores(found: np.ndarray, truth: np.ndarray) -> tuple[float, float]:

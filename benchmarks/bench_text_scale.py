@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.seeding import rng  # noqa: E402
+from measure import reset_peak, status_kib  # noqa: E402
 
 LABELS = ["billing", "shipping", "technical"]
 LETTERS = list("abcdefghijklmnopqrstuvwxyz")
@@ -155,7 +156,7 @@ def run_size(docs: int, seed: int) -> dict[str, Any]:
             "dedup": (dedup.main, ["--input", str(data / "normalise.parquet"), "--output", str(data / "dedup.parquet")]),
         }
         report: dict[str, Any] = {"docs": docs, "planted": planted, "stages": {}}
-        rss_before_stages = _status_kib("VmRSS")
+        rss_before_stages = status_kib("VmRSS")
         for name, (main, args) in stages.items():
             argv = [*common, *args, "--metrics", str(out / f"{name}.json"), "--ledger", str(out / f"{name}.ledger.parquet")]
             code, seconds, peak = _measured(lambda: main(argv))
@@ -178,27 +179,12 @@ def run_size(docs: int, seed: int) -> dict[str, Any]:
 def _measured(fn) -> tuple[Any, float, float]:
     """(result, seconds, peak RSS MiB during the call)."""
     gc.collect()
-    reset = _reset_peak()
+    reset = reset_peak()
     start = time.perf_counter()
     result = fn()
     seconds = time.perf_counter() - start
-    peak = _status_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = status_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return result, seconds, round(peak / 1024, 1)
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 # --- the parent: one child per size ---------------------------------------------------------
