@@ -90,6 +90,13 @@ def load_classifier(folder: Path, device: Device = CPU) -> TextClassifier | Imag
     return kind.load(folder, device)
 
 
+def train_top_groups(net: nn.Module, groups: list[nn.Module], active: int) -> None:
+    """Dropout and batch statistics on in the top `active` groups only; the rest of `net` in eval mode."""
+    net.eval()
+    for module in groups[len(groups) - active :] if active else []:
+        module.train(True)
+
+
 # --- the linear probe -----------------------------------------------------------------------
 
 @dataclass
@@ -274,11 +281,7 @@ class TextClassifier:
         return [*bottom, *self.net.layers[self.frozen :], self.net.head]
 
     def train_mode(self, active: int) -> None:
-        """Dropout and batch statistics on in the top `active` groups only."""
-        self.net.eval()
-        groups = self.groups()
-        for module in groups[len(groups) - active :] if active else []:
-            module.train(True)
+        train_top_groups(self.net, self.groups(), active)
 
     def probe(self) -> Probe:
         return Probe(self.net.head)
@@ -414,10 +417,7 @@ class ImageClassifier:
         return nn.Sequential(self.net._dropout, self.net._fc)
 
     def train_mode(self, active: int) -> None:
-        self.net.eval()
-        groups = self.groups()
-        for module in groups[len(groups) - active :] if active else []:
-            module.train(True)
+        train_top_groups(self.net, self.groups(), active)
 
     def probe(self) -> Probe:
         return Probe(self._head())
