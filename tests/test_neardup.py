@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -157,11 +158,24 @@ def test_explicit_bands_and_rows_are_respected(corpus):
 def test_verification_removes_false_candidates(corpus, verify):
     texts, planted = corpus
     texts = texts + [texts[i].upper() for i in range(20, 25)]  # 50..54: same after case folding
-    loose = NearDupSettings(threshold=0.9, bands=64, rows=2, verify=verify)  # many weak candidates
+    loose = NearDupSettings(threshold=0.9, bands=64, rows=2, verify=verify, screen=None)  # many weak candidates
     result = near_duplicates(texts, loose)
     assert result.candidates > len(planted) + 5
     assert result.pairs.tolist() == [[i, 30 + i] for i in range(20, 25)]
     assert result.jaccard.tolist() == [1.0] * 5
+
+
+def test_sketch_screen_drops_chance_candidates_but_no_duplicate(corpus):
+    texts, planted = corpus
+    weak = NearDupSettings(threshold=0.7, bands=64, rows=2, screen=None)  # every shared band of 2 values collides
+    unscreened = near_duplicates(texts, weak)
+    screened = near_duplicates(texts, replace(weak, screen=4.0))
+    assert screened.candidates < unscreened.candidates / 2
+    assert screened.pairs.tolist() == unscreened.pairs.tolist()
+    assert np.array_equal(screened.labels, unscreened.labels)
+    assert {tuple(p) for p in screened.pairs.tolist()} >= planted
+    with pytest.raises(ValueError, match="'screen' parameter of NearDupSettings must be a float >= 0 or None"):
+        NearDupSettings(screen=-1)
 
 
 def test_word_shingles_case_fold_and_whitespace():

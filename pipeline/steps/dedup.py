@@ -107,34 +107,76 @@ def _closest(pairs: np.ndarray, texts: list[str], score: np.ndarray) -> dict[int
 
 # --- resolving clusters ---------------------------------------------------------------------
 
-def choose_survivor(members: pd.DataFrame, policy: str) -> str:
-    """Id of the record that represents a cluster (members sorted by id)."""
-    if policy == "longest":
-        size = members["text"].str.len() if members["text"].notna().all() else members["image"].map(len)
-        ordered = members.assign(_size=size).sort_values(["_size", "id"], ascending=[False, True])
-        return str(ordered["id"].iloc[0])
-    if policy == "most_common_label":
-        counts = members["label"].value_counts()
-        top = sorted(counts[counts == counts.max()].index)[0]
-        return str(members.loc[members["label"] == top, "id"].min())
-    return str(members["id"].min())
+def record_sizes(records: pd.DataFrame) -> np.ndarray:
+    """Size of each record for the "longest" policy: characters of its text, else bytes of its image."""
+    if "text" in records and records["text"].notna().all():
+        return records["text"].str.len().to_numpy(np.int64)
+    return records["image"].map(len).to_numpy(np.int64)
 
 
 def resolve_clusters(
     records: pd.DataFrame, labels: np.ndarray, params: DedupParams, *, reason: str, closest: dict | None = None
 ) -> DedupResult:
-    """Keep one survivor per cluster (by policy) and record the fate of every other member."""
-    sizes = pd.Series(labels).map(pd.Series(labels).value_counts()).to_numpy()
-    result = DedupResult(kept=records.iloc[0:0])
-    survivors: list[str] = []
-    for _, members in records[sizes > 1].groupby(labels[sizes > 1], sort=True):
-        result.clusters += 1
-        survivors.extend(_resolve(members.sort_values("id"), params, result, reason))
-    keep = (sizes == 1) | records["id"].isin(set(survivors)).to_numpy()
+    """Keep one survivor per cluster (by policy) and record the fate of every other member.
+
+    Vectorised over all clusters: a cluster splits into one part per label; a part's survivor is
+    its first record by id (or its longest, by `params.survivor`). A cluster with one part merges
+    into that survivor; a label conflict (several parts) follows `params.conflicts`.
+    """
+    sizes = np.bincount(labels, minlength=len(labels))[labels]
+    shared = sizes > 1
+    members = _members(records, labels, shared, params.survivor)
+    survivor = members.groupby("part", sort=False)["id"].transform("first").to_numpy()
+    conflict = members.groupby("cluster", sort=False)["part"].transform("nunique").to_numpy() > 1
+    result = DedupResult(kept=records.iloc[0:0], clusters=int(members["cluster"].nunique()),
+                         conflicts=int(members.loc[conflict, "cluster"].nunique()))
+    ids = members["id"].to_numpy()
+    is_survivor = ids == survivor
+    if params.conflicts == "drop":
+        result.dropped = ids[conflict].tolist()
+        alive = is_survivor & ~conflict
+        merged = ~is_survivor & ~conflict
+    elif params.conflicts == "keep":
+        result.flagged = ids[is_survivor & conflict].tolist()
+        alive, merged = is_survivor, ~is_survivor
+    else:
+        majority = _majority_survivor(members, survivor, conflict)
+        minority = conflict & (survivor != majority)
+        result.merged = [(i, s, "label_conflict_minority", None) for i, s in zip(ids[minority], majority[minority])]
+        alive = is_survivor & ~minority
+        merged = ~is_survivor & ~minority
+    result.merged = [(i, s, reason, None) for i, s in zip(ids[merged], survivor[merged])] + result.merged
+    keep = ~shared
+    keep[np.flatnonzero(shared)[members["row"].to_numpy()[alive]]] = True
     result.kept = records[keep].sort_values("id", kind="stable")
     if closest:
         result.merged = _with_details(result.merged, records["id"].tolist(), closest)
     return result
+
+
+def _members(records: pd.DataFrame, labels: np.ndarray, shared: np.ndarray, policy: str) -> pd.DataFrame:
+    """Records in clusters of two or more, ordered so each part's survivor comes first.
+
+    Columns: row (position among the shared records), cluster, label, id, part (cluster and label).
+    """
+    members = pd.DataFrame({
+        "row": np.arange(int(shared.sum())), "cluster": labels[shared],
+        "label": records["label"].to_numpy(object)[shared], "id": records["id"].to_numpy(object)[shared],
+    })
+    members["part"] = members.groupby(["cluster", "label"], sort=False).ngroup()
+    if policy == "longest":
+        members["size"] = -record_sizes(records)[shared]
+        return members.sort_values(["cluster", "label", "size", "id"], kind="stable")
+    return members.sort_values(["cluster", "label", "id"], kind="stable")
+
+
+def _majority_survivor(members: pd.DataFrame, survivor: np.ndarray, conflict: np.ndarray) -> np.ndarray:
+    """Per member, the survivor of its cluster's most common label (ties: the smallest label)."""
+    counts = members.assign(survivor=survivor, n=members.groupby("part")["id"].transform("size"))
+    counts["n"] = -counts["n"]
+    top = counts[conflict].sort_values(["cluster", "n", "label"], kind="stable").drop_duplicates("cluster")
+    by_cluster = dict(zip(top["cluster"].tolist(), top["survivor"].tolist()))
+    return np.array([by_cluster.get(c, s) for c, s in zip(members["cluster"].tolist(), survivor.tolist())], dtype=object)
 
 
 def _with_details(merges: list[Merge], ids: list[str], closest: dict[int, tuple[int, str]]) -> list[Merge]:
@@ -145,31 +187,6 @@ def _with_details(merges: list[Merge], ids: list[str], closest: dict[int, tuple[
         partner, text = closest.get(position[record_id], (None, None))
         out.append((record_id, survivor, reason, None if partner is None else f"{text} with {ids[partner]}"))
     return out
-
-
-def _resolve(members: pd.DataFrame, params: DedupParams, result: DedupResult, reason: str) -> list[str]:
-    """Survivor ids of one cluster, recording merges, drops and flags in `result`."""
-    labels = members["label"].value_counts()
-    if len(labels) == 1:
-        return [_merge(members, params, result, reason)]
-    result.conflicts += 1
-    if params.conflicts == "drop":
-        result.dropped.extend(members["id"])
-        return []
-    if params.conflicts == "keep":
-        kept = [_merge(group, params, result, reason) for _, group in members.groupby("label", sort=True)]
-        result.flagged.extend(kept)
-        return kept
-    majority = sorted(labels[labels == labels.max()].index)[0]
-    survivor = _merge(members[members["label"] == majority], params, result, reason)
-    result.merged.extend((i, survivor, "label_conflict_minority", None) for i in members.loc[members["label"] != majority, "id"])
-    return [survivor]
-
-
-def _merge(members: pd.DataFrame, params: DedupParams, result: DedupResult, reason: str) -> str:
-    survivor = choose_survivor(members, params.survivor)
-    result.merged.extend((i, survivor, reason, None) for i in members["id"] if i != survivor)
-    return survivor
 
 
 def follow_merges(earlier: list[Merge], later: list[Merge]) -> list[Merge]:

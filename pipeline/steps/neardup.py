@@ -10,7 +10,12 @@ The whole step is vectorised with numpy over chunks of documents, so it needs no
    change with document order or chunk size.
 3. LSH hashes each band of `rows` values to 64 bits; documents that share a band hash are
    candidate pairs.
-4. Candidates are verified by the exact Jaccard of their shingle sets (or the signature estimate)
+4. Candidates are screened band by band with a sketch (the low byte of every signature value): a pair
+   whose estimated Jaccard lies more than `screen` standard deviations below the threshold is
+   dropped before verification. On large corpora most candidates are chance collisions of
+   unrelated texts (their number grows with the square of the corpus), so this keeps the
+   expensive verification proportional to the real near duplicates.
+5. The rest are verified by the exact Jaccard of their shingle sets (or the signature estimate)
    against the threshold, and union-find over the verified pairs gives the clusters, each named
    by its smallest member index.
 
@@ -54,6 +59,9 @@ class NearDupSettings:
         verify: "exact" Jaccard of the shingle sets, or the "estimate" from the signatures.
         seed: the project seed; permutations come from `rng(seed, "minhash")`.
         chunk_size: documents shingled and hashed at a time (memory, not results).
+        screen: how many standard deviations of the MinHash estimate below the threshold a
+            candidate's sketch estimate may fall and still be verified (4: a pair at the
+            threshold is lost about 3 times in 100,000); None verifies every candidate.
     """
 
     threshold: float = 0.8
@@ -66,6 +74,7 @@ class NearDupSettings:
     verify: VerifyKind = "exact"
     seed: int = 0
     chunk_size: int = 20_000
+    screen: float | None = 4.0
 
     def __post_init__(self) -> None:
         _check(_is_real(self.threshold) and 0.0 < self.threshold <= 1.0, "threshold", "a float in (0, 1]",
@@ -75,6 +84,8 @@ class NearDupSettings:
         _check(self.size is None or (_is_int(self.size) and self.size >= 1), "size", "an int >= 1 or None", self.size)
         _check(self.verify in ("exact", "estimate"), "verify", "'exact' or 'estimate'", self.verify)
         _check(_is_int(self.chunk_size) and self.chunk_size >= 1, "chunk_size", "an int >= 1", self.chunk_size)
+        _check(self.screen is None or (_is_real(self.screen) and self.screen >= 0), "screen", "a float >= 0 or None",
+               self.screen)
         _check(len(self.weights) == 2 and min(self.weights) >= 0 and sum(self.weights) > 0,
                "weights", "two non-negative floats, not both 0", self.weights)
         explicit = (self.bands, self.rows)
@@ -336,22 +347,26 @@ def _band_keys_columns(columns: np.ndarray, bands: int, rows: int) -> np.ndarray
     return keys
 
 
-def candidate_pairs(keys: np.ndarray) -> np.ndarray:
+def candidate_pairs(keys: np.ndarray, keep: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """(m, 2) sorted unique pairs (i < j) of documents sharing a key in any band of (bands, n) `keys`.
 
     Each band is sorted once with the document index packed into the key's low bits, which
     drops that many key bits: the few spurious candidates this adds are removed by verification.
-    A bucket of m documents gives m * (m - 1) / 2 pairs, as in any LSH index.
+    A bucket of m documents gives m * (m - 1) / 2 pairs, as in any LSH index. `keep(left, right)`,
+    when given, screens each band's pairs (a boolean mask) before they are collected.
     """
     n = keys.shape[1]
     if n < 2:
         return np.empty((0, 2), np.int64)
-    codes = np.empty(0, np.int64)
+    found = []
     bits = np.uint64(int(n - 1).bit_length())
     index = np.arange(n, dtype=np.uint64)
     for band in keys:
-        found = _bucket_pairs(np.sort(((band >> bits) << bits) | index), bits, n)
-        codes = _sorted_unique(np.concatenate((codes, found)))
+        codes = _bucket_pairs(np.sort(((band >> bits) << bits) | index), bits, n)
+        if keep is not None and codes.size:
+            codes = codes[keep(codes // n, codes % n)]
+        found.append(codes)
+    codes = _sorted_unique(np.concatenate(found))
     return np.column_stack((codes // n, codes % n))
 
 
@@ -443,8 +458,10 @@ def near_duplicates(texts: Sequence[str], settings: NearDupSettings | None = Non
     settings = settings or NearDupSettings()
     texts = list(texts)
     bands, rows = settings.banding()
-    keys = _all_band_keys(texts, settings, bands, rows)
-    candidates = candidate_pairs(keys)
+    keys, sketch = _all_band_keys(texts, settings, bands, rows)
+    keep = None if settings.screen is None else _screen(sketch, bands * rows, settings.threshold, settings.screen)
+    candidates = candidate_pairs(keys, keep)
+    del keys, sketch
     similarity = _verify(texts, candidates, settings)
     keep = similarity >= settings.threshold
     pairs = candidates[keep]
@@ -457,15 +474,49 @@ def _chunks(n: int, size: int) -> Iterator[slice]:
     return (slice(start, min(start + size, n)) for start in range(0, n, size))
 
 
-def _all_band_keys(texts: Sequence[str], settings: NearDupSettings, bands: int, rows: int) -> np.ndarray:
-    """(bands, n) band keys, shingling and hashing `chunk_size` texts at a time."""
+def _all_band_keys(texts: Sequence[str], settings: NearDupSettings, bands: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(bands, n) band keys and a sketch: per text, the low byte of each MinHash value in use.
+
+    Texts are shingled and hashed `chunk_size` at a time. The sketch's rows are zero-padded to
+    whole words, so it is (n, ceil(bands * rows / 8)) uint64.
+    """
     a, b = permutations(settings.num_perm, settings.seed)
+    width = bands * rows
     keys = np.empty((bands, len(texts)), dtype=np.uint64)
+    sketch = np.zeros((len(texts), -(-width // 8) * 8), dtype=np.uint8)
     for part in _chunks(len(texts), settings.chunk_size):
         shingles = shingle_hashes(texts[part], shingle=settings.shingle, size=settings.k)
-        columns = _minhash_columns(shingles, a[:bands * rows], b[:bands * rows])
+        columns = _minhash_columns(shingles, a[:width], b[:width])
         keys[:, part] = _band_keys_columns(columns, bands, rows)
-    return keys
+        sketch[part, :width] = columns[:width].T.astype(np.uint8)
+    return keys, sketch.view(np.uint64)
+
+
+def _screen(sketch: np.ndarray, width: int, threshold: float, sigmas: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """A mask of the pairs whose sketch estimate reaches `sigmas` standard deviations below the threshold.
+
+    Two one-byte values agree with probability J + (1 - J) / 256 for Jaccard J, so the agreement
+    fraction over the `width` values is corrected for chance before it is compared. Bytes are
+    compared eight at a time: a byte of `x ^ y` is zero exactly where the two sketches agree.
+    """
+    cutoff = threshold - sigmas * np.sqrt(threshold * (1 - threshold) / width)
+    needed = int(np.ceil(width * (cutoff + (1 - cutoff) / 256) - 1e-9)) if cutoff > 0 else 0
+    most_differing = width - needed  # the zero padding never differs
+    low7, high = np.uint64(0x7F7F7F7F7F7F7F7F), np.uint64(0x8080808080808080)
+
+    def keep(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        mask = np.empty(left.size, dtype=bool)
+        for part in _chunks(left.size, 1 << 18):
+            x = sketch[left[part]]
+            x ^= sketch[right[part]]
+            nonzero = x & low7
+            nonzero += low7
+            nonzero |= x
+            nonzero &= high  # the top bit of each byte is set where the byte is not zero
+            mask[part] = np.bitwise_count(nonzero).sum(axis=1, dtype=np.int64) <= most_differing
+        return mask
+
+    return keep
 
 
 def _verify(texts: Sequence[str], pairs: np.ndarray, settings: NearDupSettings) -> np.ndarray:
