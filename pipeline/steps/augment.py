@@ -116,22 +116,34 @@ def augmenter_spec(augmenters: Sequence[TextAugmenter]) -> str:
 
 def augment_text(text: str, record_id: str, variant: int, *, spec: str, seed: int, namespace: str = "augment") -> str:
     """Apply every augmenter in order, with global RNGs seeded for this record and variant."""
-    seed_globals(seed, namespace, record_id, variant)
-    for augmenter in _text_augmenters(spec):
+    return _apply(_text_augmenters(spec), text, seed, namespace, record_id, variant)
+
+
+def _apply(augmenters: Sequence[Any], text: str, seed: int, *keys: object) -> str:
+    seed_globals(seed, *keys)
+    for augmenter in augmenters:
         result = augmenter.augment(text)
         text = result[0] if isinstance(result, list) else result
     return text
 
 
 def augment_texts(items: Sequence[tuple], params: TextAugmentParams, seed: int, namespace: str = "augment") -> list[Variant]:
-    """All variants of a chunk of (id, text[, variant count]) records (count defaults to params.variants)."""
+    """All variants of a chunk of (id, text[, variant count]) records (count defaults to params.variants).
+
+    The augmenters and each variant index's operation JSON are made once per chunk: per text,
+    only the seeding, the augmenters themselves, the id and the hash remain.
+    """
     spec = augmenter_spec(params.augmenters)
+    augmenters = _text_augmenters(spec)
     op = {"op": "augment", "augmenters": json.loads(spec)}
+    ops: dict[int, str] = {}
     out = []
     for record_id, text, *count in items:
         for v in range(count[0] if count else params.variants):
-            new = augment_text(text, record_id, v, spec=spec, seed=seed, namespace=namespace)
-            out.append(Variant(variant_id(record_id, v, namespace), record_id, text_hash(new), op_json({**op, "variant": v}), text=new))
+            new = _apply(augmenters, text, seed, namespace, record_id, v)
+            if v not in ops:
+                ops[v] = op_json({**op, "variant": v})
+            out.append(Variant(variant_id(record_id, v, namespace), record_id, text_hash(new), ops[v], text=new))
     return out
 
 
