@@ -21,8 +21,8 @@ In one run, each round times (1 variant per record, default params from `pipelin
   then `augment(text)` per text. The step also seeds the global RNGs per (record, variant),
   hashes the text and writes the operation as JSON.
 * project: `map_chunks(augment_images | augment_texts)` with the stage's chunk size
-  (`engine.chunk_size // 8`), with 1 and with 2 workers; the 2-worker output must equal the
-  1-worker output.
+  (`chunk_size_for`: `engine.chunk_size // 8` images, `engine.chunk_size` texts), with 1 and
+  with 2 workers; the 2-worker output must equal the 1-worker output.
 
 Rounds are interleaved (bare, 1 worker, 2 workers) so a change in machine load hits all three;
 the ratios use the median wall seconds over the rounds. Since the machine may be shared, the load
@@ -55,7 +55,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 from pipeline.engines import map_chunks  # noqa: E402
 from pipeline.params import EngineParams, ImageAugmentParams, ImageNormaliseParams, TextAugmentParams  # noqa: E402
 from pipeline.records import make_id  # noqa: E402
-from pipeline.steps.augment import augment_images, augment_texts  # noqa: E402
+from pipeline.steps.augment import augment_images, augment_texts, chunk_size_for  # noqa: E402
 from pipeline.steps.normalise import normalise_images  # noqa: E402
 from measure import cpu_seconds, timed  # noqa: E402
 
@@ -125,15 +125,17 @@ def bare_nlpaug(texts: list[str], params: TextAugmentParams) -> int:
     return total
 
 
-def project(fn: Callable, items: list[tuple], workers: int) -> list:
-    chunk = max(1, EngineParams().chunk_size // 8)  # what the augment stage uses
+def project(fn: Callable, items: list[tuple], workers: int, modality: str) -> list:
+    chunk = chunk_size_for(modality, EngineParams().chunk_size)  # what the augment stage uses
     return map_chunks(fn, items, workers=workers, chunk_size=chunk)
 
 
 def compare(name: str, bare: Callable[[], Any], step: Callable, items: list[tuple], rounds: int) -> dict[str, Any]:
+    modality = "image" if name == "images" else "text"
     """Interleaved rounds of bare, project 1 worker, project 2 workers; throughput, ratios, CPU."""
     step(items[:4])  # warm: imports, cached Compose or augmenters
-    paths = {"bare": bare, "project_1w": lambda: project(step, items, 1), "project_2w": lambda: project(step, items, 2)}
+    paths = {"bare": bare, "project_1w": lambda: project(step, items, 1, modality),
+             "project_2w": lambda: project(step, items, 2, modality)}
     wall: dict[str, list[float]] = {k: [] for k in paths}
     cpu: dict[str, list[float]] = {k: [] for k in paths}
     out: dict[str, Any] = {}
@@ -149,7 +151,7 @@ def compare(name: str, bare: Callable[[], Any], step: Callable, items: list[tupl
     ratios = {"project_1w_over_bare": median["bare"] / median["project_1w"],
               "project_2w_over_project_1w": median["project_1w"] / median["project_2w"]}
     return {
-        "records": len(items), "variants": len(out["project_1w"]),
+        "records": len(items), "variants": len(out["project_1w"]), "chunk_size": chunk_size_for(modality, EngineParams().chunk_size),
         "per_s": {k: round(len(items) / s, 1) for k, s in median.items()},
         "ratios": {k: round(v, 3) for k, v in ratios.items()},
         "ratios_per_round": [{"project_1w_over_bare": round(b / p1, 3), "project_2w_over_project_1w": round(p1 / p2, 3)}
@@ -169,8 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=["images", "texts"], help="run one modality")
     args = parser.parse_args(argv)
     load_before = os.getloadavg()
-    report: dict[str, Any] = {"cpus": os.cpu_count(), "rounds": args.rounds,
-                              "chunk_size": max(1, EngineParams().chunk_size // 8)}
+    report: dict[str, Any] = {"cpus": os.cpu_count(), "rounds": args.rounds}
     if args.only != "texts":
         blobs, what = load_images(SHARED / "hymenoptera")
         blobs = blobs * args.image_repeat
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                                      "np.asarray, compose(image=), fromarray, PNG compress_level 6")
     report["bare_nlpaug"] = "same augmenters and args, random/np.random seeded once; per text: augment(text)"
     report["cpu"] = "CPU seconds of this process plus its finished workers (RUSAGE_CHILDREN)"
-    report["project"] = ("map_chunks(augment_images | augment_texts), chunk_size engine.chunk_size // 8; per variant also "
+    report["project"] = ("map_chunks(augment_images | augment_texts), the stage's chunk size; per variant also "
                          "seeds per (record, variant), records applied params / op JSON, hashes content")
     print(json.dumps(report))
     return 0

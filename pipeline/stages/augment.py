@@ -12,7 +12,9 @@ import pandas as pd
 
 from pipeline.io import read_records, write_records
 from pipeline.stages.base import Context, Outcome, StageError, entry, stage_main
-from pipeline.steps.augment import AugmenterUnavailable, check_available, generate_variants, redundancy, variant_counts
+from pipeline.steps.augment import (
+    AugmenterUnavailable, check_available, chunk_size_for, generate_variants, redundancy, variant_counts,
+)
 from pipeline.steps.preview import write_preview
 
 
@@ -44,7 +46,7 @@ def _variants(ctx: Context, train: pd.DataFrame) -> pd.DataFrame:
         raise StageError(str(exc)) from None
     engine = ctx.params.engine
     return generate_variants(train, variant_counts(train, params, ctx.params.seed), ctx.dataset.modality, params,
-                             ctx.params.seed, workers=engine.workers, chunk_size=max(1, engine.chunk_size // 8))
+                             ctx.params.seed, workers=engine.workers, chunk_size=chunk_size_for(ctx.dataset.modality, engine.chunk_size))
 
 
 def _drop_redundant(ctx: Context, variants: pd.DataFrame, train: pd.DataFrame, held_out: pd.DataFrame) -> pd.DataFrame:

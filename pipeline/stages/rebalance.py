@@ -11,7 +11,7 @@ import pandas as pd
 
 from pipeline.io import read_records, write_json, write_records
 from pipeline.stages.base import Context, Outcome, StageError, entry, stage_main
-from pipeline.steps.augment import AugmenterUnavailable, check_available, generate_variants, redundancy
+from pipeline.steps.augment import AugmenterUnavailable, check_available, chunk_size_for, generate_variants, redundancy
 from pipeline.steps.card import make_card
 from pipeline.steps.embed import image_embeddings, text_embeddings
 from pipeline.steps.rebalance import CLEANING, Rebalanced, augment_counts, rebalance
@@ -62,7 +62,7 @@ def _augment_over(ctx: Context, train: pd.DataFrame, held_out: dict[str, pd.Data
     counts = augment_counts(train, ctx.params.rebalance, ctx.params.seed)
     engine = ctx.params.engine
     variants = generate_variants(train, counts, modality, params, ctx.params.seed, workers=engine.workers,
-                                 chunk_size=max(1, engine.chunk_size // 8), namespace="rebalance")
+                                 chunk_size=chunk_size_for(ctx.dataset.modality, engine.chunk_size), namespace="rebalance")
     ctx.ledger.generate(variants["id"], variants["parent_id"], "augmented_oversample")
     reasons = redundancy(variants, train, {h for frame in held_out.values() for h in frame["content_hash"]})
     kept = variants[reasons.isna()]
