@@ -1,6 +1,7 @@
 """Unit tests for pipeline.steps.dedup: clusters, survivors and label conflicts."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -115,6 +116,43 @@ def test_counts_and_balance_on_a_mixed_set(conflicts):
     assert result.clusters == 3
     assert result.conflicts == 1
     _accounted(records, result)
+
+
+@pytest.mark.parametrize("survivor", ["first_id", "longest", "most_common_label"])
+@pytest.mark.parametrize("conflicts", ["majority", "drop", "keep"])
+def test_many_clusters_resolve_by_policy(survivor, conflicts):
+    """Over many clusters at once, every merge points at a kept record of the same content, the
+    survivor follows the policy within its label, and conflicts are handled per cluster."""
+    gen = np.random.default_rng(7)
+    texts = [f"text {int(k)}" + "!" * int(n) for k, n in zip(gen.integers(0, 60, 400), gen.integers(0, 3, 400))]
+    rows = [(str(label), text) for label, text in zip(gen.choice(["a", "b", "c"], 400, p=[0.8, 0.15, 0.05]), texts)]
+    records = text_records(rows)
+    result = exact_duplicates(records, DedupParams(survivor=survivor, conflicts=conflicts))
+    _accounted(records, result)
+    by_id = records.set_index("id")
+    kept = set(result.kept["id"])
+    labels_per_text = records.groupby("text")["label"].nunique()
+    assert result.clusters == int((records["text"].value_counts() > 1).sum())
+    assert result.conflicts == int((labels_per_text > 1).sum())
+    for record_id, into, reason, _ in result.merged:
+        assert into in kept and by_id.at[into, "text"] == by_id.at[record_id, "text"]
+        if reason == "exact_duplicate":
+            same = records[(records["text"] == by_id.at[into, "text"]) & (records["label"] == by_id.at[into, "label"])]
+            best = same.sort_values("id")["id"].iloc[0]
+            if survivor == "longest":  # exact duplicates share their text, so the first id wins the tie
+                best = same.assign(n=same["text"].str.len()).sort_values(["n", "id"], ascending=[False, True])["id"].iloc[0]
+            assert by_id.at[record_id, "label"] == by_id.at[into, "label"] and into == best
+        else:
+            assert reason == "label_conflict_minority" and conflicts == "majority"
+    conflicted = set(labels_per_text[labels_per_text > 1].index)
+    if conflicts == "drop":
+        assert set(result.dropped) == set(records.loc[records["text"].isin(conflicted), "id"])
+    if conflicts == "keep":
+        assert set(result.flagged) == {i for i in kept if by_id.at[i, "text"] in conflicted}
+        kept_labels = result.kept.groupby("text")["label"].apply(lambda labels: sorted(labels))
+        assert kept_labels.to_dict() == records.groupby("text")["label"].apply(lambda labels: sorted(set(labels))).to_dict()
+    if conflicts == "majority":
+        assert result.kept["text"].is_unique
 
 
 def test_no_duplicates_keeps_everything():
