@@ -163,7 +163,7 @@ def _members(records: pd.DataFrame, labels: np.ndarray, shared: np.ndarray, poli
         "row": np.arange(int(shared.sum())), "cluster": labels[shared],
         "label": records["label"].to_numpy(object)[shared], "id": records["id"].to_numpy(object)[shared],
     })
-    members["part"] = members.groupby(["cluster", "label"], sort=False).ngroup()
+    members["part"] = members.groupby(["cluster", "label"], sort=False, dropna=False).ngroup()  # a missing label is a label
     if policy == "longest":
         members["size"] = -record_sizes(records)[shared]
         return members.sort_values(["cluster", "label", "size", "id"], kind="stable")

@@ -488,7 +488,7 @@ def _all_band_keys(texts: Sequence[str], settings: NearDupSettings, bands: int, 
         shingles = shingle_hashes(texts[part], shingle=settings.shingle, size=settings.k)
         columns = _minhash_columns(shingles, a[:width], b[:width])
         keys[:, part] = _band_keys_columns(columns, bands, rows)
-        sketch[part, :width] = columns[:width].T.astype(np.uint8)
+        sketch[part, :width] = columns.T.astype(np.uint8)
     return keys, sketch.view(np.uint64)
 
 
