@@ -25,11 +25,8 @@ falls back to getrusage's ru_maxrss (the peak of the whole process so far).
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import resource
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.seeding import rng  # noqa: E402
 from pipeline.steps.neardup import NearDupSettings, near_duplicates  # noqa: E402
-from measure import reset_peak, status_kib  # noqa: E402
+from measure import measured, timed  # noqa: E402
 
 LETTERS = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz", dtype="S1")
 
@@ -223,29 +220,17 @@ def run_datasketch(shingles: list[list[bytes]], threshold: float, num_perm: int)
     """Candidate pair codes from MinHash.bulk + MinHashLSH insert all + query all, and seconds per part."""
     from datasketch import MinHash, MinHashLSH
 
-    sketches, bulk = _timed(lambda: MinHash.bulk(shingles, num_perm=num_perm))
+    sketches, bulk, _ = timed(lambda: MinHash.bulk(shingles, num_perm=num_perm))
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    _, insert = _timed(lambda: [lsh.insert(i, sketch) for i, sketch in enumerate(sketches)])
+    _, insert, _ = timed(lambda: [lsh.insert(i, sketch) for i, sketch in enumerate(sketches)])
     n = len(shingles)
-    codes, query = _timed(lambda: [min(i, j) * n + max(i, j) for i, sketch in enumerate(sketches)
+    codes, query, _ = timed(lambda: [min(i, j) * n + max(i, j) for i, sketch in enumerate(sketches)
                                    for j in lsh.query(sketch) if j != i])
     parts = {"bulk": round(bulk, 3), "insert": round(insert, 3), "query": round(query, 3)}
     return _distinct(np.array(codes, dtype=np.int64)), parts
 
 
 # --- measuring ------------------------------------------------------------------------------
-
-def measured(fn: Callable[[], Any]) -> tuple[Any, float, float, float]:
-    """(result, seconds, peak RSS MiB during the call, peak minus RSS before, MiB)."""
-    gc.collect()
-    reset = reset_peak()
-    before = status_kib("VmRSS")
-    start = time.perf_counter()
-    result = fn()
-    seconds = time.perf_counter() - start
-    peak = status_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return result, seconds, round(peak / 1024, 1), round((peak - before) / 1024, 1)
-
 
 def scores(found: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     """(recall, precision) of found pair codes against the true ones."""
@@ -272,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         "project": _scored(project, truth, args.docs),
     }
     if not args.skip_datasketch:
-        shingles, shingle_seconds = _timed(lambda: datasketch_shingles(texts, settings.k))
+        shingles, shingle_seconds, _ = timed(lambda: datasketch_shingles(texts, settings.k))
         datasketch = _phase(lambda: run_datasketch(shingles, args.threshold, args.num_perm))
         report["datasketch"] = {**_scored(datasketch, truth, args.docs),
                                 "shingle_seconds_untimed": round(shingle_seconds, 3)}
@@ -295,11 +280,6 @@ def _scored(phase: dict[str, Any], truth: np.ndarray, docs: int) -> dict[str, An
     fields = {"seconds": round(phase["seconds"], 3), "docs_per_s": round(docs / phase["seconds"]),
               "pairs": len(phase["found"]), "recall": round(recall, 4), "precision": round(precision, 4)}
     return {**fields, **{k: v for k, v in phase.items() if k not in ("found", "seconds")}}
-
-
-def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    start = time.perf_counter()
-    return fn(), time.perf_counter() - start
 
 
 if __name__ == "__main__":

@@ -21,14 +21,12 @@ stage and read after it; where that is not allowed, ru_maxrss (the process peak 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.seeding import rng  # noqa: E402
-from measure import reset_peak, status_kib  # noqa: E402
+from measure import measured, status_kib  # noqa: E402
 
 LABELS = ["billing", "shipping", "technical"]
 LETTERS = list("abcdefghijklmnopqrstuvwxyz")
@@ -159,7 +157,7 @@ def run_size(docs: int, seed: int) -> dict[str, Any]:
         rss_before_stages = status_kib("VmRSS")
         for name, (main, args) in stages.items():
             argv = [*common, *args, "--metrics", str(out / f"{name}.json"), "--ledger", str(out / f"{name}.ledger.parquet")]
-            code, seconds, peak = _measured(lambda: main(argv))
+            code, seconds, peak, _ = measured(lambda: main(argv))
             if code != 0:
                 raise SystemExit(f"stage {name} failed with exit code {code}")
             metrics = json.loads((out / f"{name}.json").read_text())
@@ -174,17 +172,6 @@ def run_size(docs: int, seed: int) -> dict[str, Any]:
         report["rss_before_stages_mib"] = round(rss_before_stages / 1024, 1)
         report["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return report
-
-
-def _measured(fn) -> tuple[Any, float, float]:
-    """(result, seconds, peak RSS MiB during the call)."""
-    gc.collect()
-    reset = reset_peak()
-    start = time.perf_counter()
-    result = fn()
-    seconds = time.perf_counter() - start
-    peak = status_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return result, seconds, round(peak / 1024, 1)
 
 
 # --- the parent: one child per size ---------------------------------------------------------

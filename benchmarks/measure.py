@@ -1,6 +1,7 @@
 """Measuring helpers shared by the benchmark scripts: wall and CPU time, peak resident memory."""
 from __future__ import annotations
 
+import gc
 import resource
 import time
 from collections.abc import Callable
@@ -36,3 +37,18 @@ def status_kib(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def measured(fn: Callable[[], Any]) -> tuple[Any, float, float, float]:
+    """(result, wall seconds, peak RSS MiB during the call, that peak minus the RSS before it, MiB).
+
+    The kernel's peak is reset first where allowed; elsewhere the peak is the process's so far.
+    """
+    gc.collect()
+    reset = reset_peak()
+    before = status_kib("VmRSS")
+    start = time.perf_counter()
+    result = fn()
+    seconds = time.perf_counter() - start
+    peak = status_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return result, seconds, round(peak / 1024, 1), round((peak - before) / 1024, 1)
