@@ -52,7 +52,7 @@ def run(ctx: Context) -> Outcome:
     known_val = val[val["label"].isin(labels)]
     ctx.ledger.drop(val.loc[~val["label"].isin(labels), "id"], "label_not_in_train")
     model = classifier_for(section, labels, device=device)
-    trainer, data = _training_data(ctx, model, section.strategy, {"train": train, "val": known_val}, labels)
+    trainer, data = _training_data(ctx, model, section, {"train": train, "val": known_val}, labels)
     with _live(ctx.args.live) as on_epoch:
         result = fit(trainer, data["train"], data["val"], n_classes=len(labels), recipe=recipe_for(section), seed=seed,
                      device=device, on_epoch=on_epoch)
@@ -68,16 +68,15 @@ def run(ctx: Context) -> Outcome:
     return Outcome(len(train) + len(val), len(train) + len(known_val), extra)
 
 
-def _training_data(ctx: Context, model, strategy: str, frames: dict[str, pd.DataFrame], labels: list[str]):
+def _training_data(ctx: Context, model, section, frames: dict[str, pd.DataFrame], labels: list[str]):
     """What `fit` trains and its (inputs, labels) per split: the head on cached features, or the model."""
     index = {label: i for i, label in enumerate(labels)}
     targets = {name: torch.tensor([index[l] for l in f["label"]], dtype=torch.long) for name, f in frames.items()}
-    if strategy != "linear_probe":
+    if section.strategy != "linear_probe":
         return model, {name: (model.inputs(f), targets[name]) for name, f in frames.items()}
     if ctx.args.features is None:
         raise StageError("strategy linear_probe trains on cached features: pass --features (the features stage's output)")
     cached = {name: torch.from_numpy(read_features(ctx.args.features, name, f["id"])) for name, f in frames.items()}
-    section = getattr(ctx.params.finetune, ctx.dataset.modality)
     if section.smote_ratio is not None:
         cached["train"], targets["train"] = _smote(cached["train"], targets["train"], section, ctx.params.seed)
     return model.probe(), {name: (cached[name], targets[name]) for name in frames}
