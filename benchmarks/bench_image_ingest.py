@@ -10,15 +10,15 @@ Then, in one run, each round times
 * bare: for each file, PIL `Image.open` (from the bytes), `load()`, `convert("RGB")` and
   `resize((size, size))` (Pillow's default filter) in a plain loop, one process;
 * bare_same_work (for information, no target): the same library calls the project makes, in a
-  flat loop with no engine, no params and no records: `verify`, a decode (JPEG draft at the
-  working side), OpenCV's area downscale, grey conversion and the quality measures, SHA-256 of the
-  file; a second decode (JPEG draft at the output size), EXIF orientation, RGB, `ImageOps.fit`,
-  PNG encode and SHA-256 of the pixels. It shows what the project adds over its libraries;
+  flat loop with no engine, no params and no records: `verify` and SHA-256 of the file (clean);
+  one decode (JPEG draft at the working side), EXIF orientation, RGB, OpenCV's reduction to the
+  working side and the quality measures, the centre crop reduced to the output size, PNG encode
+  and SHA-256 of the pixels (normalise). It shows what the project adds over its libraries;
 * project, 1 and 2 workers: what the clean and normalise stages do per image, through the local
-  engine: `map_chunks(inspect_images)` (pixel limit from the header, `verify`, a full decode and
-  the quality measures) then `map_chunks(normalise_images)` on the kept images (decode, EXIF
-  orientation, RGB, shorter-side crop, PNG encode, pixel hash), default params from
-  `pipeline.params` (`engine.chunk_size`, clean.image, normalise.image).
+  engine: `map_chunks(inspect_images)` (pixel limit from the header, `verify`, file hash; no pixel
+  is decoded; in this process, as the clean stage does) then `map_chunks(normalise_images)` on the kept images (the one full decode, EXIF
+  orientation, RGB, the quality measures, shorter-side crop, PNG encode, pixel hash), default
+  params from `pipeline.params` (`engine.chunk_size`, clean.image, normalise.image).
 
 The project's outputs with 1 and 2 workers must be equal. Rounds are interleaved (bare,
 bare_same_work, 1 worker, 2 workers, ...) so a change in machine load hits every path; the ratios
@@ -92,44 +92,58 @@ def bare(blobs: list[bytes], size: int) -> list[tuple[int, int]]:
     return out
 
 
-def bare_same_work(blobs: list[bytes], size: int, *, side: int = 256, png_level: int = 3) -> list[str]:
+def bare_same_work(blobs: list[bytes], size: int, *, side: int = 256, png_level: int = 1) -> list[str]:
     """The project's library calls per image (see the module docstring), in a flat loop."""
     out = []
     for data in blobs:
         with Image.open(io.BytesIO(data)) as probe:
             probe.verify()
+        file_hash = hashlib.sha256(data).hexdigest()
         with Image.open(io.BytesIO(data)) as image:
             if image.format == "JPEG":
-                image.draft("RGB", (side, side))
+                image.draft("RGB", (max(side, size), max(side, size)))
             image.load()
-            pixels = np.asarray(image.convert("RGB"))
-        scale = side / min(pixels.shape[:2])
-        if scale < 1:
-            shape = (max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale)))
-            pixels = cv2.resize(pixels, shape, interpolation=cv2.INTER_AREA)
-        grey = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
+            pixels = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+        small = _shrink(pixels, side)
+        grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
         counts = np.bincount(grey.ravel(), minlength=256)
         p = counts[counts > 0] / grey.size
-        r, g, b = pixels[..., 0], pixels[..., 1], pixels[..., 2]
-        _ = (grey.std(), -(p * np.log2(p)).sum(), grey.mean(), cv2.Laplacian(grey, cv2.CV_64F).var(),
-             (np.maximum(np.maximum(r, g), b).astype(np.int16) - np.minimum(np.minimum(r, g), b)).mean(),
-             hashlib.sha256(data).hexdigest())
-        with Image.open(io.BytesIO(data)) as image:
-            if image.format == "JPEG":
-                image.draft("RGB", (size, size))
-            rgb = ImageOps.exif_transpose(image).convert("RGB")
-        fitted = ImageOps.fit(rgb, (size, size), Image.Resampling.BICUBIC)
-        buffer = io.BytesIO()
-        fitted.save(buffer, format="PNG", compress_level=png_level)
+        r, g, b = cv2.split(small)
+        _ = (cv2.meanStdDev(grey), -(p * np.log2(p)).sum(), cv2.meanStdDev(cv2.Laplacian(grey, cv2.CV_16S)),
+             cv2.mean(cv2.subtract(cv2.max(cv2.max(r, g), b), cv2.min(cv2.min(r, g), b))), file_hash)
+        source = small if min(small.shape[:2]) >= size else pixels
+        height, width = source.shape[:2]
+        crop = min(height, width)
+        top, left = (height - crop) // 2, (width - crop) // 2
+        fitted = _shrink(source[top:top + crop, left:left + crop], size)
+        cv2.imencode(".png", cv2.cvtColor(fitted, cv2.COLOR_RGB2BGR), [
+            cv2.IMWRITE_PNG_COMPRESSION, png_level, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_PAETH,
+            cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE])
         out.append(hashlib.sha256(fitted.tobytes()).hexdigest())
     return out
+
+
+def _shrink(pixels: np.ndarray, side: int) -> np.ndarray:
+    """OpenCV area reduction by the whole factor, then linear, to a shorter side of `side`."""
+    height, width = pixels.shape[:2]
+    scale = side / min(height, width)
+    if scale >= 1:
+        return np.ascontiguousarray(pixels)
+    target = (max(1, round(width * scale)), max(1, round(height * scale)))
+    fx, fy = max(1, width // target[0]), max(1, height // target[1])
+    if fx > 1 or fy > 1:
+        pixels = cv2.resize(np.ascontiguousarray(pixels[: height // fy * fy, : width // fx * fx]),
+                            (width // fx, height // fy), interpolation=cv2.INTER_AREA)
+    return cv2.resize(np.ascontiguousarray(pixels), target, interpolation=cv2.INTER_LINEAR)
 
 
 def project(blobs: list[bytes], workers: int) -> tuple[list, dict[str, float]]:
     """clean's inspect then normalise's normalise on the kept images, through the local engine."""
     chunk = EngineParams().chunk_size
     start = time.perf_counter()
-    verdicts = map_chunks(functools.partial(inspect_images, params=ImageCleanParams()), blobs, workers=workers, chunk_size=chunk)
+    # clean inspects image files in its own process whatever engine.workers says (header reads and
+    # hashes cost less than shipping the bytes to a worker): see pipeline/stages/clean.py
+    verdicts = map_chunks(functools.partial(inspect_images, params=ImageCleanParams()), blobs, workers=1, chunk_size=chunk)
     kept = [data for data, verdict in zip(blobs, verdicts) if verdict.reason is None]
     middle = time.perf_counter()
     normalised = map_chunks(functools.partial(normalise_images, params=ImageNormaliseParams()), kept, workers=workers, chunk_size=chunk)
@@ -153,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     project(blobs[:8], 1)  # warm imports and caches outside the timings
     paths: dict[str, Callable[[], Any]] = {
         "bare": lambda: bare(blobs, size),
-        "bare_same_work": lambda: bare_same_work(blobs, size, png_level=ImageNormaliseParams().png_compress_level),
+        "bare_same_work": lambda: bare_same_work(blobs, size, side=ImageNormaliseParams().quality.working_side,
+                                         png_level=ImageNormaliseParams().png_compress_level),
         "project_1w": lambda: project(blobs, 1),
         "project_2w": lambda: project(blobs, 2),
     }
@@ -201,7 +216,7 @@ def report(what: str, args: argparse.Namespace, images: int, size: int, wall: di
         "cpu_ratios": {"project_1w_over_bare": round(cpu_median["bare"] / cpu_median["project_1w"], 3),
                        "project_2w_cpu_over_1w_cpu": round(cpu_median["project_2w"] / cpu_median["project_1w"], 3)},
         "bare_loop": "Image.open(bytes), load(), convert('RGB'), resize((size, size)); one process",
-        "bare_same_work": "the project's library calls (verify, decode, quality measures, decode, fit, PNG, hashes) in a flat loop",
+        "bare_same_work": "the project's library calls (verify, hashes, one decode, quality measures, crop and resize, PNG) in a flat loop",
         "project_path": "map_chunks(inspect_images) then map_chunks(normalise_images) on kept images; default params",
         "cpu": "CPU seconds of this process plus its finished workers (RUSAGE_CHILDREN); wall ratios need idle cores",
     }

@@ -62,6 +62,15 @@ class Ledger:
         details = [None] * len(ids) if details is None else [_text_or_none(d) for d in details]
         self.rows.extend((self.stage, i, "flagged", reason, None, None, d) for i, d in zip(ids, details, strict=True))
 
+    def flag_each(self, ids: Iterable[str], flags: Iterable[Iterable[tuple[str, str]]]) -> None:
+        """Record each kept id with its own (flag, detail) pairs, grouped by flag name."""
+        by_name: dict[str, list[tuple[str, str]]] = {}
+        for record_id, pairs in zip(ids, flags, strict=True):
+            for name, detail in pairs:
+                by_name.setdefault(name, []).append((record_id, detail))
+        for name, rows in sorted(by_name.items()):
+            self.flag([r[0] for r in rows], name, [r[1] for r in rows])
+
     def count(self, fate: str) -> Counter[str]:
         """Records per reason for one fate."""
         return Counter(row[3] for row in self.rows if row[2] == fate)

@@ -173,7 +173,7 @@ class ImageQualityParams(Section):
     low_information: MinCheck = Field(MinCheck(min=3.0), description="grey-level entropy in bits (max 8)")
     too_dark: MinCheck = Field(MinCheck(min=25.0), description="mean grey level")
     too_bright: MaxCheck = Field(MaxCheck(max=230.0), description="mean grey level")
-    blurry: MinCheck = Field(MinCheck(min=20.0), description="variance of the Laplacian at the working size")
+    blurry: MinCheck = Field(MinCheck(min=45.0), description="variance of the Laplacian at the working size")
     grayscale: MinCheck = Field(MinCheck(min=2.0), description="mean per-pixel max-min channel difference; off for grey corpora")
     working_side: PositiveInt = 256
 
@@ -187,7 +187,6 @@ class ImageQualityParams(Section):
 
 class ImageCleanParams(Section):
     max_pixels: PositiveInt = Field(64_000_000, description="Refuse larger images before decoding (decompression bombs).")
-    quality: ImageQualityParams = ImageQualityParams()
 
 
 class CleanParams(Section):
@@ -217,8 +216,12 @@ class ImageNormaliseParams(Section):
     background: tuple[Byte, Byte, Byte] = (255, 255, 255)
     mode: Literal["RGB", "L"] = Field("RGB", description="Colour space of the output: RGB, or L (8-bit grey).")
     encoding: Literal["png", "jpeg"] = "png"
-    png_compress_level: Annotated[int, Field(ge=0, le=9)] = Field(3, description="zlib level: lossless either way; higher is smaller and slower.")
+    png_compress_level: Annotated[int, Field(ge=0, le=9)] = Field(
+        1, description="zlib level, lossless either way; 0 stores unfiltered pixels. PNGs are written with the Paeth filter "
+                       "and zlib's run-length strategy, smaller on photos than the default strategy even at level 9, so "
+                       "levels above 1 change little.")
     jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 95
+    quality: ImageQualityParams = Field(ImageQualityParams(), description="Checks on the decoded pixels, before resizing.")
 
 
 class NormaliseParams(Section):

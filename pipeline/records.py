@@ -48,6 +48,12 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def source_location(frame: pd.DataFrame) -> pd.Series:
+    """`file:row` of each record (just the file for image files), for ledger details."""
+    rows = frame["source_row"].astype("string")
+    return frame["source"] + (":" + rows).fillna("")
+
+
 def pixel_hash(mode: str, size: tuple[int, int], pixels: bytes) -> str:
     """Content hash of decoded pixels, so one picture saved twice in two formats hashes alike."""
     digest = hashlib.sha256(f"{mode}:{size[0]}x{size[1]}:".encode())

@@ -70,7 +70,7 @@ def test_unknown_key_names_file_and_dotted_key(tmp_path, datasets, sections, key
     ({"t": {**TEXT, "format": "image_folder"}}, {}, "datasets.t", "does not fit modality 'text'"),
     ({"t": {**IMAGES, "format": "csv"}}, {}, "datasets.t", "use one of ['image_folder', 'image_manifest']"),
     (None, {"clean": {"text": {"min_chars": -1}}}, "clean.text.min_chars", "greater than or equal to 1"),
-    (None, {"clean": {"image": {"quality": {"extreme_aspect_ratio": {"max": 0.5}}}}}, "clean.image.quality.extreme_aspect_ratio", "at least 1"),
+    (None, {"normalise": {"image": {"quality": {"extreme_aspect_ratio": {"max": 0.5}}}}}, "normalise.image.quality.extreme_aspect_ratio", "at least 1"),
     (None, {"normalise": {"image": {"resize": "crop"}}}, "normalise.image.resize", "'shorter_side_crop', 'pad' or 'stretch'"),
     (None, {"engine": {"workers": 0}}, "engine.workers", "greater than 0"),
     (None, {"seed": "abc"}, "seed", "valid integer"),

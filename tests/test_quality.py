@@ -14,6 +14,7 @@ from pipeline.steps.quality import (
     QualityThresholds,
     check_images,
     check_quality,
+    decode_rgb,
     measure,
 )
 
@@ -115,3 +116,13 @@ def test_on_real_photos_only_the_grey_and_non_photos_are_flagged(shared_datasets
         "175998972.jpg": ["low_information", "too_bright"],  # a rendered ant on white
         "imageNotFound.gif": ["low_information", "too_bright", "grayscale"],  # a placeholder
     }
+
+
+def test_on_real_photos_a_sigma_2_blur_is_flagged_blurry(shared_datasets: Path):
+    """The default `blurry` threshold sits between the sharp photos and the same photos blurred."""
+    files = sorted((shared_datasets / "hymenoptera" / "val" / "bees").iterdir())
+    pixels = [decode_rgb(f.read_bytes()) for f in files]
+    small = [cv2.resize(p, (p.shape[1] // 2, p.shape[0] // 2), interpolation=cv2.INTER_AREA) for p in pixels]
+    blurred = [cv2.GaussianBlur(s, (0, 0), 2) for s in small]
+    assert all("blurry" not in names(flags) for flags in check_images(small))
+    assert all("blurry" in names(flags) for flags in check_images(blurred))

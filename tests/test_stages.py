@@ -78,7 +78,7 @@ def _png(seed: int, shape: str) -> bytes:
 
 
 def write_images(root: Path) -> None:
-    """15 PNGs per class, one duplicate picture, an empty file and a non-image file."""
+    """15 PNGs per class, one duplicate picture, an empty file, a non-image file and a cut JPEG."""
     for k, label in enumerate(("circle", "square")):
         folder = root / "images" / label
         folder.mkdir(parents=True)
@@ -87,6 +87,9 @@ def write_images(root: Path) -> None:
     (root / "images" / "square" / "copy_of_00.png").write_bytes(_png(100, "square"))
     (root / "images" / "circle" / "empty.png").write_bytes(b"")
     (root / "images" / "circle" / "notes.txt").write_text("not an image")
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(7).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, format="JPEG")
+    (root / "images" / "square" / "cut.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +190,17 @@ def test_clean_drops_bad_rows_with_reasons(chain):
     ledger = pq.read_table(out / "ledger" / "clean.parquet").to_pandas()
     assert ledger["detail"].notna().all()
     assert not ledger["detail"].str.contains(str(out.parent), regex=False).any()  # no absolute paths
+
+
+def test_normalise_drops_pixels_that_do_not_decode_naming_the_file(chain):
+    """A JPEG cut in its pixel data passes clean's header checks and fails normalise's one decode."""
+    dataset, out = chain
+    if dataset == "t":
+        pytest.skip("image chain only")
+    ledger = pq.read_table(out / "ledger" / "normalise.parquet").to_pandas()
+    dropped = ledger[ledger["fate"] == "dropped"]
+    assert list(dropped["reason"]) == ["corrupt_image"]
+    assert dropped["detail"].iloc[0].startswith("square/cut.jpg: ")
 
 
 def test_dedup_merges_duplicates(chain):

@@ -1,4 +1,4 @@
-"""Clean: read the source, canonicalise labels, repair texts or safely decode images, drop the unusable.
+"""Clean: read the source, canonicalise labels, repair texts or check image files, drop the unusable.
 
 Every row or file of the source is accounted for: it is kept, or dropped with a reason in the
 ledger whose detail names the file and line.
@@ -14,7 +14,7 @@ import pandas as pd
 
 from pipeline.engines import map_chunks
 from pipeline.io import write_records
-from pipeline.records import conform
+from pipeline.records import conform, source_location
 from pipeline.sources import read_source
 from pipeline.stages.base import Context, Outcome, entry, stage_main
 from pipeline.steps.clean import Verdict, canonical_label, clean_texts, inspect_images
@@ -32,10 +32,10 @@ def run(ctx: Context) -> Outcome:
     raw = _labels(ctx, raw)
     verdicts = _content_verdicts(ctx, raw)
     reasons = pd.Series([v.reason for v in verdicts], index=raw.index)
-    details = _where(raw) + ": " + pd.Series([v.detail or "" for v in verdicts], index=raw.index)
+    details = source_location(raw) + ": " + pd.Series([v.detail or "" for v in verdicts], index=raw.index)
     kept_verdicts = [v for v in verdicts if v.reason is None]
     raw = _drop(ctx, raw, reasons.notna(), reasons, details.str.removesuffix(": "))
-    _flag(ctx, raw["id"], kept_verdicts)
+    ctx.ledger.flag_each(raw["id"], [v.flags for v in kept_verdicts])
     records = _records(raw, kept_verdicts, ctx.dataset.modality)
     write_records(records, ctx.args.output)
     extra = {
@@ -52,27 +52,11 @@ def _drop(ctx: Context, frame: pd.DataFrame, mask: pd.Series, reasons: pd.Series
     return frame.loc[~mask]
 
 
-def _flag(ctx: Context, ids: pd.Series, verdicts: list[Verdict]) -> None:
-    """Ledger the quality flags of kept records (they stay in the output)."""
-    flagged: dict[str, list[tuple[str, str]]] = {}
-    for record_id, verdict in zip(ids, verdicts, strict=True):
-        for name, detail in verdict.flags:
-            flagged.setdefault(name, []).append((record_id, detail))
-    for name, rows in sorted(flagged.items()):
-        ctx.ledger.flag([r[0] for r in rows], name, [r[1] for r in rows])
-
-
-def _where(frame: pd.DataFrame) -> pd.Series:
-    """`file:row` (or just the file, for image files) of each raw record."""
-    rows = frame["source_row"].astype("string")
-    return frame["source"] + (":" + rows).fillna("")
-
-
 def _labels(ctx: Context, raw: pd.DataFrame) -> pd.DataFrame:
     results = [canonical_label(label, ctx.dataset) for label in raw["label"]]
     labels = pd.Series([r[0] for r in results], index=raw.index, dtype="object")
     reasons = pd.Series([r[1] for r in results], index=raw.index, dtype="object")
-    details = _where(raw) + ": label " + raw["label"].map(lambda v: "<missing>" if v is None else repr(v))
+    details = source_location(raw) + ": label " + raw["label"].map(lambda v: "<missing>" if v is None else repr(v))
     kept = _drop(ctx, raw, reasons.notna(), reasons, details)
     return kept.assign(label=labels[kept.index])
 
@@ -81,9 +65,11 @@ def _content_verdicts(ctx: Context, raw: pd.DataFrame) -> list[Verdict]:
     engine = ctx.params.engine
     if ctx.dataset.modality == "text":
         fn, items = functools.partial(clean_texts, params=ctx.params.clean.text), list(raw["text"])
+        workers = engine.workers
     else:
         fn, items = functools.partial(inspect_images, params=ctx.params.clean.image), list(raw["image"])
-    return map_chunks(fn, items, workers=engine.workers, chunk_size=engine.chunk_size, desc="clean")
+        workers = 1  # a header read and a hash cost less than shipping the file's bytes to a worker
+    return map_chunks(fn, items, workers=workers, chunk_size=engine.chunk_size, desc="clean")
 
 
 def _records(raw: pd.DataFrame, verdicts: list[Verdict], modality: str) -> pd.DataFrame:

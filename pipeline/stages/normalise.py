@@ -1,4 +1,4 @@
-"""Normalise: canonical Unicode and whitespace for texts; oriented, RGB, resized and re-encoded images.
+"""Normalise: canonical Unicode and whitespace for texts; images decoded once, quality-checked, resized and re-encoded.
 
 Content hashes are recomputed on the normalised content, so dedup compares what the model sees.
 """
@@ -8,8 +8,11 @@ import argparse
 import functools
 from pathlib import Path
 
+import pandas as pd
+
 from pipeline.engines import map_chunks
 from pipeline.io import read_records, write_records
+from pipeline.records import source_location
 from pipeline.stages.base import Context, Outcome, entry, stage_main
 from pipeline.steps.normalise import normalise_images, normalise_texts
 
@@ -29,9 +32,13 @@ def run(ctx: Context) -> Outcome:
     results = map_chunks(fn, items, workers=engine.workers, chunk_size=engine.chunk_size, desc="normalise")
     for column in [*columns, "content_hash"]:
         records[column] = [getattr(r, column) for r in results]
-    failed = [r.reason is not None for r in results]
-    ctx.ledger.drop(records.loc[failed, "id"], [r.reason for r in results if r.reason is not None])
-    kept = records.loc[[not f for f in failed]]
+    failed = pd.Series([r.reason is not None for r in results], index=records.index)
+    dropped = [r for r in results if r.reason is not None]
+    where = source_location(records.loc[failed])
+    ctx.ledger.drop(records.loc[failed, "id"], [r.reason for r in dropped],
+                    [f"{w}: {r.detail}" if r.detail else w for w, r in zip(where, dropped, strict=True)])
+    kept = records.loc[~failed]
+    ctx.ledger.flag_each(kept["id"], [r.flags for r in results if r.reason is None])
     write_records(kept, ctx.args.output)
     return Outcome(len(records), len(kept))
 

@@ -74,19 +74,18 @@ def _class_phases(metrics: dict[str, dict[str, Any]], card: dict[str, Any]) -> d
 def _examples(data: Path, limit: int) -> dict[str, list]:
     """Duplicate pairs, label conflicts and flagged records, with their content."""
     dedup_ledger = _ledger(data / "ledger" / "dedup.parquet")
-    clean_ledger = _ledger(data / "ledger" / "clean.parquet")
+    stage_ledgers = pd.concat([_ledger(data / "ledger" / f"{stage}.parquet") for stage in ("clean", "normalise")])
     merged = dedup_ledger[dedup_ledger["fate"] == "merged"]
     duplicates = pd.concat([rows.head(limit) for _, rows in merged[merged["reason"] != "label_conflict_minority"].groupby("reason")]) \
         if len(merged) else merged
     conflicts = merged[merged["reason"] == "label_conflict_minority"].head(limit)
-    flagged = clean_ledger[clean_ledger["fate"] == "flagged"].groupby("reason").head(2).head(limit * 2)
+    flagged = stage_ledgers[stage_ledgers["fate"] == "flagged"].groupby("reason").head(2).head(limit * 2)
     wanted = set(duplicates["id"]) | set(duplicates["into"]) | set(conflicts["id"]) | set(conflicts["into"])
-    records = _records(data / "normalise.parquet", wanted)
-    originals = _records(data / "clean.parquet", set(flagged["id"]))
+    records = _records(data / "normalise.parquet", wanted | set(flagged["id"]))
     return {
         "duplicates": [(r.reason, _text(r.detail), records[r.id], records[r.into]) for r in duplicates.itertuples() if r.id in records and r.into in records],
         "conflicts": [(r.reason, records[r.id], records[r.into]) for r in conflicts.itertuples() if r.id in records and r.into in records],
-        "flagged": [(r.reason, _text(r.detail), originals[r.id]) for r in flagged.itertuples() if r.id in originals],
+        "flagged": [(r.reason, _text(r.detail), records[r.id]) for r in flagged.itertuples() if r.id in records],
     }
 
 

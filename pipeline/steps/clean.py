@@ -1,4 +1,4 @@
-"""Clean: canonical labels, repaired text, safely decoded images; anything unusable gets a reason.
+"""Clean: canonical labels, repaired text, image files checked before decoding; anything unusable gets a reason.
 
 Each check is a small function that returns `None` to keep a record or a reason (with a detail)
 to drop it, in the manner of datatrove's filters; the stage counts the reasons.
@@ -12,16 +12,14 @@ import io
 import re
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import ftfy
-import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.params import DatasetParams, ImageCleanParams, ImageQualityParams, TextCleanParams
+from pipeline.params import DatasetParams, ImageCleanParams, TextCleanParams
 from pipeline.records import text_hash
 from pipeline.steps.pixels import pillow_pixel_guard_off
-from pipeline.steps.quality import CHECKS, Measures, QualityThresholds, measure
 
 TAG = re.compile(r"<(?:/?[A-Za-z][^<>]{0,200}|!--.*?--)>", re.S)  # a tag or comment, not '3 < 5 and 7 > 2'
 # Zero-width characters and bidirectional controls: invisible, but they make equal texts differ.
@@ -184,7 +182,11 @@ def clean_texts(texts: Sequence[str | None], params: TextCleanParams) -> list[Ve
 # --- images ---------------------------------------------------------------------------------
 
 def inspect_image(data: bytes | None, params: ImageCleanParams) -> Verdict:
-    """Decode safely (pixel limit from the header before decoding, verify, full load), then check quality."""
+    """What the file itself says: readable header, pixel count within the limit, `verify` passes.
+
+    No pixel is decoded here: normalise decodes each kept image once, and that full decode is
+    where truncated pixel data is caught and the quality measures are taken.
+    """
     if not data:
         return Verdict(reason="empty_file")
     try:
@@ -201,47 +203,12 @@ def inspect_image(data: bytes | None, params: ImageCleanParams) -> Verdict:
 def _inspect(data: bytes, params: ImageCleanParams) -> Verdict:
     with Image.open(io.BytesIO(data)) as probe:
         width, height = probe.size
-        frames = getattr(probe, "n_frames", 1)
         if width * height > params.max_pixels:
             return Verdict(reason="too_many_pixels", detail=f"{width}x{height} > {params.max_pixels} pixels")
-        probe.verify()
-    side = params.quality.working_side
-    with Image.open(io.BytesIO(data)) as image:
-        if image.format == "JPEG":
-            image.draft("RGB", (side, side))  # decode at the smallest DCT scale still >= the working size
-        image.load()  # a full decode: truncated or corrupt data fails here
-        pixels = np.asarray(image.convert("RGB"))
-    measures = replace(measure(pixels, working_side=side), width=width, height=height,
-                       aspect_ratio=max(width, height) / max(1, min(width, height)))
-    return _judge(measures, params.quality, frames, content_hash=hashlib.sha256(data).hexdigest())
-
-
-def quality_thresholds(params: ImageQualityParams) -> QualityThresholds:
-    """The quality module's thresholds, with the checks whose action is `off` disabled."""
-    def on(check: object, value: float) -> float | None:
-        return None if check.action == "off" else value
-
-    q = params
-    return QualityThresholds(
-        min_width=on(q.too_small, q.too_small.min_width), min_height=on(q.too_small, q.too_small.min_height),
-        max_aspect_ratio=on(q.extreme_aspect_ratio, q.extreme_aspect_ratio.max),
-        min_grey_std=on(q.near_constant, q.near_constant.min), min_entropy=on(q.low_information, q.low_information.min),
-        min_brightness=on(q.too_dark, q.too_dark.min), max_brightness=on(q.too_bright, q.too_bright.max),
-        min_sharpness=on(q.blurry, q.blurry.min), min_chroma=on(q.grayscale, q.grayscale.min), working_side=q.working_side,
-    )
-
-
-def _judge(measures: Measures, params: ImageQualityParams, frames: int, *, content_hash: str) -> Verdict:
-    """Drop on the first failed check whose action is drop; otherwise keep, with the other flags."""
-    thresholds = quality_thresholds(params)
-    failed = [flag for check in CHECKS if (flag := check(measures, thresholds)) is not None]
-    drops = [f for f in failed if getattr(params, f.name).action == "drop"]
-    if drops:
-        return Verdict(reason=drops[0].name, detail=drops[0].detail)
-    flags = tuple((f.name, f.detail) for f in failed)
-    if frames > 1:
-        flags += (("multi_frame", f"{frames} frames, the first is used"),)
-    return Verdict(width=measures.width, height=measures.height, content_hash=content_hash, flags=flags)
+        frames = getattr(probe, "n_frames", 1)
+        probe.verify()  # structure and checksums (PNG chunk CRCs) without decoding the pixels
+    flags = (("multi_frame", f"{frames} frames, the first is used"),) if frames > 1 else ()
+    return Verdict(width=width, height=height, content_hash=hashlib.sha256(data).hexdigest(), flags=flags)
 
 
 def inspect_images(blobs: Sequence[bytes | None], params: ImageCleanParams) -> list[Verdict]:

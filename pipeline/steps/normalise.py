@@ -1,7 +1,9 @@
 """Normalise: one canonical form per modality, so equal content gets equal bytes and hashes.
 
-Text: a Unicode normal form, folded whitespace, optional case folding. Images: EXIF orientation
-applied, alpha composited on a background, RGB, one size by a resize policy, one encoding.
+Text: a Unicode normal form, folded whitespace, optional case folding. Images: decoded once (the
+full load that catches truncated data), quality checks on those pixels (drop or flag per check),
+EXIF orientation applied, alpha composited on a background, RGB, one size by a resize policy, one
+encoding.
 """
 from __future__ import annotations
 
@@ -11,12 +13,14 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from pipeline.params import ImageNormaliseParams, TextNormaliseParams
+from pipeline.params import ImageNormaliseParams, ImageQualityParams, TextNormaliseParams
 from pipeline.records import pixel_hash, text_hash
-from pipeline.steps.pixels import pillow_pixel_guard_off
+from pipeline.steps.pixels import pillow_pixel_guard_off, resample
+from pipeline.steps.quality import CHECKS, Measures, QualityThresholds, measure_working_copy, working_copy
 
 WHITESPACE = re.compile(r"\s+")
 # Replaced in this order, so a number inside a URL, an address or a phone number stays inside its token.
@@ -38,6 +42,8 @@ class Normalised:
     width: int | None = None
     height: int | None = None
     reason: str | None = None
+    detail: str | None = None
+    flags: tuple[tuple[str, str], ...] = ()  # (check, detail) of a kept image
 
 
 def normalise_text(text: str, params: TextNormaliseParams) -> str:
@@ -64,26 +70,72 @@ def normalise_texts(texts: Sequence[str], params: TextNormaliseParams) -> list[N
 
 
 def normalise_image(data: bytes, params: ImageNormaliseParams) -> Normalised:
-    """Decode, orient, flatten to RGB, resize by policy and encode."""
-    with pillow_pixel_guard_off(), Image.open(io.BytesIO(data)) as image:  # clean has already refused oversized images
-        if image.format == "JPEG":
-            image.draft("RGB", (params.size, params.size))
-        image = ImageOps.exif_transpose(image)
-        rgb = _to_rgb(image, params.background)
-    resized = _resize(rgb, params)
+    """Decode once, check quality, then orient, flatten to RGB, resize by policy and encode.
+
+    The decode is a full load (truncated or corrupt pixel data fails it: `corrupt_image`); JPEGs
+    are decoded at the smallest DCT scale still large enough for the measures and the output.
+    """
+    try:
+        width, height, pixels = _decode(data, params)
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # UnidentifiedImageError is an OSError
+        return Normalised(reason="corrupt_image", detail=f"{type(exc).__name__}: {exc}"[:200])
+    small = working_copy(pixels, params.quality.working_side)
+    reason, detail, flags = judge_quality(measure_working_copy(small, width=width, height=height), params.quality)
+    if reason is not None:
+        return Normalised(reason=reason, detail=detail)
+    out = _resize(small if min(small.shape[:2]) >= params.size else pixels, params)
     if params.mode == "L":
-        resized = resized.convert("L")
+        out = cv2.cvtColor(out, cv2.COLOR_RGB2GRAY)
+    mode = "L" if out.ndim == 2 else "RGB"
     return Normalised(
-        pixel_hash(resized.mode, resized.size, resized.tobytes()),
-        image=_encode(resized, params),
-        width=resized.width,
-        height=resized.height,
+        pixel_hash(mode, (out.shape[1], out.shape[0]), out.tobytes()),
+        image=_encode(out, params),
+        width=out.shape[1],
+        height=out.shape[0],
+        flags=flags,
     )
 
 
 def normalise_images(blobs: Sequence[bytes], params: ImageNormaliseParams) -> list[Normalised]:
     """`normalise_image` over a chunk."""
     return [normalise_image(b, params) for b in blobs]
+
+
+def _decode(data: bytes, params: ImageNormaliseParams) -> tuple[int, int, np.ndarray]:
+    """Width and height from the header, and the oriented RGB pixels (H x W x 3 uint8)."""
+    with pillow_pixel_guard_off(), Image.open(io.BytesIO(data)) as image:  # clean has already refused oversized images
+        width, height = image.size
+        if image.format == "JPEG":
+            side = max(params.size, params.quality.working_side)
+            image.draft("RGB", (side, side))
+        image.load()
+        rgb = _to_rgb(ImageOps.exif_transpose(image), params.background)
+    return width, height, np.asarray(rgb)
+
+
+def judge_quality(measures: Measures, params: ImageQualityParams) -> tuple[str | None, str | None, tuple[tuple[str, str], ...]]:
+    """(reason, detail, ()) for the first failed check whose action is drop; else (None, None, flags)."""
+    thresholds = quality_thresholds(params)
+    failed = [flag for check in CHECKS if (flag := check(measures, thresholds)) is not None]
+    drops = [f for f in failed if getattr(params, f.name).action == "drop"]
+    if drops:
+        return drops[0].name, drops[0].detail, ()
+    return None, None, tuple((f.name, f.detail) for f in failed)
+
+
+def quality_thresholds(params: ImageQualityParams) -> QualityThresholds:
+    """The quality module's thresholds, with the checks whose action is `off` disabled."""
+    def on(check: object, value: float) -> float | None:
+        return None if check.action == "off" else value
+
+    q = params
+    return QualityThresholds(
+        min_width=on(q.too_small, q.too_small.min_width), min_height=on(q.too_small, q.too_small.min_height),
+        max_aspect_ratio=on(q.extreme_aspect_ratio, q.extreme_aspect_ratio.max),
+        min_grey_std=on(q.near_constant, q.near_constant.min), min_entropy=on(q.low_information, q.low_information.min),
+        min_brightness=on(q.too_dark, q.too_dark.min), max_brightness=on(q.too_bright, q.too_bright.max),
+        min_sharpness=on(q.blurry, q.blurry.min), min_chroma=on(q.grayscale, q.grayscale.min), working_side=q.working_side,
+    )
 
 
 def _to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
@@ -109,22 +161,35 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(scaled.astype(np.uint8), "L")
 
 
-def _resize(image: Image.Image, params: ImageNormaliseParams) -> Image.Image:
-    size = params.size
+def _resize(pixels: np.ndarray, params: ImageNormaliseParams) -> np.ndarray:
+    """size x size RGB pixels by the resize policy (see `pixels.resample` for the filter)."""
+    size, (height, width) = params.size, pixels.shape[:2]
     if params.resize == "stretch":
-        return image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+        return resample(pixels, (size, size))
     if params.resize == "pad":
-        fitted = ImageOps.contain(image, (size, size), Image.Resampling.BICUBIC)
-        canvas = Image.new("RGB", (size, size), params.background)
-        canvas.paste(fitted, ((size - fitted.width) // 2, (size - fitted.height) // 2))
+        scale = size / max(height, width)
+        inner = resample(pixels, (max(1, round(width * scale)), max(1, round(height * scale))))
+        canvas = np.empty((size, size, 3), np.uint8)
+        canvas[:] = params.background
+        top, left = (size - inner.shape[0]) // 2, (size - inner.shape[1]) // 2
+        canvas[top:top + inner.shape[0], left:left + inner.shape[1]] = inner
         return canvas
-    return ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    return resample(pixels[top:top + side, left:left + side], (size, size))
 
 
-def _encode(image: Image.Image, params: ImageNormaliseParams) -> bytes:
-    buffer = io.BytesIO()
+def _encode(pixels: np.ndarray, params: ImageNormaliseParams) -> bytes:
+    """PNG through libpng (Paeth filter, zlib's run-length strategy) or JPEG through Pillow."""
     if params.encoding == "jpeg":
-        image.save(buffer, format="JPEG", quality=params.jpeg_quality)
-    else:
-        image.save(buffer, format="PNG", compress_level=params.png_compress_level)
-    return buffer.getvalue()
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=params.jpeg_quality)
+        return buffer.getvalue()
+    level = params.png_compress_level
+    options = [cv2.IMWRITE_PNG_COMPRESSION, level,
+               cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_PAETH if level else cv2.IMWRITE_PNG_FILTER_NONE,
+               cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+    ok, encoded = cv2.imencode(".png", pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR), options)
+    if not ok:
+        raise ValueError("OpenCV could not encode the PNG")
+    return encoded.tobytes()

@@ -3,8 +3,8 @@
 `measure` reduces a picture to a few numbers (size, aspect ratio, grey-level spread and entropy,
 mean luminance, sharpness, colourfulness). Each check compares one of them with its threshold
 and returns `None` or a `Flag` with the measured value. Everything except the size is measured
-on a working copy whose shorter side is at most `working_side` pixels (downscaled with area
-averaging, never upscaled), so the sharpness of a large photo does not depend on its resolution.
+on a working copy whose shorter side is at most `working_side` pixels (downscaled by
+`pixels.resample`, never upscaled), so the sharpness of a large photo does not depend on its resolution.
 The default thresholds are measured on the 398 hymenoptera photos (see `QualityThresholds`).
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from pipeline.steps.pixels import pillow_pixel_guard_off
+from pipeline.steps.pixels import pillow_pixel_guard_off, shrink_to_side
 
 
 @dataclass(slots=True)
@@ -27,10 +27,10 @@ class QualityThresholds:
 
     Defaults are set against the 398 hymenoptera files. Measured at working side 256, the photos
     among them (all but the two non-photos named below) have sides >= 130 px, aspect <= 3.42, grey std
-    >= 17.9, entropy >= 4.1 bits, brightness 46.7 to 209.7, sharpness >= 59.6 (a Gaussian blur of
-    sigma 2 at the working size brings every photo below 19), chroma >= 3.4 for colour photos.
-    They flag 4 files: two black-and-white photos (chroma 0.0 and 1.9), a white "image not
-    found" placeholder and a rendered ant on a white background (entropy < 2, brightness > 239).
+    >= 17.3, entropy >= 4.2 bits, brightness 46.6 to 209.7, sharpness >= 76.4 (a Gaussian blur of
+    sigma 2 at the working size brings every photo to 40.1 or below), chroma >= 3.4 for colour
+    photos. They flag 4 files: two black-and-white photos (chroma 0.0 and 1.96), a white "image
+    not found" placeholder and a rendered ant on a white background (entropy < 2, brightness > 239).
     """
 
     min_width: int | None = 32
@@ -40,7 +40,7 @@ class QualityThresholds:
     min_entropy: float | None = 3.0  # low_information: grey-level histogram entropy, bits (max 8)
     min_brightness: float | None = 25.0  # too_dark: mean grey level
     max_brightness: float | None = 230.0  # too_bright
-    min_sharpness: float | None = 20.0  # blurry: variance of the 3x3 Laplacian at the working size
+    min_sharpness: float | None = 45.0  # blurry: variance of the 3x3 Laplacian at the working size
     min_chroma: float | None = 2.0  # grayscale: mean of max(R, G, B) - min(R, G, B) per pixel
     working_side: int = 256
 
@@ -95,16 +95,27 @@ def decode_rgb(image: bytes | Image.Image) -> np.ndarray:
 def measure(pixels: np.ndarray, *, working_side: int = 256) -> Measures:
     """Every measure of an H x W x 3 RGB (or H x W grey) uint8 array."""
     height, width = pixels.shape[:2]
-    small = _working_copy(pixels, working_side)
+    return measure_working_copy(working_copy(pixels, working_side), width=width, height=height)
+
+
+def working_copy(pixels: np.ndarray, working_side: int) -> np.ndarray:
+    """The copy the measures other than size are taken on: shorter side at most `working_side`."""
+    return shrink_to_side(np.ascontiguousarray(pixels), working_side)
+
+
+def measure_working_copy(small: np.ndarray, *, width: int, height: int) -> Measures:
+    """Every measure, from a working copy and the size of the image it was made from."""
     grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY) if small.ndim == 3 else small
+    mean, std = cv2.meanStdDev(grey)
+    _, laplacian_std = cv2.meanStdDev(cv2.Laplacian(grey, cv2.CV_16S))
     return Measures(
         width=width,
         height=height,
         aspect_ratio=max(width, height) / max(min(width, height), 1),
-        grey_std=float(grey.std()),
+        grey_std=float(std[0, 0]),
         entropy=grey_entropy(grey),
-        brightness=float(grey.mean()),
-        sharpness=float(cv2.Laplacian(grey, cv2.CV_64F).var()),
+        brightness=float(mean[0, 0]),
+        sharpness=float(laplacian_std[0, 0]) ** 2,
         chroma=mean_chroma(small),
     )
 
@@ -120,20 +131,10 @@ def mean_chroma(pixels: np.ndarray) -> float:
     """Mean over pixels of max(R, G, B) - min(R, G, B): 0 for grey pixels however they are stored."""
     if pixels.ndim == 2:
         return 0.0
-    # Channel by channel: numpy's max(axis=2) over 3 values per pixel is about 50 times slower.
-    channels = [pixels[..., c] for c in range(pixels.shape[2])]
-    high, low = functools.reduce(np.maximum, channels), functools.reduce(np.minimum, channels)
-    return float((high.astype(np.int16) - low).mean())
-
-
-def _working_copy(pixels: np.ndarray, side: int) -> np.ndarray:
-    """The pixels shrunk (area averaging) so the shorter side is at most `side`."""
-    height, width = pixels.shape[:2]
-    scale = side / min(height, width)
-    if scale >= 1:
-        return np.ascontiguousarray(pixels)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return cv2.resize(np.ascontiguousarray(pixels), size, interpolation=cv2.INTER_AREA)
+    # OpenCV channel by channel: numpy's max(axis=2) over 3 values per pixel is about 50 times slower.
+    channels = cv2.split(np.ascontiguousarray(pixels))
+    high, low = functools.reduce(cv2.max, channels), functools.reduce(cv2.min, channels)
+    return float(cv2.mean(cv2.subtract(high, low))[0])
 
 
 # --- checks ---------------------------------------------------------------------------------

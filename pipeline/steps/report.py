@@ -9,6 +9,7 @@ import base64
 import html
 import io
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,7 +151,7 @@ def _duplicates(inputs: ReportInputs) -> str:
 
 
 def _quality(inputs: ReportInputs) -> str:
-    flagged = inputs.metrics.get("clean", {}).get("flagged", {})
+    flagged = Counter(inputs.metrics.get("clean", {}).get("flagged", {})) + Counter(inputs.metrics.get("normalise", {}).get("flagged", {}))
     repaired = inputs.metrics.get("clean", {}).get("repaired", {})
     rows = [[name, n] for name, n in sorted(flagged.items())]
     body = (_table(["flag", "records kept with it"], rows) if rows else "<p>No record was flagged.</p>")
