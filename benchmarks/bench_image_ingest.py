@@ -11,9 +11,9 @@ Then, in one run, each round times
   `resize((size, size))` (Pillow's default filter) in a plain loop, one process;
 * bare_same_work (for information, no target): the same library calls the project makes, in a
   flat loop with no engine, no params and no records: `verify` and SHA-256 of the file (clean);
-  one decode (JPEG draft at the working side), EXIF orientation, RGB, OpenCV's reduction to the
-  working side and the quality measures, the centre crop reduced to the output size, PNG encode
-  and SHA-256 of the pixels (normalise). It shows what the project adds over its libraries;
+  one decode (JPEG draft at the working side), RGB, OpenCV's reduction to the working side and
+  the quality measures, the centre crop of the decoded pixels reduced (with a Gaussian blur) to
+  the output size, PNG encode and SHA-256 of the pixels (normalise). It shows what the project adds over its libraries;
 * project, 1 and 2 workers: what the clean and normalise stages do per image, through the local
   engine: `map_chunks(inspect_images)` (pixel limit from the header, `verify`, file hash; no pixel
   is decoded; in this process, as the clean stage does) then `map_chunks(normalise_images)` on the kept images (the one full decode, EXIF
@@ -25,7 +25,10 @@ bare_same_work, 1 worker, 2 workers, ...) so a change in machine load hits every
 use the median wall seconds over the rounds, and the per-round ratios are printed too. Since the
 machine may be shared, the load average before and after is reported, and so is each path's CPU
 time (this process plus its finished workers): a 2-worker wall-clock speedup needs two idle
-cores, while the CPU ratio shows what the pool costs in extra work. Prints one JSON object.
+cores, while the CPU ratio shows what the pool costs in extra work. OpenCV is held to one thread
+before anything runs (forked workers inherit it), so every path uses one core per process; the
+stages leave OpenCV's default, which may add a thread per core to a single worker.
+Prints one JSON object.
 """
 from __future__ import annotations
 
@@ -103,7 +106,7 @@ def bare_same_work(blobs: list[bytes], size: int, *, side: int = 256, png_level:
             if image.format == "JPEG":
                 image.draft("RGB", (max(side, size), max(side, size)))
             image.load()
-            pixels = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+            pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
         small = _shrink(pixels, side)
         grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
         counts = np.bincount(grey.ravel(), minlength=256)
@@ -111,11 +114,10 @@ def bare_same_work(blobs: list[bytes], size: int, *, side: int = 256, png_level:
         r, g, b = cv2.split(small)
         _ = (cv2.meanStdDev(grey), -(p * np.log2(p)).sum(), cv2.meanStdDev(cv2.Laplacian(grey, cv2.CV_16S)),
              cv2.mean(cv2.subtract(cv2.max(cv2.max(r, g), b), cv2.min(cv2.min(r, g), b))), file_hash)
-        source = small if min(small.shape[:2]) >= size else pixels
-        height, width = source.shape[:2]
+        height, width = pixels.shape[:2]
         crop = min(height, width)
         top, left = (height - crop) // 2, (width - crop) // 2
-        fitted = _shrink(source[top:top + crop, left:left + crop], size)
+        fitted = _shrink(pixels[top:top + crop, left:left + crop], size, anti_alias=True)
         cv2.imencode(".png", cv2.cvtColor(fitted, cv2.COLOR_RGB2BGR), [
             cv2.IMWRITE_PNG_COMPRESSION, png_level, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_PAETH,
             cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE])
@@ -123,8 +125,8 @@ def bare_same_work(blobs: list[bytes], size: int, *, side: int = 256, png_level:
     return out
 
 
-def _shrink(pixels: np.ndarray, side: int) -> np.ndarray:
-    """OpenCV area reduction by the whole factor, then linear, to a shorter side of `side`."""
+def _shrink(pixels: np.ndarray, side: int, *, anti_alias: bool = False) -> np.ndarray:
+    """OpenCV area reduction by the whole factor, then (a Gaussian blur and) linear, to a shorter side of `side`."""
     height, width = pixels.shape[:2]
     scale = side / min(height, width)
     if scale >= 1:
@@ -134,6 +136,9 @@ def _shrink(pixels: np.ndarray, side: int) -> np.ndarray:
     if fx > 1 or fy > 1:
         pixels = cv2.resize(np.ascontiguousarray(pixels[: height // fy * fy, : width // fx * fx]),
                             (width // fx, height // fy), interpolation=cv2.INTER_AREA)
+    factor = pixels.shape[0] / target[1]
+    if anti_alias and (sigma := ((factor ** 2 - 1) / 6) ** 0.5) >= 0.2:
+        pixels = cv2.GaussianBlur(pixels, (0, 0), sigma)
     return cv2.resize(np.ascontiguousarray(pixels), target, interpolation=cv2.INTER_LINEAR)
 
 
@@ -160,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folder", type=Path, default=HYMENOPTERA)
     args = parser.parse_args(argv)
 
+    cv2.setNumThreads(1)  # one core per process, like the bare loop; forked workers inherit it
     files, what = load_files(args.folder)
     blobs = files * args.repeat
     size = ImageNormaliseParams().size

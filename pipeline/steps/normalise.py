@@ -22,6 +22,7 @@ from pipeline.records import pixel_hash, text_hash
 from pipeline.steps.pixels import pillow_pixel_guard_off, resample
 from pipeline.steps.quality import CHECKS, Measures, QualityThresholds, measure_working_copy, working_copy
 
+ORIENTATION = 0x0112  # the EXIF tag
 WHITESPACE = re.compile(r"\s+")
 # Replaced in this order, so a number inside a URL, an address or a phone number stays inside its token.
 PLACEHOLDERS = [
@@ -83,7 +84,7 @@ def normalise_image(data: bytes, params: ImageNormaliseParams) -> Normalised:
     reason, detail, flags = judge_quality(measure_working_copy(small, width=width, height=height), params.quality)
     if reason is not None:
         return Normalised(reason=reason, detail=detail)
-    out = _resize(small if min(small.shape[:2]) >= params.size else pixels, params)
+    out = _resize(pixels, params)
     if params.mode == "L":
         out = cv2.cvtColor(out, cv2.COLOR_RGB2GRAY)
     mode = "L" if out.ndim == 2 else "RGB"
@@ -109,8 +110,10 @@ def _decode(data: bytes, params: ImageNormaliseParams) -> tuple[int, int, np.nda
             side = max(params.size, params.quality.working_side)
             image.draft("RGB", (side, side))
         image.load()
-        rgb = _to_rgb(ImageOps.exif_transpose(image), params.background)
-    return width, height, np.asarray(rgb)
+        if image.getexif().get(ORIENTATION, 1) != 1:
+            image = ImageOps.exif_transpose(image)
+        rgb = image if image.mode == "RGB" else _to_rgb(image, params.background)
+        return width, height, np.asarray(rgb)
 
 
 def judge_quality(measures: Measures, params: ImageQualityParams) -> tuple[str | None, str | None, tuple[tuple[str, str], ...]]:

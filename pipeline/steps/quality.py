@@ -4,7 +4,7 @@
 mean luminance, sharpness, colourfulness). Each check compares one of them with its threshold
 and returns `None` or a `Flag` with the measured value. Everything except the size is measured
 on a working copy whose shorter side is at most `working_side` pixels (downscaled by
-`pixels.resample`, never upscaled), so the sharpness of a large photo does not depend on its resolution.
+`working_copy`, never upscaled), so the sharpness of a large photo does not depend on its resolution.
 The default thresholds are measured on the 398 hymenoptera photos (see `QualityThresholds`).
 """
 from __future__ import annotations
@@ -99,8 +99,12 @@ def measure(pixels: np.ndarray, *, working_side: int = 256) -> Measures:
 
 
 def working_copy(pixels: np.ndarray, working_side: int) -> np.ndarray:
-    """The copy the measures other than size are taken on: shorter side at most `working_side`."""
-    return shrink_to_side(np.ascontiguousarray(pixels), working_side)
+    """The copy the measures other than size are taken on: shorter side at most `working_side`.
+
+    The last step of the reduction is plain bilinear (see `pixels.resample`): cheap, and the
+    thresholds are calibrated on copies made this way.
+    """
+    return shrink_to_side(np.ascontiguousarray(pixels), working_side, anti_alias=False)
 
 
 def measure_working_copy(small: np.ndarray, *, width: int, height: int) -> Measures:
@@ -122,7 +126,10 @@ def measure_working_copy(small: np.ndarray, *, width: int, height: int) -> Measu
 
 def grey_entropy(grey: np.ndarray) -> float:
     """Shannon entropy (bits) of the 256-bin grey-level histogram: 0 for a flat image, 8 at most."""
-    counts = np.bincount(grey.ravel(), minlength=256)
+    if grey.dtype == np.uint8 and grey.size < 2**24:  # OpenCV's float32 counts are exact below 2^24
+        counts = cv2.calcHist([np.ascontiguousarray(grey)], [0], None, [256], [0, 256]).ravel().astype(np.float64)
+    else:
+        counts = np.bincount(grey.ravel(), minlength=256)
     p = counts[counts > 0] / grey.size
     return float(-(p * np.log2(p)).sum())
 
