@@ -52,10 +52,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from pipeline.engines import map_chunks  # noqa: E402
+from pipeline.engines import chunk_size_for, map_chunks  # noqa: E402
 from pipeline.params import EngineParams, ImageAugmentParams, ImageNormaliseParams, TextAugmentParams  # noqa: E402
 from pipeline.records import make_id  # noqa: E402
-from pipeline.steps.augment import augment_images, augment_texts, chunk_size_for  # noqa: E402
+from pipeline.steps.augment import augment_images, augment_texts  # noqa: E402
 from pipeline.steps.normalise import normalise_images  # noqa: E402
 from measure import cpu_seconds, timed  # noqa: E402
 

@@ -18,7 +18,8 @@ Then, in one run, each round times
   engine: `map_chunks(inspect_images)` (pixel limit from the header, `verify`, file hash; no pixel
   is decoded; in this process, as the clean stage does) then `map_chunks(normalise_images)` on the kept images (the one full decode, EXIF
   orientation, RGB, the quality measures, shorter-side crop, PNG encode, pixel hash), default
-  params from `pipeline.params` (`engine.chunk_size`, clean.image, normalise.image).
+  params from `pipeline.params` (`engine.chunk_size`, clean.image, normalise.image) and the
+  stages' chunking (`chunk_size_for`: `engine.chunk_size // 8` images per chunk in normalise).
 
 The project's outputs with 1 and 2 workers must be equal. Rounds are interleaved (bare,
 bare_same_work, 1 worker, 2 workers, ...) so a change in machine load hits every path; the ratios
@@ -53,7 +54,7 @@ from PIL import Image, ImageOps
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.engines import map_chunks  # noqa: E402
+from pipeline.engines import chunk_size_for, map_chunks  # noqa: E402
 from pipeline.params import EngineParams, ImageCleanParams, ImageNormaliseParams  # noqa: E402
 from pipeline.steps.clean import inspect_images  # noqa: E402
 from pipeline.steps.normalise import normalise_images  # noqa: E402
@@ -151,7 +152,8 @@ def project(blobs: list[bytes], workers: int) -> tuple[list, dict[str, float]]:
     verdicts = map_chunks(functools.partial(inspect_images, params=ImageCleanParams()), blobs, workers=1, chunk_size=chunk)
     kept = [data for data, verdict in zip(blobs, verdicts) if verdict.reason is None]
     middle = time.perf_counter()
-    normalised = map_chunks(functools.partial(normalise_images, params=ImageNormaliseParams()), kept, workers=workers, chunk_size=chunk)
+    normalised = map_chunks(functools.partial(normalise_images, params=ImageNormaliseParams()), kept, workers=workers,
+                            chunk_size=chunk_size_for("image", chunk))  # as the normalise stage
     end = time.perf_counter()
     return [verdicts, normalised], {"clean_s": middle - start, "normalise_s": end - middle}
 

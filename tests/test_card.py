@@ -83,3 +83,14 @@ def test_make_card_for_images_uses_image_sections():
     assert card["modality"] == "image"
     assert card["params"]["normalise"] == params.normalise.image.model_dump(mode="json")
     assert "transform" in card["params"]["augment"]
+
+
+def test_the_stage_that_writes_the_card_depends_on_every_section_it_records():
+    """Otherwise a change to, say, a quality threshold leaves a card naming the old value."""
+    import yaml
+
+    from conftest import ROOT
+    from pipeline.steps.card import DATA_SECTIONS
+
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["rebalance"]["do"]
+    assert set(DATA_SECTIONS) | {"datasets.${key}"} <= set(stage["params"])

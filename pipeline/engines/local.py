@@ -14,6 +14,13 @@ R = TypeVar("R")
 CHUNKS_PER_WORKER = 4  # with fewer, the last chunks leave workers idle while one finishes
 
 
+def chunk_size_for(modality: str, engine_chunk_size: int) -> int:
+    """Records per unit of work: an image (a decode, an augmentation) costs tens of times a text
+    record, so images go in chunks of `engine.chunk_size // 8` and texts in whole chunks. Smaller
+    image chunks keep two workers busy to the end; results never depend on the chunking."""
+    return engine_chunk_size if modality == "text" else max(1, engine_chunk_size // 8)
+
+
 def map_chunks(
     fn: Callable[[Sequence[T]], list[R]],
     items: Sequence[T],

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.engines import chunk_size_for
 from pipeline.io import read_records, write_records
 from pipeline.stages.base import Context, Outcome, StageError, entry, stage_main
 from pipeline.steps.augment import (
-    AugmenterUnavailable, check_available, chunk_size_for, generate_variants, redundancy, variant_counts,
+    AugmenterUnavailable, check_available, generate_variants, redundancy, variant_counts,
 )
 from pipeline.steps.preview import write_preview
 

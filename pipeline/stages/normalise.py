@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.engines import map_chunks
+from pipeline.engines import chunk_size_for, map_chunks
 from pipeline.io import read_records, write_records
 from pipeline.records import source_location
 from pipeline.stages.base import Context, Outcome, entry, stage_main
@@ -29,7 +29,8 @@ def run(ctx: Context) -> Outcome:
         fn, items, columns = functools.partial(normalise_texts, params=params.text), list(records["text"]), ["text"]
     else:
         fn, items, columns = functools.partial(normalise_images, params=params.image), list(records["image"]), ["image", "width", "height"]
-    results = map_chunks(fn, items, workers=engine.workers, chunk_size=engine.chunk_size, desc="normalise")
+    chunk_size = chunk_size_for(ctx.dataset.modality, engine.chunk_size)
+    results = map_chunks(fn, items, workers=engine.workers, chunk_size=chunk_size, desc="normalise")
     for column in [*columns, "content_hash"]:
         records[column] = [getattr(r, column) for r in results]
     failed = pd.Series([r.reason is not None for r in results], index=records.index)

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.engines import chunk_size_for
 from pipeline.io import read_records, write_json, write_records
 from pipeline.stages.base import Context, Outcome, StageError, entry, stage_main
-from pipeline.steps.augment import AugmenterUnavailable, check_available, chunk_size_for, generate_variants, redundancy
+from pipeline.steps.augment import AugmenterUnavailable, check_available, generate_variants, redundancy
 from pipeline.steps.card import make_card
 from pipeline.steps.embed import image_embeddings, text_embeddings
 from pipeline.steps.rebalance import CLEANING, Rebalanced, augment_counts, rebalance

@@ -59,12 +59,6 @@ def variant_counts(train: pd.DataFrame, params: TextAugmentParams | ImageAugment
     return counts
 
 
-def chunk_size_for(modality: str, engine_chunk_size: int) -> int:
-    """Records per unit of work: an image variant costs about 40 times a text variant, so images
-    go in chunks of `engine.chunk_size // 8` and texts in whole `engine.chunk_size` chunks."""
-    return engine_chunk_size if modality == "text" else max(1, engine_chunk_size // 8)
-
-
 def variant_id(parent_id: str, variant: int, namespace: str = "augment") -> str:
     """Stable id of the `variant`-th augmented copy of `parent_id` made by `namespace` (a stage)."""
     return make_id(parent_id, namespace, variant)
