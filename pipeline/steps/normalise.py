@@ -71,7 +71,7 @@ def normalise_texts(texts: Sequence[str], params: TextNormaliseParams) -> list[N
 
 
 def normalise_image(data: bytes, params: ImageNormaliseParams) -> Normalised:
-    """Decode once, check quality, then orient, flatten to RGB, resize by policy and encode.
+    """Decode once (oriented, flattened to RGB), check quality, then resize by policy and encode.
 
     The decode is a full load (truncated or corrupt pixel data fails it: `corrupt_image`); JPEGs
     are decoded at the smallest DCT scale still large enough for the measures and the output.
