@@ -70,7 +70,7 @@ def _png(seed: int, shape: str) -> bytes:
     else:
         yy, xx = np.mgrid[:32, :32]
         pixels[(yy - y - 8) ** 2 + (xx - x - 8) ** 2 < 49] = rng.integers(0, 256, 3)
-    texture = rng.integers(-40, 41, pixels.shape)  # so no picture is near-constant for clean's quality check
+    texture = rng.integers(-40, 41, pixels.shape)  # so no picture is near-constant for normalise's quality check
     pixels = np.clip(pixels.astype(int) + texture, 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
