@@ -13,7 +13,8 @@ Then, in one run, each round times
   flat loop with no engine, no params and no records: `verify` and SHA-256 of the file (clean);
   one decode (JPEG draft at the working side), RGB, OpenCV's reduction to the working side and
   the quality measures, the centre crop of the decoded pixels reduced (with a Gaussian blur) to
-  the output size, PNG encode and SHA-256 of the pixels (normalise). It shows what the project adds over its libraries;
+  the output size, PNG encode and SHA-256 of the pixels (normalise). The two reductions call
+  `pipeline.steps.pixels` (two or three OpenCV calls each), so the filter is the project's own. It shows what the project adds over its libraries;
 * project, 1 and 2 workers: what the clean and normalise stages do per image, through the local
   engine: `map_chunks(inspect_images)` (pixel limit from the header, `verify`, file hash; no pixel
   is decoded; in this process, as the clean stage does) then `map_chunks(normalise_images)` on the kept images (the one full decode, EXIF
@@ -58,6 +59,7 @@ from pipeline.engines import chunk_size_for, map_chunks  # noqa: E402
 from pipeline.params import EngineParams, ImageCleanParams, ImageNormaliseParams  # noqa: E402
 from pipeline.steps.clean import inspect_images  # noqa: E402
 from pipeline.steps.normalise import normalise_images  # noqa: E402
+from pipeline.steps.pixels import resample, shrink_to_side  # noqa: E402
 from measure import cpu_seconds, timed  # noqa: E402
 
 HYMENOPTERA = ROOT.parent / "shared" / "datasets" / "hymenoptera"
@@ -108,7 +110,7 @@ def bare_same_work(blobs: list[bytes], size: int, *, side: int = 256, png_level:
                 image.draft("RGB", (max(side, size), max(side, size)))
             image.load()
             pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
-        small = _shrink(pixels, side)
+        small = shrink_to_side(np.ascontiguousarray(pixels), side, anti_alias=False)
         grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
         counts = np.bincount(grey.ravel(), minlength=256)
         p = counts[counts > 0] / grey.size
@@ -118,29 +120,12 @@ def bare_same_work(blobs: list[bytes], size: int, *, side: int = 256, png_level:
         height, width = pixels.shape[:2]
         crop = min(height, width)
         top, left = (height - crop) // 2, (width - crop) // 2
-        fitted = _shrink(pixels[top:top + crop, left:left + crop], size, anti_alias=True)
+        fitted = resample(pixels[top:top + crop, left:left + crop], (size, size))
         cv2.imencode(".png", cv2.cvtColor(fitted, cv2.COLOR_RGB2BGR), [
             cv2.IMWRITE_PNG_COMPRESSION, png_level, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_PAETH,
             cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE])
         out.append(hashlib.sha256(fitted.tobytes()).hexdigest())
     return out
-
-
-def _shrink(pixels: np.ndarray, side: int, *, anti_alias: bool = False) -> np.ndarray:
-    """OpenCV area reduction by the whole factor, then (a Gaussian blur and) linear, to a shorter side of `side`."""
-    height, width = pixels.shape[:2]
-    scale = side / min(height, width)
-    if scale >= 1:
-        return np.ascontiguousarray(pixels)
-    target = (max(1, round(width * scale)), max(1, round(height * scale)))
-    fx, fy = max(1, width // target[0]), max(1, height // target[1])
-    if fx > 1 or fy > 1:
-        pixels = cv2.resize(np.ascontiguousarray(pixels[: height // fy * fy, : width // fx * fx]),
-                            (width // fx, height // fy), interpolation=cv2.INTER_AREA)
-    factor = pixels.shape[0] / target[1]
-    if anti_alias and (sigma := ((factor ** 2 - 1) / 6) ** 0.5) >= 0.2:
-        pixels = cv2.GaussianBlur(pixels, (0, 0), sigma)
-    return cv2.resize(np.ascontiguousarray(pixels), target, interpolation=cv2.INTER_LINEAR)
 
 
 def project(blobs: list[bytes], workers: int) -> tuple[list, dict[str, float]]:

@@ -20,7 +20,7 @@ from PIL import Image, ImageOps
 from pipeline.params import ImageNormaliseParams, ImageQualityParams, TextNormaliseParams
 from pipeline.records import pixel_hash, text_hash
 from pipeline.steps.pixels import pillow_pixel_guard_off, resample
-from pipeline.steps.quality import CHECKS, Measures, QualityThresholds, measure_working_copy, working_copy
+from pipeline.steps.quality import Measures, QualityThresholds, failed_checks, measure_working_copy, working_copy
 
 ORIENTATION = 0x0112  # the EXIF tag
 WHITESPACE = re.compile(r"\s+")
@@ -118,8 +118,7 @@ def _decode(data: bytes, params: ImageNormaliseParams) -> tuple[int, int, np.nda
 
 def judge_quality(measures: Measures, params: ImageQualityParams) -> tuple[str | None, str | None, tuple[tuple[str, str], ...]]:
     """(reason, detail, ()) for the first failed check whose action is drop; else (None, None, flags)."""
-    thresholds = quality_thresholds(params)
-    failed = [flag for check in CHECKS if (flag := check(measures, thresholds)) is not None]
+    failed = failed_checks(measures, quality_thresholds(params))
     drops = [f for f in failed if getattr(params, f.name).action == "drop"]
     if drops:
         return drops[0].name, drops[0].detail, ()

@@ -204,7 +204,12 @@ def check_quality(image: bytes | Image.Image | np.ndarray,
     t = _thresholds(thresholds)
     pixels = image if isinstance(image, np.ndarray) else decode_rgb(image)
     m = measure(pixels, working_side=t.working_side)
-    return [flag for check in CHECKS if (flag := check(m, t)) is not None]
+    return failed_checks(m, t)
+
+
+def failed_checks(measures: Measures, thresholds: QualityThresholds) -> list[Flag]:
+    """The flag of every check the measures fail, in `CHECKS` order."""
+    return [flag for check in CHECKS if (flag := check(measures, thresholds)) is not None]
 
 
 def check_images(images: Sequence[bytes | Image.Image | np.ndarray],
