@@ -16,6 +16,7 @@ def test_tfidf_separates_obvious_classes_and_is_deterministic():
     test = ["WIN a FREE prize, call now", "see you at dinner tomorrow"]
     scores = tfidf_svm(train, y, test, n_classes=2, seed=0)
     assert scores.shape == (2, 2) and scores.argmax(axis=1).tolist() == [1, 0]
+    assert np.allclose(scores.sum(axis=1), 1.0) and ((scores > 0) & (scores < 1)).all()
     assert np.array_equal(scores, tfidf_svm(train, y, test, n_classes=2, seed=0))
 
 
@@ -33,3 +34,17 @@ def test_linear_probe_gives_probabilities_over_all_classes():
     probs = linear_probe(x, y, x[:10], n_classes=3, seed=0)  # class 2 never seen in train
     assert probs.shape == (10, 3) and np.allclose(probs.sum(axis=1), 1.0) and (probs[:, 2] == 0).all()
     assert (probs.argmax(axis=1) == y[:10]).mean() >= 0.9
+
+
+def test_tfidf_probabilities_are_scaled_on_held_out_margins():
+    """With five or more records per class the sigmoid is fitted out of fold; the SVM itself sees all of train."""
+    rng = np.random.default_rng(0)
+    words = ["lunch", "home", "late", "milk", "dinner", "train", "meeting", "call", "later", "tonight", "thanks", "soon"]
+    ham = [" ".join(rng.choice(words, size=5)) for _ in range(40)]
+    spam = [f"WIN cash prize now txt {rng.integers(10000, 99999)} to claim" for _ in range(8)]
+    y = np.array([0] * 40 + [1] * 8)
+    test = ["WIN a cash prize txt 80082 now", "call me later tonight thanks"]
+    scores = tfidf_svm(ham + spam, y, test, n_classes=3, seed=0)  # a third label absent from train
+    assert scores.shape == (2, 3) and (scores[:, 2] == 0).all() and np.allclose(scores.sum(axis=1), 1.0)
+    assert scores.argmax(axis=1).tolist() == [1, 0]
+    assert np.array_equal(scores, tfidf_svm(ham + spam, y, test, n_classes=3, seed=0))

@@ -4,7 +4,7 @@ Each is trained on the final train split and scored on test, the split evaluate 
 - `linear_probe`: logistic regression on the cached frozen features (features stage);
 - `random_init`: the same architecture from random initialisation, all of it trained with its
   own short recipe (`evaluate.baselines.random_init`; val picks the epoch);
-- `tfidf` (texts): TF-IDF character 2-5-grams with a linear SVM.
+- `tfidf` (texts): TF-IDF character 2-5-grams with a linear SVM, Platt-scaled on out-of-fold margins.
 Writes every baseline's test predictions with per-class scores; evaluate sets them beside the model.
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ def run(ctx: Context) -> Outcome:
         scores[name] = make(ctx, known, y, labels)
         seconds[name] = round(time.perf_counter() - started, 3)
     write_table(predictions_table(known["test"], scores, labels), ctx.args.output)
-    extra = {name: {**_scores(y["test"], s, labels, calibrated=name != "tfidf", bins=ctx.params.evaluate.calibration_bins),
+    extra = {name: {**_scores(y["test"], s, labels, bins=ctx.params.evaluate.calibration_bins),
                     "seconds": seconds[name]} for name, s in scores.items()}
     return Outcome(len(test), len(known["test"]), {"baselines": extra, "labels": labels})
 
@@ -107,12 +107,12 @@ def predictions_table(test: pd.DataFrame, scores: dict[str, np.ndarray], labels:
     return pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
 
 
-def _scores(y_true: np.ndarray, scores: np.ndarray, labels: list[str], *, calibrated: bool, bins: int) -> dict:
+def _scores(y_true: np.ndarray, scores: np.ndarray, labels: list[str], *, bins: int) -> dict:
     if not len(y_true):
         return {"accuracy": 0.0, "macro_f1": 0.0}
     base = classification_scores(y_true, scores.argmax(axis=1), labels)
     return {"accuracy": base["accuracy"], "macro_f1": base["macro_f1"],
-            **probability_scores(y_true, scores, bins=bins, calibrated=calibrated)}
+            **probability_scores(y_true, scores, bins=bins)}
 
 
 def main(argv: list[str] | None = None) -> int:
