@@ -83,11 +83,25 @@ def test_models_trained_and_scored(run):
         assert {"linear_probe", "random_init"} <= set(scores["baselines"]) and "ece" in scores and "roc_auc" in scores
 
 
-def test_fine_tuning_beats_its_baselines_on_real_data(run):
-    """Hymenoptera: accuracy >= 0.95 on the source's own val (measured 0.961; the linear probe gets 0.948).
-    SMS: not below TF-IDF + linear SVM, nor any other baseline, on the same split (measured 0.974 vs 0.962)."""
+def test_fine_tuning_beats_its_baselines_on_hymenoptera(run):
+    """Accuracy >= 0.95 on the source's own val (measured 0.961; the linear probe gets 0.948)."""
     images = metrics(run, "hymenoptera", "evaluate")
     assert images["accuracy"] >= 0.95 and images["not_beaten"] == [], images["baselines"]
+
+
+def test_sms_scored_against_a_baseline_a_practitioner_would_use(run):
+    """TF-IDF + linear SVM is as strong as it is in practice (Platt-scaled: 0.985; 0.962 at the raw
+    margin, which would flatter the model), a loss to it is listed, and the model stays near 0.974."""
     texts = metrics(run, "sms", "evaluate")
-    assert "tfidf" in texts["baselines"] and texts["not_beaten"] == [], texts["baselines"]
+    tfidf = texts["baselines"]["tfidf"]
+    assert tfidf["macro_f1"] >= 0.975, tfidf
+    assert ("tfidf" in texts["not_beaten"]) == (tfidf["verdict"] == "worse"), texts["not_beaten"]
     assert texts["macro_f1"] >= 0.96, texts["macro_f1"]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 6 open: fine-tuned MiniLM 0.974 on SMS, under the 0.98 target and "
+                                       "under the Platt-scaled TF-IDF baseline (0.985) on the same split")
+def test_sms_fine_tuning_reaches_the_target_and_beats_tfidf(run):
+    """Issue 6's SMS target: test macro-F1 >= 0.98 and not below TF-IDF on the same grouped split."""
+    texts = metrics(run, "sms", "evaluate")
+    assert texts["macro_f1"] >= 0.98 and texts["not_beaten"] == [], texts["baselines"]
