@@ -47,18 +47,15 @@ def tfidf_svm(train_texts: Sequence[str], train_y: np.ndarray, test_texts: Seque
     vectoriser = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, dtype=np.float64)
     x, test_x = vectoriser.fit_transform(list(train_texts)), vectoriser.transform(list(test_texts))
     svm = LinearSVC(C=1.0, class_weight=_weights(class_weights), random_state=seed)
+    everything = np.arange(len(train_y))
     smallest = int(np.bincount(train_y)[np.unique(train_y)].min())
-    if smallest >= folds:
-        model = CalibratedClassifierCV(svm, method="sigmoid", cv=folds, ensemble=False)
-    else:
-        everything = np.arange(len(train_y))
-        model = CalibratedClassifierCV(svm, method="sigmoid", cv=[(everything, everything)])
-    model.fit(x, train_y)
+    cv = folds if smallest >= folds else [(everything, everything)]
+    model = CalibratedClassifierCV(svm, method="sigmoid", cv=cv, ensemble=False).fit(x, train_y)
     return _full_width(model.predict_proba(test_x), model.classes_, n_classes)
 
 
-def _full_width(scores: np.ndarray, classes: np.ndarray, n_classes: int, fill: float = 0.0) -> np.ndarray:
-    """Scores laid out over all `n_classes` columns (a class absent from train never wins)."""
-    out = np.full((len(scores), n_classes), fill, dtype=np.float64)
-    out[:, classes] = scores
+def _full_width(probs: np.ndarray, classes: np.ndarray, n_classes: int) -> np.ndarray:
+    """Probabilities laid out over all `n_classes` columns (a class absent from train gets 0)."""
+    out = np.zeros((len(probs), n_classes), dtype=np.float64)
+    out[:, classes] = probs
     return out
