@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from pipeline.steps.scores import (binary_roc_auc, classification_scores, compare_with_baselines,
-                                   expected_calibration_error, probability_scores, reliability, softmax)
+                                   expected_calibration_error, macro_f1, macro_f1_difference_interval,
+                                   probability_scores, reliability, softmax)
 
 
 def test_roc_auc_binary_only():
@@ -64,3 +65,45 @@ def test_comparison_says_which_baselines_the_model_did_not_beat():
 def test_softmax_rows_sum_to_one_and_keep_order():
     probs = softmax(np.array([[1000.0, 0.0], [0.0, 1.0]]))
     assert probs.sum(axis=1) == pytest.approx([1.0, 1.0]) and probs.argmax(axis=1).tolist() == [0, 1]
+
+
+def _interval(y, a, b, n_classes=2, seed=0, **options):
+    return macro_f1_difference_interval(y, a, b, n_classes, generator=np.random.default_rng(seed), **options)
+
+
+def test_bootstrap_scores_each_resample_as_macro_f1_does():
+    from pipeline.steps.scores import _macro_f1_rows
+
+    generator = np.random.default_rng(3)
+    y, pred = generator.integers(0, 3, size=(20, 15)), generator.integers(0, 3, size=(20, 15))
+    y[0], pred[0] = 0, 1  # a class neither present nor predicted counts as 0, as in macro_f1
+    expected = [macro_f1(row_y, row_p, 3) for row_y, row_p in zip(y, pred)]
+    assert _macro_f1_rows(y, pred, 3) == pytest.approx(expected)
+
+
+def test_equal_predictions_differ_by_exactly_nothing():
+    y = [0, 1] * 50
+    pred = [0, 0] * 50
+    assert _interval(y, pred, pred) == [0.0, 0.0]
+
+
+def test_a_clear_win_excludes_zero_and_one_record_does_not():
+    y = np.array([0] * 450 + [1] * 55)
+    model = y.copy()
+    noisy = y.copy()
+    noisy[:40] = 1  # 40 false positives
+    low, high = _interval(y, model, noisy)
+    assert 0 < low <= high
+    one_off = y.copy()
+    one_off[-1] = 0  # a single missed minority record
+    low, high = _interval(y, one_off, y)
+    assert low < 0 <= high  # a one-record loss on this split is within noise
+
+
+def test_bootstrap_is_reproducible_and_bounded_in_memory():
+    y = np.arange(30_000) % 2
+    pred = y.copy()
+    pred[:300] = 1 - pred[:300]
+    first = _interval(y, pred, y, rounds=200, seed=7)
+    assert first == _interval(y, pred, y, rounds=200, seed=7)
+    assert -0.012 < first[0] <= first[1] < -0.008  # 300 errors in 30,000: about -0.01, clearly a loss

@@ -161,6 +161,8 @@ def test_evaluate_sets_the_baselines_beside_the_model(text_run):
     for name, row in m["baselines"].items():
         assert {"macro_f1", "accuracy", "roc_auc", "verdict", "beaten"} <= set(row)
         assert (name in m["not_beaten"]) == (row["verdict"] == "worse")
+        low, high = row["difference_interval_95"]
+        assert low <= row["model_minus_baseline_macro_f1"] <= high  # the measured difference lies inside its interval
     assert len(m["warnings"]) == len(m["not_beaten"])
     predictions = pq.read_table(out / "eval" / "baselines.parquet").to_pandas()
     assert sorted(predictions["baseline"].unique()) == ["linear_probe", "random_init", "tfidf"]

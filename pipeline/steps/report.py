@@ -219,10 +219,20 @@ def _baselines(metrics: dict[str, dict[str, Any]]) -> str:
     rows = []
     for name, values in sorted(comparison.items()):
         if isinstance(values, dict):
-            rows.append([name, *(values.get(k, "") for k in ("macro_f1", "accuracy", "beaten"))])
+            rows.append([name, *(values.get(k, "") for k in ("macro_f1", "accuracy", "model_minus_baseline_macro_f1")),
+                         _interval(values.get("difference_interval_95")), values.get("beaten", "")])
     warnings = metrics.get("evaluate", {}).get("warnings", [])
     notes = "".join(f"<p class='bad'>{html.escape(str(w))}</p>" for w in warnings)
-    return "<h3>Against the baselines</h3>" + _table(["model", "macro_f1", "accuracy", "fine-tuned model beat it"], rows) + notes
+    header = ["model", "macro_f1", "accuracy", "fine-tuned minus it", "95% interval of the difference", "fine-tuned model beat it"]
+    return "<h3>Against the baselines</h3>" + _table(header, rows) + notes
+
+
+def _interval(bounds: Any) -> str:
+    """A bootstrap interval as text; an interval straddling 0 means the split cannot tell the two apart."""
+    if not isinstance(bounds, list) or len(bounds) != 2:
+        return ""
+    low, high = bounds
+    return f"[{low:+.4f}, {high:+.4f}]" + (" (within noise)" if low <= 0 <= high else "")
 
 
 def _params(inputs: ReportInputs) -> str:
