@@ -94,8 +94,13 @@ def _init_repo(workdir: Path) -> None:
 
 
 def repro(workdir: Path, dvc: str | None = None) -> int:
-    """Run `dvc repro` in `workdir`; return its exit code."""
-    dvc = dvc or str(Path(os.environ.get("VIRTUAL_ENV", workdir / ".venv")) / "bin" / "dvc")
+    """Run `dvc repro` in `workdir`; return its exit code.
+
+    The dvc found from here must still be found from inside `workdir`, so a relative `workdir`
+    (the README's `--dir build/real-data`) is made absolute first.
+    """
+    workdir = workdir.absolute()
+    dvc = dvc or str(Path(os.environ.get("VIRTUAL_ENV", workdir / ".venv")).absolute() / "bin" / "dvc")
     if not Path(dvc).exists():
         dvc = shutil.which("dvc") or "dvc"
     return subprocess.run([dvc, "repro"], cwd=workdir, env={**os.environ, **RUN_ENV}).returncode

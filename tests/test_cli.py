@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
@@ -86,3 +87,22 @@ def test_calibrate_names_missing_columns(tmp_path):
     pairs = tmp_path / "pairs.csv"
     pairs.write_text("a,b\nx,y\n")
     assert cli.main(["--project", str(ROOT), "calibrate", str(pairs)]) == 2
+
+
+def test_workspace_repro_from_a_relative_folder(tmp_path, monkeypatch):
+    """`pipeline workspace ... --dir build/real-data` (relative, as the README has it) finds the
+    workspace's dvc from inside the workspace, where dvc repro runs."""
+    from pipeline.workspace import GIT_ENV, repro
+
+    workdir = tmp_path / "ws"
+    workdir.mkdir()
+    (workdir / ".venv").symlink_to((ROOT / ".venv").resolve(), target_is_directory=True)
+    (workdir / "dvc.yaml").write_text("stages:\n  hello:\n    cmd: echo hi > out.txt\n    outs: [out.txt]\n")
+    env = {**GIT_ENV, "DVC_NO_ANALYTICS": "1", "PATH": "/usr/bin:/bin"}
+    for cmd in (["git", "init", "-q"], [str(ROOT / ".venv" / "bin" / "dvc"), "init", "-q"]):
+        subprocess.run(cmd, cwd=workdir, env=env, check=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("VIRTUAL_ENV", raising=False)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no dvc on PATH: only the workspace's own will do
+    assert repro(Path("ws")) == 0
+    assert (workdir / "out.txt").read_text() == "hi\n"
