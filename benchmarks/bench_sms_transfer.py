@@ -13,8 +13,7 @@ workspace's own `finetune.text` recipe (or it with `--recipe` overrides) and see
 
 * finetune: `classifier_for` + `fit`, exactly what the finetune stage runs;
 * tfidf: `tfidf_svm`, exactly what the baselines stage runs;
-* linear_probe: `linear_probe` on the frozen MiniLM features, as the baselines stage.
-
+* linear_probe: `linear_probe` on the frozen MiniLM features, as the baselines stage;
 * average: the mean of the fine-tuned model's and TF-IDF's spam probabilities (a hybrid, to see
   whether the transformer adds anything on top of character n-grams).
 
@@ -49,7 +48,7 @@ from pipeline.params import load_params  # noqa: E402
 from pipeline.seeding import derive_seed  # noqa: E402
 from pipeline.steps.baselines import linear_probe, tfidf_svm  # noqa: E402
 from pipeline.steps.models import classifier_for  # noqa: E402
-from pipeline.steps.scores import macro_f1, softmax  # noqa: E402
+from pipeline.steps.scores import binary_roc_auc, macro_f1, softmax  # noqa: E402
 from pipeline.steps.train import fit, make_deterministic, predict_logits, recipe_for  # noqa: E402
 from measure import timed  # noqa: E402
 
@@ -75,7 +74,7 @@ def fold_of(records: pd.DataFrame, folds: int, seed: int) -> np.ndarray:
 
 
 def score_fold(records: pd.DataFrame, fold: np.ndarray, k: int, folds: int, section, seed: int, threads: int) -> dict:
-    """Macro-F1 of the three methods with fold k as test and fold k+1 as validation."""
+    """The measures of every method in METHODS with fold k as test and fold k+1 as validation."""
     labels = sorted(set(records["label"]))
     y = np.array([labels.index(l) for l in records["label"]], dtype=np.int64)
     test, val = fold == k, fold == (k + 1) % folds
@@ -101,11 +100,11 @@ def score_fold(records: pd.DataFrame, fold: np.ndarray, k: int, folds: int, sect
 
 def measures(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     """Macro-F1 at the method's own rule (argmax), ROC-AUC, average precision, best-threshold macro-F1."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
+    from sklearn.metrics import average_precision_score
 
     spam = probs[:, 1]
     best = max(macro_f1(y, (spam >= t).astype(np.int64), 2) for t in np.unique(spam))
-    return {"macro_f1": round(macro_f1(y, probs.argmax(axis=1), 2), 4), "roc_auc": round(float(roc_auc_score(y, spam)), 4),
+    return {"macro_f1": round(macro_f1(y, probs.argmax(axis=1), 2), 4), "roc_auc": round(binary_roc_auc(y, probs), 4),
             "average_precision": round(float(average_precision_score(y, spam)), 4), "best_threshold_f1": round(best, 4)}
 
 

@@ -100,7 +100,7 @@ def repro(workdir: Path, dvc: str | None = None) -> int:
     (the README's `--dir build/real-data`) is made absolute first.
     """
     workdir = workdir.absolute()
-    dvc = dvc or str(Path(os.environ.get("VIRTUAL_ENV", workdir / ".venv")).absolute() / "bin" / "dvc")
+    dvc = dvc or str(Path(os.environ.get("VIRTUAL_ENV", workdir / ".venv")) / "bin" / "dvc")
     if not Path(dvc).exists():
         dvc = shutil.which("dvc") or "dvc"
     return subprocess.run([dvc, "repro"], cwd=workdir, env={**os.environ, **RUN_ENV}).returncode
