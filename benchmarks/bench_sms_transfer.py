@@ -43,14 +43,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from measure import timed  # noqa: E402
 from pipeline.io import read_records  # noqa: E402
+from pipeline.model.baselines import linear_probe, tfidf_svm  # noqa: E402
+from pipeline.model.models import classifier_for  # noqa: E402
+from pipeline.model.scores import binary_roc_auc, macro_f1, softmax  # noqa: E402
+from pipeline.model.train import fit, make_deterministic, predict_logits, recipe_for  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
 from pipeline.seeding import derive_seed  # noqa: E402
-from pipeline.steps.baselines import linear_probe, tfidf_svm  # noqa: E402
-from pipeline.steps.models import classifier_for  # noqa: E402
-from pipeline.steps.scores import binary_roc_auc, macro_f1, softmax  # noqa: E402
-from pipeline.steps.train import fit, make_deterministic, predict_logits, recipe_for  # noqa: E402
-from measure import timed  # noqa: E402
 
 METHODS = ("finetune", "tfidf", "linear_probe", "average")
 MEASURES = ("macro_f1", "roc_auc", "average_precision", "best_threshold_f1")

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.params import ParamsError, load_params
+from pipeline.errors import UserError
+from pipeline.params import load_params
 from pipeline.stages.base import configure_logging
 
 log = logging.getLogger("pipeline")
@@ -56,17 +57,13 @@ def workspace(project: Path, overlay: Path, workdir: Path, run: bool) -> int:
 
 def data_diff(project: Path, base: str, target: str, datasets: list[str] | None, output: Path | None) -> int:
     """Print (or write) the Markdown diff; exit 1 when the test-change gate is violated."""
-    from pipeline.diff import DiffError, Version, diff_dataset, markdown, violated
+    from pipeline.diff import Version, diff_dataset, markdown, violated
 
     params = load_params(project / "params.yaml")
     names = datasets or list(params.datasets)
     gate = params.gates.max_test_changed_fraction
-    try:
-        old, new = Version(project, base), Version(project, target)
-        diffs = [diff_dataset(name, old, new) for name in names]
-    except DiffError as exc:
-        log.error("%s", exc)
-        return 2
+    old, new = Version(project, base), Version(project, target)
+    diffs = [diff_dataset(name, old, new) for name in names]
     text = markdown(diffs, base, target, gate)
     if output:
         output.write_text(text, encoding="utf-8")
@@ -133,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "calibrate":
             return calibrate_pairs(args.project, args.pairs, args.target_precision)
         return info(args.project)
-    except (ParamsError, FileNotFoundError) as exc:
+    except (UserError, FileNotFoundError) as exc:
         log.error("%s", exc)
         return 2
 

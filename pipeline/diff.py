@@ -18,13 +18,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.errors import DiffError
+
 SPLITS = ("train", "val", "test")
 COLUMNS = ["id", "label", "content_hash", "text", "parent_id"]
 WORKSPACE = "workspace"
-
-
-class DiffError(RuntimeError):
-    """A version cannot be read (unknown revision, data not in the DVC cache), with what to do."""
 
 
 @dataclass(slots=True)

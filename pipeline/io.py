@@ -1,7 +1,9 @@
-"""Record sets on disk: sharded Parquet directories written atomically, and canonical JSON.
+"""Everything a stage writes, written atomically, and the record sets and features it reads.
 
 A record set is a directory (named like `train.parquet`) of `part-NNNNN.parquet` shards. Rows
-are sorted by id before writing, so the bytes do not depend on the order work was done in.
+are sorted by id before writing, so the bytes do not depend on the order work was done in. Every
+write goes to a temporary name beside its target and is renamed over it, so a reader (or a rerun
+after a crash) sees the previous output or the new one, never half of one.
 """
 from __future__ import annotations
 
@@ -9,14 +11,16 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.errors import StageError
 from pipeline.records import SCHEMA, to_table
 
 SHARD_ROWS = 200_000
@@ -76,14 +80,37 @@ def _replace(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def json_bytes(data: Any) -> bytes:
+    """Canonical JSON: sorted keys, two-space indent, UTF-8, trailing newline."""
+    return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
 def write_json(data: Any, path: str | Path) -> None:
-    """Write canonical JSON (sorted keys, two-space indent, trailing newline) atomically."""
+    """Write canonical JSON atomically."""
+    write_bytes(json_bytes(data), path)
+
+
+def write_bytes(data: bytes, path: str | Path) -> None:
+    """Write one file atomically (a report, a preview)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def write_folder(files: Mapping[str, bytes], path: str | Path) -> None:
+    """Replace the folder `path` with exactly `files` (name -> bytes), atomically (a model, a preview)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        for name, data in sorted(files.items()):
+            (tmp / name).write_bytes(data)
+        _replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def write_table(table: pa.Table, path: str | Path) -> None:
@@ -93,3 +120,25 @@ def write_table(table: pa.Table, path: str | Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(table.replace_schema_metadata(None), tmp, compression="zstd")
     os.replace(tmp, path)
+
+
+def write_features(frame: pd.DataFrame, matrix: np.ndarray, path: str | Path) -> None:
+    """Records' ids and labels with one feature vector each (float32), sorted by id, as one Parquet file."""
+    order = np.argsort(frame["id"].to_numpy(), kind="stable")
+    flat = pa.array(np.ascontiguousarray(matrix[order], dtype=np.float32).reshape(-1))
+    write_table(pa.table({
+        "id": frame["id"].to_numpy()[order], "label": frame["label"].to_numpy()[order],
+        "features": pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1]),
+    }), path)
+
+
+def read_features(path: str | Path, ids: pd.Series) -> np.ndarray:
+    """The feature rows of `ids`, in their order; fails naming the first id without features."""
+    table = pq.read_table(path)
+    width = table.schema.field("features").type.list_size
+    matrix = table.column("features").combine_chunks().flatten().to_numpy().reshape(-1, width)
+    row = {key: i for i, key in enumerate(table.column("id").to_pylist())}
+    missing = [key for key in ids if key not in row]
+    if missing:
+        raise StageError(f"{path} has no features for record {missing[0]!r} ({len(missing)} missing): rerun the features stage")
+    return matrix[[row[key] for key in ids]]

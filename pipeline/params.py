@@ -14,16 +14,14 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.errors import ParamsError
+
 TEXT_FORMATS = ("csv", "tsv", "jsonl", "parquet")
 IMAGE_FORMATS = ("image_folder", "image_manifest")
 
 PositiveInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Byte = Annotated[int, Field(ge=0, le=255)]
-
-
-class ParamsError(ValueError):
-    """A params file that cannot be used, with a message fit for the user."""
 
 
 class Section(BaseModel):

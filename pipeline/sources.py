@@ -7,6 +7,7 @@ and row, or relative path), so they are stable across runs. Source files are onl
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import io
 import json
@@ -21,18 +22,12 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
+from pipeline.errors import SourceError
 from pipeline.params import DatasetParams
 from pipeline.records import make_id
 
 RAW_COLUMNS = ["id", "label", "text", "image", "source", "source_row", "source_split", "reject", "detail"]
-# Fields longer than the csv module's default limit (131,072 chars) are texts for clean's
-# max_chars to judge, not malformed rows.
-csv.field_size_limit(sys.maxsize)
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
-
-
-class SourceError(ValueError):
-    """A source that cannot be read at all (missing file, missing column), with a message for the user."""
 
 
 @dataclass(slots=True)
@@ -148,15 +143,29 @@ def _read_delimited(path: Path, dataset: DatasetParams) -> Iterator[Raw]:
 def _numbered_rows(reader: Iterator[list[str]], source: str) -> Iterator[tuple[int, list[str] | Raw]]:
     """(first line number, fields) per row; a row the csv module cannot parse becomes a rejection."""
     line = 0
-    while True:
-        try:
-            fields: list[str] | Raw = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            fields = Raw(source, line + 1, reject="malformed_row", detail=f"{source}:{line + 1}: {exc}")
-        start, line = line + 1, reader.line_num
-        yield start, fields
+    with _unlimited_fields():
+        while True:
+            try:
+                fields: list[str] | Raw = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                fields = Raw(source, line + 1, reject="malformed_row", detail=f"{source}:{line + 1}: {exc}")
+            start, line = line + 1, reader.line_num
+            yield start, fields
+
+
+@contextlib.contextmanager
+def _unlimited_fields() -> Iterator[None]:
+    """Lift the csv module's field size limit (131,072 chars, process-wide) while a file is read.
+
+    Longer fields are texts for clean's max_chars to judge, not malformed rows.
+    """
+    previous = csv.field_size_limit(sys.maxsize)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
 
 
 def _text_columns(dataset: DatasetParams) -> list[str]:

@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from pipeline.params import Params, ParamsError, describe_errors
+from pipeline.errors import ParamsError
+from pipeline.params import Params, describe_errors
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "pipeline", "GIT_AUTHOR_EMAIL": "pipeline@localhost",

@@ -181,7 +181,8 @@ def test_without_targets_every_listed_class_gets_variants_per_record():
 
 def test_synonym_augmenter_without_wordnet_says_what_to_install():
     from pipeline.params import TextAugmenter
-    from pipeline.steps.augment import AugmenterUnavailable, check_augmenters
+    from pipeline.errors import AugmenterUnavailable
+    from pipeline.steps.augment import check_augmenters
 
     try:
         import nltk

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.steps.baselines import linear_probe, tfidf_svm
+from pipeline.model.baselines import linear_probe, tfidf_svm
 
 SPAM = ["WIN a FREE prize now, call 0800", "Claim your FREE cash prize txt WIN", "URGENT! You have won a prize, call now",
         "FREE entry to win cash, reply WIN"]

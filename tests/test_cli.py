@@ -11,7 +11,7 @@ import yaml
 
 from conftest import ROOT
 from pipeline import cli
-from pipeline.params import ParamsError
+from pipeline.errors import ParamsError
 from pipeline.workspace import merge, overlay_params
 
 STAGES = ["demo", "clean", "normalise", "dedup", "split", "augment", "rebalance", "finetune", "evaluate"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.steps.scores import (binary_roc_auc, classification_scores, compare_with_baselines,
+from pipeline.model.scores import (binary_roc_auc, classification_scores, compare_with_baselines,
                                    expected_calibration_error, macro_f1, macro_f1_difference_interval,
                                    probability_scores, reliability, softmax)
 
@@ -72,7 +72,7 @@ def _interval(y, a, b, n_classes=2, seed=0, **options):
 
 
 def test_bootstrap_scores_each_resample_as_macro_f1_does():
-    from pipeline.steps.scores import _macro_f1_rows
+    from pipeline.model.scores import _macro_f1_rows
 
     generator = np.random.default_rng(3)
     y, pred = generator.integers(0, 3, size=(20, 15)), generator.integers(0, 3, size=(20, 15))

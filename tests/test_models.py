@@ -13,10 +13,11 @@ import torch
 from PIL import Image
 
 from conftest import make_params
-from pipeline.steps.device import make_deterministic
-from pipeline.steps.models import (ImageClassifier, TextClassifier, classifier_for, default_image_weights,
+from pipeline.io import write_folder
+from pipeline.model.device import make_deterministic
+from pipeline.model.models import (ImageClassifier, TextClassifier, classifier_for, default_image_weights,
                                    default_text_model, frozen_depth, load_classifier)
-from pipeline.steps.train import predict_logits
+from pipeline.model.train import predict_logits
 
 TEXTS = pd.DataFrame({"text": ["refund my last invoice please", "where is my parcel", "the app crashes on login",
                                "ok", "my package was sent to the wrong address and nobody answers the phone"]})
@@ -96,7 +97,7 @@ def test_random_init_keeps_the_architecture_not_the_weights(text_model):
 
 
 def test_text_save_and_load_give_the_same_logits(text_model, tmp_path):
-    text_model.save(tmp_path / "m")
+    write_folder(text_model.files(), tmp_path / "m")
     loaded = load_classifier(tmp_path / "m")
     assert isinstance(loaded, TextClassifier) and loaded.labels == ["a", "b", "c"] and loaded.frozen == 4
     a = predict_logits(text_model, text_model.inputs(TEXTS), 8)
@@ -130,7 +131,7 @@ def test_image_prefix_cache_and_probe(image_model):
 
 def test_image_groups_and_save_load(image_model, tmp_path):
     assert len(image_model.groups()) == 4  # blocks 14 and 15, head conv, new head
-    image_model.save(tmp_path / "m")
+    write_folder(image_model.files(), tmp_path / "m")
     loaded = load_classifier(tmp_path / "m")
     assert isinstance(loaded, ImageClassifier) and (loaded.frozen, loaded.image_size) == (14, 32)
     assert np.array_equal(predict_logits(image_model, image_model.inputs(IMAGES), 4),
@@ -148,12 +149,12 @@ def test_classifier_for_reads_the_params_section():
 def test_onnx_export_matches_torch_on_other_batches(text_model, image_model, tmp_path):
     """The exported graph has dynamic batch and length axes: another batch gives torch's logits too."""
     ort = pytest.importorskip("onnxruntime")
-    from pipeline.steps.onnx_export import export_and_check
+    from pipeline.model.onnx_export import export_and_check
 
     for model, frame, other in ((text_model, TEXTS.head(3), TEXTS.tail(2)), (image_model, IMAGES.head(3), IMAGES.tail(1))):
-        report = export_and_check(model, frame, tmp_path / f"{type(model).__name__}.onnx")
-        assert report["checked_records"] == 3 and report["max_abs_difference"] < 1e-4
-        session = ort.InferenceSession(str(tmp_path / report["file"]), providers=["CPUExecutionProvider"])
+        exported = export_and_check(model, frame)
+        assert exported.report["checked_records"] == 3 and exported.report["max_abs_difference"] < 1e-4
+        session = ort.InferenceSession(exported.data, providers=["CPUExecutionProvider"])
         example = model.example(other)
         got = session.run(None, {n: t.numpy() for n, t in zip(model.input_names, example)})[0]
         model.net.eval()

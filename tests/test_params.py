@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import ROOT, make_params, write_params
-from pipeline.params import Params, ParamsError, load_params
+from pipeline.errors import ParamsError
+from pipeline.params import Params, load_params
 
 TEXT = {"modality": "text", "source": "corpus.tsv", "format": "tsv"}
 IMAGES = {"modality": "image", "source": "imgs", "format": "image_folder"}

@@ -162,15 +162,16 @@ def test_embeddings_from_the_offline_models_are_deterministic_and_feed_the_clean
     """Real MiniLM embeddings: same texts, same vectors; ENN on them drops only majority records."""
     import numpy as np
 
-    from pipeline.params import RebalanceParams
-    from pipeline.steps.embed import text_embeddings
+    from pipeline.model.models import feature_extractor
+    from pipeline.params import FinetuneParams, RebalanceParams
     from pipeline.steps.rebalance import rebalance
 
     texts = [f"my parcel {i} never arrived" for i in range(20)] + [f"refund the charge on invoice {i}" for i in range(6)]
     texts += ["refund my parcel charge"]  # a shipping-labelled text that reads like billing
     train = text_records([("ship", t) for t in texts[:20]] + [("bill", t) for t in texts[20:26]] + [("ship", texts[26])])
     ordered = train.sort_values("id")
-    first, second = (text_embeddings(ordered["text"].tolist()) for _ in range(2))
+    first, second = (feature_extractor(FinetuneParams(), "text", ["bill", "ship"], seed=0).features(ordered).numpy()
+                     for _ in range(2))
     assert first.shape == (27, 384) and np.array_equal(first, second)
     result = rebalance(train, RebalanceParams(strategy="edited_nearest_neighbours"), seed=0, embeddings=first)
     assert set(result.dropped) <= set(train.loc[train["label"] == "ship", "id"])

@@ -13,8 +13,8 @@ from PIL import Image
 
 from conftest import write_params
 from pipeline.params import GatesParams
-from pipeline.steps.gates import evaluate_gates, violations
-from pipeline.steps.report import Example, ReportInputs, render
+from pipeline.report.gates import evaluate_gates, violations
+from pipeline.report.page import Example, ReportInputs, render
 
 SECTIONS = ["summary", "gates", "flow", "classes", "duplicates", "quality", "augmentation", "split", "training", "params"]
 METRICS = {

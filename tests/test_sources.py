@@ -13,8 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from pipeline.errors import SourceError
 from pipeline.params import DatasetParams
-from pipeline.sources import RAW_COLUMNS, SourceError, read_source
+from pipeline.sources import RAW_COLUMNS, read_source
 
 
 def dataset(source: str, fmt: str, **options) -> DatasetParams:

@@ -5,8 +5,9 @@ import pandas as pd
 import pytest
 
 from conftest import text_records
+from pipeline.errors import SplitError
 from pipeline.params import SplitParams
-from pipeline.steps.split import SPLITS, SplitError, source_split_plan, split_report, stratified_group_split
+from pipeline.steps.split import SPLITS, source_split_plan, split_report, stratified_group_split
 
 
 def _classes(sizes: dict[str, int], *, group_size: int = 1) -> pd.DataFrame:

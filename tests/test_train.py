@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from conftest import make_params
-from pipeline.steps.device import choose_device, make_deterministic
-from pipeline.steps.models import Probe, head
-from pipeline.steps.train import (EarlyStopping, Recipe, active_groups, batch_order, class_weights, fit, group_lrs,
+from pipeline.model.device import choose_device, make_deterministic
+from pipeline.model.models import Probe, head
+from pipeline.model.train import (EarlyStopping, Recipe, active_groups, batch_order, class_weights, fit, group_lrs,
                                   lr_factor, predict_logits, recipe_for)
 
 

@@ -11,12 +11,10 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.engines import chunk_size_for
-from pipeline.io import read_records, write_records
-from pipeline.stages.base import Context, Outcome, StageError, entry, stage_main
-from pipeline.steps.augment import (
-    AugmenterUnavailable, check_available, generate_variants, redundancy, variant_counts,
-)
-from pipeline.steps.preview import write_preview
+from pipeline.io import read_records, write_folder, write_records
+from pipeline.report.preview import preview_files
+from pipeline.stages.base import Context, Outcome, entry, stage_main
+from pipeline.steps.augment import check_available, generate_variants, redundancy, variant_counts
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +31,7 @@ def run(ctx: Context) -> Outcome:
     keep = _drop_redundant(ctx, variants, train, held_out)
     out = pd.concat([train, keep], ignore_index=True)
     write_records(out, ctx.args.output)
-    write_preview(train, keep, ctx.args.preview, modality=ctx.dataset.modality)
+    write_folder(preview_files(train, keep, modality=ctx.dataset.modality), ctx.args.preview)
     extra = {"labels": out["label"].value_counts().sort_index().to_dict(), "variants_kept": len(keep)}
     return Outcome(len(train), len(out), extra)
 
@@ -41,10 +39,7 @@ def run(ctx: Context) -> Outcome:
 def _variants(ctx: Context, train: pd.DataFrame) -> pd.DataFrame:
     """Generated records for the eligible train records, with the parent's label, group and source."""
     params = ctx.params.augment.text if ctx.dataset.modality == "text" else ctx.params.augment.image
-    try:
-        check_available(ctx.dataset.modality, params)
-    except AugmenterUnavailable as exc:
-        raise StageError(str(exc)) from None
+    check_available(ctx.dataset.modality, params)
     engine = ctx.params.engine
     return generate_variants(train, variant_counts(train, params, ctx.params.seed), ctx.dataset.modality, params,
                              ctx.params.seed, workers=engine.workers, chunk_size=chunk_size_for(ctx.dataset.modality, engine.chunk_size))

@@ -1,8 +1,9 @@
 """What every stage shares: its command line, params loading, timing, ledger and metrics.
 
 A stage module supplies `add_arguments(parser)` for its paths and `run(ctx) -> Outcome` with
-the work; `stage_main` does the rest, and turns user-facing errors into one clear message and a
-non-zero exit instead of a traceback.
+the work; `stage_main` does the rest, and turns user-facing errors (`pipeline.errors.UserError`)
+into one clear message and a non-zero exit instead of a traceback. Any other exception is a bug
+and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -16,16 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import UserError
 from pipeline.io import write_json, write_table
 from pipeline.ledger import Ledger
-from pipeline.params import DatasetParams, Params, ParamsError, load_params
-from pipeline.sources import SourceError
+from pipeline.params import DatasetParams, Params, load_params
 
 log = logging.getLogger(__name__)
-
-
-class StageError(RuntimeError):
-    """The stage cannot go on for a reason the user can act on (message says what and where)."""
+# The environment every stage process runs in, fixed before it starts (libraries read these when
+# they load): set order reproducible, no hub or update checks, quiet transformers. A value the
+# user set wins, except PYTHONHASHSEED, which decides set order and so the output bytes.
+PINNED_ENV = {"PYTHONHASHSEED": "0"}
+DEFAULT_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "NO_ALBUMENTATIONS_UPDATE": "1"}
 
 
 @dataclass(slots=True)
@@ -76,9 +78,9 @@ def stage_main(
         params = load_params(args.params)
         ctx = Context(args, params, args.dataset, params.dataset(args.dataset), Ledger(stage))
         outcome = run(ctx)
-    except (ParamsError, SourceError, StageError) as exc:
+    except UserError as exc:
         log.error("%s@%s failed: %s", stage, args.dataset, exc)
-        return 2 if isinstance(exc, ParamsError) else 1
+        return exc.exit_code
     metrics = ctx.ledger.account(n_in=outcome.n_in, n_out=outcome.n_out, extra=outcome.extra)
     metrics["seconds"] = round(time.perf_counter() - started, 3)
     write_json(metrics, args.metrics)
@@ -98,9 +100,14 @@ def configure_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def stage_environment(environ: dict[str, str]) -> dict[str, str]:
+    """`environ` with the stage defaults filled in and the pinned values forced."""
+    return {**DEFAULT_ENV, **environ, **PINNED_ENV}
+
+
 def entry(module: str, main: Callable[[], int]) -> None:
-    """Run `main` as a script, first re-executing with PYTHONHASHSEED=0 so set order is reproducible."""
-    if os.environ.get("PYTHONHASHSEED") != "0":
-        env = dict(os.environ, PYTHONHASHSEED="0")
+    """Run `main` as a script, first re-executing in the stage environment if this process lacks it."""
+    env = stage_environment(dict(os.environ))
+    if env != dict(os.environ):
         os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], env)
     sys.exit(main())

@@ -18,15 +18,14 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from pipeline.io import read_records, write_table
+from pipeline.io import read_features, read_records, write_table
+from pipeline.model import baselines
+from pipeline.model.device import choose_device, make_deterministic
+from pipeline.model.models import classifier_for
+from pipeline.model.scores import classification_scores, probability_scores, softmax
+from pipeline.model.train import Recipe, fit, predict_logits
 from pipeline.seeding import derive_seed
 from pipeline.stages.base import Context, Outcome, entry, stage_main
-from pipeline.stages.features import read_features
-from pipeline.steps import baselines
-from pipeline.steps.device import choose_device, make_deterministic
-from pipeline.steps.models import classifier_for
-from pipeline.steps.scores import classification_scores, probability_scores, softmax
-from pipeline.steps.train import Recipe, fit, predict_logits
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +60,7 @@ def _enabled(ctx: Context) -> dict:
 
 
 def _linear_probe(ctx: Context, frames, y, labels) -> np.ndarray:
-    x = {name: read_features(ctx.args.features, name, frames[name]["id"]) for name in ("train", "test")}
+    x = {name: read_features(ctx.args.features / f"{name}.parquet", frames[name]["id"]) for name in ("train", "test")}
     section = getattr(ctx.params.finetune, ctx.dataset.modality)
     return baselines.linear_probe(x["train"], y["train"], x["test"], n_classes=len(labels),
                                   class_weights=section.class_weights, seed=ctx.params.seed)

@@ -6,7 +6,8 @@ import logging
 from pathlib import Path
 
 from pipeline.demo import write_image_demo, write_text_demo
-from pipeline.params import ParamsError, load_params
+from pipeline.errors import UserError
+from pipeline.params import load_params
 from pipeline.stages.base import configure_logging, entry
 
 log = logging.getLogger(__name__)
@@ -22,9 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose)
     try:
         params = load_params(args.params)
-    except ParamsError as exc:
+    except UserError as exc:
         log.error("demo failed: %s", exc)
-        return 2
+        return exc.exit_code
     demo = params.demo
     write_text_demo(args.text, demo.text_records, params.seed)
     write_image_demo(args.images, demo.image_records, demo.image_size, params.seed)

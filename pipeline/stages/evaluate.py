@@ -18,14 +18,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.errors import StageError
 from pipeline.io import read_records, write_json, write_table
-from pipeline.seeding import rng
-from pipeline.stages.base import Context, Outcome, StageError, entry, stage_main
-from pipeline.steps.device import choose_device, make_deterministic
-from pipeline.steps.models import load_classifier
-from pipeline.steps.scores import (classification_scores, compare_with_baselines, macro_f1_difference_interval,
+from pipeline.model.device import choose_device, make_deterministic
+from pipeline.model.models import load_classifier
+from pipeline.model.scores import (classification_scores, compare_with_baselines, macro_f1_difference_interval,
                                    probability_scores, reliability, softmax)
-from pipeline.steps.train import predict_logits
+from pipeline.model.train import predict_logits
+from pipeline.seeding import rng
+from pipeline.stages.base import Context, Outcome, entry, stage_main
 
 log = logging.getLogger(__name__)
 

@@ -20,14 +20,16 @@ from typing import Any
 import pandas as pd
 import torch
 
-from pipeline.io import read_records, write_json
+from pipeline.errors import StageError
+from pipeline.io import json_bytes, read_features, read_records, write_folder
+from pipeline.model.device import Device, choose_device, make_deterministic
+from pipeline.model.models import classifier_for
+from pipeline.model.onnx_export import FILE as ONNX_FILE
+from pipeline.model.onnx_export import export_and_check
+from pipeline.model.train import FitResult, fit, recipe_for
 from pipeline.seeding import derive_seed
-from pipeline.stages.base import Context, Outcome, StageError, entry, stage_main
-from pipeline.stages.features import read_features
-from pipeline.steps.device import Device, choose_device, make_deterministic
-from pipeline.steps.models import classifier_for
+from pipeline.stages.base import Context, Outcome, entry, stage_main
 from pipeline.steps.rebalance import smote_features
-from pipeline.steps.train import FitResult, fit, recipe_for
 
 log = logging.getLogger(__name__)
 CURVES = {"train_loss": "train/loss", "val_loss": "val/loss", "val_accuracy": "val/accuracy",
@@ -56,15 +58,17 @@ def run(ctx: Context) -> Outcome:
     with _live(ctx.args.live) as on_epoch:
         result = fit(trainer, data["train"], data["val"], n_classes=len(labels), recipe=recipe_for(section), seed=seed,
                      device=device, on_epoch=on_epoch)
-    model.save(ctx.args.output)
+    files = model.files()
     extra = {"history": result.history, "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
              "smote_generated": int(len(data["train"][1]) - len(train)),
              **{k: result.best[k] for k in ("val_loss", "val_accuracy", "val_macro_f1")},
              "labels": labels, "strategy": section.strategy, **device.describe(), "threads": params.threads}
     if params.onnx:
-        extra["onnx"] = _export_onnx(model, known_val if len(known_val) else train, ctx.args.output)
+        exported = export_and_check(model, (known_val if len(known_val) else train).head(16))
+        files[ONNX_FILE], extra["onnx"] = exported.data, exported.report
     card = json.loads((ctx.args.data / "card.json").read_text(encoding="utf-8"))
-    write_json(model_card(ctx, card, labels, result, device, extra.get("onnx")), ctx.args.output / "card.json")
+    files["card.json"] = json_bytes(model_card(ctx, card, labels, result, device, extra.get("onnx")))
+    write_folder(files, ctx.args.output)
     return Outcome(len(train) + len(val), len(train) + len(known_val), extra)
 
 
@@ -76,7 +80,7 @@ def _training_data(ctx: Context, model, section, frames: dict[str, pd.DataFrame]
         return model, {name: (model.inputs(f), targets[name]) for name, f in frames.items()}
     if ctx.args.features is None:
         raise StageError("strategy linear_probe trains on cached features: pass --features (the features stage's output)")
-    cached = {name: torch.from_numpy(read_features(ctx.args.features, name, f["id"])) for name, f in frames.items()}
+    cached = {name: torch.from_numpy(read_features(ctx.args.features / f"{name}.parquet", f["id"])) for name, f in frames.items()}
     if section.smote_ratio is not None:
         cached["train"], targets["train"] = _smote(cached["train"], targets["train"], section, ctx.params.seed)
     return model.probe(), {name: (cached[name], targets[name]) for name in frames}
@@ -109,17 +113,6 @@ def _live(folder: Path | None) -> Iterator[Callable[[dict[str, Any]], None] | No
             live.log_metric(name, row[key])
 
     yield log
-
-
-def _export_onnx(model, frame: pd.DataFrame, folder: Path) -> dict[str, Any]:
-    from pipeline.steps.onnx_export import export_and_check
-
-    try:
-        return export_and_check(model, frame.head(16), folder / "model.onnx")
-    except ImportError as exc:
-        raise StageError(f"finetune.onnx needs the onnx and onnxruntime packages ({exc.name} is missing)") from None
-    except ValueError as exc:
-        raise StageError(str(exc)) from None
 
 
 def model_card(ctx: Context, card: dict, labels: list[str], result: FitResult, device: Device,

@@ -7,14 +7,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipeline.engines import chunk_size_for
 from pipeline.io import read_records, write_json, write_records
-from pipeline.stages.base import Context, Outcome, StageError, entry, stage_main
-from pipeline.steps.augment import AugmenterUnavailable, check_available, generate_variants, redundancy
+from pipeline.model.models import feature_extractor
+from pipeline.seeding import derive_seed
+from pipeline.stages.base import Context, Outcome, entry, stage_main
+from pipeline.steps.augment import check_available, generate_variants, redundancy
 from pipeline.steps.card import make_card
-from pipeline.steps.embed import image_embeddings, text_embeddings
 from pipeline.steps.rebalance import CLEANING, Rebalanced, augment_counts, rebalance
 
 
@@ -32,10 +34,7 @@ def run(ctx: Context) -> Outcome:
         result = _augment_over(ctx, train, held_out)
     else:
         vectors = _embeddings(ctx, train) if params.strategy in CLEANING else None
-        try:
-            result = rebalance(train, params, ctx.params.seed, vectors)
-        except ValueError as exc:
-            raise StageError(str(exc)) from None
+        result = rebalance(train, params, ctx.params.seed, vectors)
         ctx.ledger.generate(result.copies["id"], result.copies["parent_id"], "oversampled")
     ctx.ledger.drop(result.dropped, result.reason)
     splits = {"train": result.train, **held_out}
@@ -56,10 +55,7 @@ def _augment_over(ctx: Context, train: pd.DataFrame, held_out: dict[str, pd.Data
     """New minority records as fresh augmented variants of originals (not exact copies)."""
     modality = ctx.dataset.modality
     params = ctx.params.augment.text if modality == "text" else ctx.params.augment.image
-    try:
-        check_available(modality, params)
-    except AugmenterUnavailable as exc:
-        raise StageError(str(exc)) from None
+    check_available(modality, params)
     counts = augment_counts(train, ctx.params.rebalance, ctx.params.seed)
     engine = ctx.params.engine
     variants = generate_variants(train, counts, modality, params, ctx.params.seed, workers=engine.workers,
@@ -71,12 +67,11 @@ def _augment_over(ctx: Context, train: pd.DataFrame, held_out: dict[str, pd.Data
     return Rebalanced(pd.concat([train, kept], ignore_index=True), kept)
 
 
-def _embeddings(ctx: Context, train):
-    """Embeddings of train records (in id order) from the offline model of the dataset's modality."""
-    threads = ctx.params.finetune.threads
-    if ctx.dataset.modality == "text":
-        return text_embeddings(train["text"].tolist(), threads=threads)
-    return image_embeddings(train["image"].tolist(), threads=threads)
+def _embeddings(ctx: Context, train: pd.DataFrame) -> np.ndarray:
+    """The frozen backbone's features of train records (in id order), as the features stage computes them."""
+    labels = sorted(set(train["label"]))
+    model = feature_extractor(ctx.params.finetune, ctx.dataset.modality, labels, seed=derive_seed(ctx.params.seed, "features", bits=32))
+    return model.features(train).numpy()
 
 
 def main(argv: list[str] | None = None) -> int:

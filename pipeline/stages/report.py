@@ -16,10 +16,11 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from pipeline.io import read_records
-from pipeline.stages.base import Context, Outcome, StageError, entry, stage_main
-from pipeline.steps.gates import evaluate_gates, violations
-from pipeline.steps.report import Example, ReportInputs, render
+from pipeline.errors import StageError
+from pipeline.io import read_records, write_bytes
+from pipeline.report.gates import evaluate_gates, violations
+from pipeline.report.page import Example, ReportInputs, render
+from pipeline.stages.base import Context, Outcome, entry, stage_main
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -40,8 +41,7 @@ def run(ctx: Context) -> Outcome:
         dataset=ctx.name, modality=ctx.dataset.modality, card=card, leakage=leakage, metrics=metrics, gates=gates,
         class_phases=_class_phases(metrics, card), **_examples(data, ctx.params.report.examples), **_preview(data),
     )
-    ctx.args.output.parent.mkdir(parents=True, exist_ok=True)
-    ctx.args.output.write_text(render(inputs), encoding="utf-8")
+    write_bytes(render(inputs).encode("utf-8"), ctx.args.output)
     failed = violations(gates)
     for gate in failed:
         log.warning("gate %s", gate.describe())

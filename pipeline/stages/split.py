@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.errors import StageError
 from pipeline.io import read_records, write_json, write_records
 from pipeline.seeding import derive_seed
-from pipeline.stages.base import Context, Outcome, StageError, entry, stage_main
+from pipeline.stages.base import Context, Outcome, entry, stage_main
 from pipeline.steps.leakage import certificate, cross_split_pairs, evaluation_side_ids, method_text
 from pipeline.steps.split import (
-    SPLITS, SplitError, iterative_group_split, source_split_plan, split_report, stratified_group_split,
+    SPLITS, iterative_group_split, source_split_plan, split_report, stratified_group_split,
 )
 
 
@@ -32,18 +33,15 @@ def run(ctx: Context) -> Outcome:
     params, seed = ctx.params.split, ctx.params.seed
     keep_source = ctx.dataset.source_split == "keep"
     separator = ctx.dataset.label_separator if ctx.dataset.multi_label else None
-    try:
-        if keep_source:
-            plan = source_split_plan(records, params, seed)
-        elif separator:
-            plan = iterative_group_split(records, params, seed, separator)
-        else:
-            plan = stratified_group_split(records, params, seed)
-    except SplitError as exc:
-        raise StageError(str(exc)) from None
+    if keep_source:
+        plan = source_split_plan(records, params, seed)
+    elif separator:
+        plan = iterative_group_split(records, params, seed, separator)
+    else:
+        plan = stratified_group_split(records, params, seed)
     report = split_report(records, plan.assignment, params, separator)
     if report["groups_on_two_sides"] and not keep_source:
-        raise StageError(f"{report['groups_on_two_sides']} groups ended up on two sides of the split")
+        raise RuntimeError(f"bug: {report['groups_on_two_sides']} groups ended up on two sides of the split")
     records, assignment, leaks = _certify(ctx, records, plan.assignment, keep_source)
     for split in SPLITS:
         write_records(records[assignment == split], ctx.args.output / f"{split}.parquet")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import io
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,11 +17,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from pipeline.errors import AugmenterUnavailable
 from pipeline.params import ImageAugmentParams, TextAugmenter, TextAugmentParams
 from pipeline.records import make_id, op_json, pixel_hash, text_hash
 from pipeline.seeding import derive_seed, seed_globals
-
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 
 @dataclass(slots=True)
@@ -76,10 +74,6 @@ def _text_augmenters(spec: str) -> list[Any]:
         module = nac if item["name"] in ("KeyboardAug", "OcrAug", "RandomCharAug") else naw
         built.append(getattr(module, item["name"])(**item["args"]))
     return built
-
-
-class AugmenterUnavailable(RuntimeError):
-    """An augmenter named in params cannot run on this machine (missing data), with what to install."""
 
 
 def check_augmenters(augmenters: Sequence[TextAugmenter]) -> None:

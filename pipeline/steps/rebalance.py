@@ -3,7 +3,7 @@
 Random samplers work on an index array, so they apply to any record: oversampled copies get new
 ids and name their root original as parent; undersampled records are dropped with a reason.
 Cleaning under-samplers (Tomek links, edited nearest neighbours) need distances between records:
-they run on embeddings from the offline pretrained models and drop the records they remove.
+they run on embeddings from the offline pretrained models (neighbours by cosine) and drop the records they remove.
 SMOTE interpolates new points between neighbours, which are not records: it applies to feature
 vectors, for heads trained on embeddings (finetune's linear probe), never to the dataset.
 """
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from pipeline.errors import RebalanceError
 from pipeline.params import RebalanceParams
 from pipeline.records import make_id, op_json
 from pipeline.seeding import derive_seed
@@ -117,11 +118,21 @@ def _clean(train: pd.DataFrame, params: RebalanceParams, embeddings: np.ndarray 
 
     if embeddings is None or len(embeddings) != len(train):
         raise ValueError(f"{params.strategy} needs one embedding per train record")
+    neighbours = 2 if params.strategy == "tomek_links" else params.n_neighbors + 1
+    if len(train) < neighbours:
+        raise RebalanceError(f"rebalance.strategy {params.strategy} needs at least {neighbours} train records "
+                             f"(each record and its nearest neighbours); train has {len(train)}")
     sampler = TomekLinks() if params.strategy == "tomek_links" else EditedNearestNeighbours(n_neighbors=params.n_neighbors)
-    sampler.fit_resample(embeddings, train["label"].to_numpy())
+    sampler.fit_resample(_unit_rows(embeddings), train["label"].to_numpy())
     kept = np.sort(np.asarray(sampler.sample_indices_))
     dropped = sorted(set(train["id"]) - set(train["id"].iloc[kept]))
     return Rebalanced(train.iloc[kept].reset_index(drop=True), train.iloc[0:0], dropped, reason=params.strategy)
+
+
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, so nearest neighbours are by cosine similarity, as the embeddings are meant."""
+    vectors = np.asarray(vectors, dtype=np.float64)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 def _copies(train: pd.DataFrame, picked: np.ndarray) -> pd.DataFrame:

@@ -7,22 +7,18 @@ lands every split within one record of its target per class.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from collections import Counter
+from dataclasses import dataclass, field
 
 import pandas as pd
 
+from pipeline.errors import SplitError
 from pipeline.params import SplitParams
 from pipeline.seeding import derive_seed
 
 SPLITS = ("train", "val", "test")
 SOURCE_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                   "dev": "val", "test": "test", "testing": "test"}
-
-
-class SplitError(ValueError):
-    """The split cannot be made as asked (a class too small, an unknown source split)."""
 
 
 @dataclass(slots=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,15 +27,14 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+import safetensors.torch
+from safetensors.torch import load_file
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from pipeline.params import ImageFinetuneParams, TextFinetuneParams
-from pipeline.steps.device import CPU, Device
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+from pipeline.io import json_bytes
+from pipeline.model.device import CPU, Device, choose_device, make_deterministic
+from pipeline.params import FinetuneParams, ImageFinetuneParams, TextFinetuneParams
 
 MODEL_FILE = "model.safetensors"
 CLASSIFIER_FILE = "classifier.json"
@@ -81,6 +80,14 @@ def classifier_for(params: TextFinetuneParams | ImageFinetuneParams, labels: lis
     weights = Path(params.weights) if params.weights else default_image_weights()
     return ImageClassifier.pretrained(weights, labels, arch=params.arch, image_size=image_size or params.image_size,
                                       frozen=frozen, dropout=params.dropout, random_init=random_init, device=device)
+
+
+def feature_extractor(params: FinetuneParams, modality: str, labels: list[str], *, seed: int) -> TextClassifier | ImageClassifier:
+    """The pretrained classifier whose `features` every stage uses: the cache of the features stage
+    (linear probes) and the distances of rebalance's cleaners. Seeded, deterministic kernels, the
+    pinned thread count and the configured device, so the same records give the same vectors."""
+    make_deterministic(seed, params.threads)
+    return classifier_for(getattr(params, modality), labels, device=choose_device(params.device))
 
 
 def load_classifier(folder: Path, device: Device = CPU) -> TextClassifier | ImageClassifier:
@@ -286,15 +293,15 @@ class TextClassifier:
     def probe(self) -> Probe:
         return Probe(self.net.head)
 
-    def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        _save_state(self.net, folder / MODEL_FILE)
-        self.net.encoder.config.save_pretrained(str(folder))
-        self.tokenizer.save_pretrained(str(folder))
-        _write_config(folder / CLASSIFIER_FILE, {
-            "kind": "text", "labels": self.labels, "max_length": self.max_length, "frozen": self.frozen,
-            "dropout": self.net.head[0].p,
-        })
+    def files(self) -> dict[str, bytes]:
+        """What `load` needs, by file name: weights, classifier config, encoder config and tokenizer."""
+        return {
+            **_tokenizer_files(self.tokenizer),
+            MODEL_FILE: _state_bytes(self.net),
+            "config.json": self.net.encoder.config.to_json_string().encode("utf-8"),
+            CLASSIFIER_FILE: json_bytes({"kind": "text", "labels": self.labels, "max_length": self.max_length,
+                                         "frozen": self.frozen, "dropout": self.net.head[0].p}),
+        }
 
     def example(self, frame: pd.DataFrame) -> tuple[torch.Tensor, ...]:
         """One padded batch of raw inputs for `net` (ONNX export and its check)."""
@@ -422,13 +429,14 @@ class ImageClassifier:
     def probe(self) -> Probe:
         return Probe(self._head())
 
-    def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        _save_state(self.net, folder / MODEL_FILE)
-        _write_config(folder / CLASSIFIER_FILE, {
-            "kind": "image", "arch": self.arch, "labels": self.labels, "image_size": self.image_size,
-            "frozen": self.frozen, "dropout": self.net._dropout.p,
-        })
+    def files(self) -> dict[str, bytes]:
+        """What `load` needs, by file name: weights and classifier config."""
+        return {
+            MODEL_FILE: _state_bytes(self.net),
+            CLASSIFIER_FILE: json_bytes({"kind": "image", "arch": self.arch, "labels": self.labels,
+                                         "image_size": self.image_size, "frozen": self.frozen,
+                                         "dropout": self.net._dropout.p}),
+        }
 
     def example(self, frame: pd.DataFrame) -> tuple[torch.Tensor, ...]:
         """One batch of raw inputs for `net` (ONNX export and its check)."""
@@ -454,10 +462,14 @@ def _decode(blob: bytes, size: int) -> np.ndarray:
         return np.asarray(rgb, dtype=np.uint8)
 
 
-def _save_state(module: nn.Module, path: Path) -> None:
+def _state_bytes(module: nn.Module) -> bytes:
+    """The module's weights as a safetensors file."""
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    save_file(state, path, metadata={"format": "pt"})
+    return safetensors.torch.save(state, metadata={"format": "pt"})
 
 
-def _write_config(path: Path, config: dict[str, Any]) -> None:
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+def _tokenizer_files(tokenizer: Any) -> dict[str, bytes]:
+    """The tokenizer's files as `save_pretrained` writes them (its only way out), by name."""
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer.save_pretrained(folder)
+        return {path.name: path.read_bytes() for path in sorted(Path(folder).iterdir()) if path.is_file()}

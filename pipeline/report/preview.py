@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pandas as pd
 from PIL import Image, ImageDraw
@@ -22,17 +21,14 @@ def pick_examples(originals: pd.DataFrame, variants: pd.DataFrame) -> list[tuple
     return examples
 
 
-def write_preview(originals: pd.DataFrame, variants: pd.DataFrame, folder: Path, *, modality: str) -> Path:
-    """Write `preview.png` (images) or `samples.md` (texts) into `folder`; return its path."""
-    folder.mkdir(parents=True, exist_ok=True)
+def preview_files(originals: pd.DataFrame, variants: pd.DataFrame, *, modality: str) -> dict[str, bytes]:
+    """The preview folder's one file: `preview.png` (images) or `samples.md` (texts), by name."""
     examples = pick_examples(originals, variants)
     if modality == "text":
-        path = folder / "samples.md"
-        path.write_text(_markdown(examples), encoding="utf-8")
-    else:
-        path = folder / "preview.png"
-        _grid(examples).save(path, format="PNG", compress_level=6)
-    return path
+        return {"samples.md": _markdown(examples).encode("utf-8")}
+    buffer = io.BytesIO()
+    _grid(examples).save(buffer, format="PNG", compress_level=6)
+    return {"preview.png": buffer.getvalue()}
 
 
 def _markdown(examples: list[tuple[str, pd.Series, pd.DataFrame]]) -> str:

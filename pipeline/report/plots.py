@@ -1,29 +1,34 @@
-"""Charts for the report, drawn with matplotlib and returned as PNG bytes (no timestamps inside)."""
+"""Charts for the report, drawn with matplotlib and returned as PNG bytes (no timestamps inside).
+
+Figures are made with `matplotlib.figure.Figure` directly, not pyplot, so no backend is chosen
+and no global figure state is kept: importing this module changes nothing.
+"""
 from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+from matplotlib.figure import Figure
 
 FLOW = ("in", "generated", "merged", "dropped", "out")
 COLOURS = {"in": "#4c72b0", "generated": "#55a868", "merged": "#dd8452", "dropped": "#c44e52", "out": "#8172b3"}
 
 
-def _png(figure: plt.Figure) -> bytes:
+def _axes(width: float, height: float):
+    figure = Figure(figsize=(width, height))
+    return figure, figure.subplots()
+
+
+def _png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.tight_layout()
     figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
-    plt.close(figure)
     return buffer.getvalue()
 
 
 def record_flow(stages: Sequence[str], counts: Mapping[str, Mapping[str, int]]) -> bytes:
     """Grouped bars per stage: records in, generated, merged, dropped and out."""
-    figure, axis = plt.subplots(figsize=(9, 3.6))
+    figure, axis = _axes(9, 3.6)
     width = 0.16
     for k, key in enumerate(FLOW):
         values = [counts[s].get(key, 0) for s in stages]
@@ -38,7 +43,7 @@ def record_flow(stages: Sequence[str], counts: Mapping[str, Mapping[str, int]]) 
 def class_distribution(phases: Mapping[str, Mapping[str, int]]) -> bytes:
     """Grouped bars: records per class at each phase (ingest, after dedup, per split, after rebalance)."""
     labels = sorted({label for counts in phases.values() for label in counts})
-    figure, axis = plt.subplots(figsize=(9, 3.6))
+    figure, axis = _axes(9, 3.6)
     width = 0.8 / max(1, len(phases))
     for k, (phase, counts) in enumerate(phases.items()):
         positions = [i + (k - (len(phases) - 1) / 2) * width for i in range(len(labels))]
@@ -53,7 +58,7 @@ def training_curves(history: Sequence[Mapping[str, float]]) -> bytes:
     """Per-epoch curves: every numeric series in the history except the epoch number."""
     series = sorted({k for row in history for k, v in row.items() if k not in ("epoch", "step") and isinstance(v, (int, float))})
     epochs = [row.get("epoch", i + 1) for i, row in enumerate(history)]
-    figure, axis = plt.subplots(figsize=(7, 3.4))
+    figure, axis = _axes(7, 3.4)
     for name in series:
         axis.plot(epochs, [row.get(name) for row in history], marker="o", label=name)
     axis.set_xlabel("epoch")
@@ -65,7 +70,7 @@ def training_curves(history: Sequence[Mapping[str, float]]) -> bytes:
 def confusion(matrix: Sequence[Sequence[int]], labels: Sequence[str]) -> bytes:
     """The confusion matrix (rows true, columns predicted) with counts written in the cells."""
     size = max(3.0, 0.7 * len(labels) + 1.5)
-    figure, axis = plt.subplots(figsize=(size, size))
+    figure, axis = _axes(size, size)
     axis.imshow(matrix, cmap="Blues")
     axis.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     axis.set_yticks(range(len(labels)), labels)

@@ -15,8 +15,8 @@ from typing import Any
 
 from PIL import Image
 
-from pipeline.steps import plots
-from pipeline.steps.gates import Gate
+from pipeline.report import plots
+from pipeline.report.gates import Gate
 
 STAGE_ORDER = ("clean", "normalise", "dedup", "split", "augment", "rebalance", "finetune", "evaluate")
 STYLE = """

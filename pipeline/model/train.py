@@ -5,7 +5,7 @@ on a pinned thread count, and batches come from a seeded generator. The loop kee
 the epoch with the best validation score and restores them at the end.
 
 A model handed to `fit` exposes its trainable part as layer groups, ordered from the input to the
-head (see `pipeline.steps.models`). The head gets the base learning rate and each group below it
+head (see `pipeline.model.models`). The head gets the base learning rate and each group below it
 `lr_decay` times the one above (discriminative learning rates); with gradual unfreezing only the
 top groups train at first and one more joins every `unfreeze_every` epochs.
 """
@@ -21,16 +21,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from pipeline.model.device import CPU, Device, make_deterministic  # noqa: F401 (re-exported)
+from pipeline.model.scores import macro_f1
 from pipeline.params import TrainingParams
-from pipeline.steps.device import CPU, Device, make_deterministic  # noqa: F401 (re-exported)
-from pipeline.steps.scores import macro_f1
 
 Schedule = Literal["constant", "linear", "cosine"]
 Monitor = Literal["macro_f1", "accuracy", "loss"]
 
 
 class Trainable(Protocol):
-    """What the loop needs from a classifier (both models in `pipeline.steps.models` have it)."""
+    """What the loop needs from a classifier (both models in `pipeline.model.models` have it)."""
 
     def groups(self) -> list[nn.Module]: ...
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...

@@ -1,0 +1,46 @@
+"""Errors meant for the user: each says what is wrong and where, and the user can act on it.
+
+`stage_main` (and the `pipeline` command) turn exactly these into one clear line and a non-zero
+exit. Anything else is a bug in this project or a library, and keeps its traceback.
+"""
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """The run cannot go on for a reason the user can fix; the message names the file, key or record."""
+
+    exit_code = 1
+
+
+class ParamsError(UserError):
+    """A params file that cannot be used: it names the file, the dotted key, what was expected and what was found."""
+
+    exit_code = 2
+
+
+class SourceError(UserError):
+    """A source that cannot be read at all (missing file, missing column)."""
+
+
+class StageError(UserError):
+    """A stage cannot go on with these inputs (too few classes, a missing output of an earlier stage)."""
+
+
+class SplitError(UserError):
+    """The split cannot be made as asked (a class too small, an unknown source split)."""
+
+
+class AugmenterUnavailable(UserError):
+    """An augmenter named in params cannot run on this machine (missing data), with what to install."""
+
+
+class RebalanceError(UserError):
+    """The train split cannot be resampled as asked (too few records for the neighbours a cleaner needs)."""
+
+
+class ExportError(UserError):
+    """The exported model does not reproduce the trained one (ONNX logits differ beyond the tolerance)."""
+
+
+class DiffError(UserError):
+    """A version cannot be read (unknown revision, data not in the DVC cache), with what to do."""
