@@ -161,8 +161,12 @@ class ImageQualityParams(Section):
 
     Measures other than size are taken on a copy whose shorter side is at most `working_side`,
     so thresholds do not depend on resolution. Defaults were measured on real photos
-    (hymenoptera): they flag 4 of 398 (two black-and-white photos, a rendered ant on white, a
-    not-found placeholder).
+    (hymenoptera): at working side 256 the photos among the 398 have sides >= 130 px, aspect
+    <= 3.42, grey std >= 17.3, entropy >= 4.2 bits, brightness 46.6 to 209.7, sharpness >= 76.4
+    (a Gaussian blur of sigma 2 at the working size brings every photo to 40.1 or below) and
+    chroma >= 3.4 for colour photos. The defaults flag 4 of 398: two black-and-white photos
+    (chroma 0.0 and 1.96), a rendered ant on white and a not-found placeholder (entropy < 2,
+    brightness > 239).
     """
 
     too_small: SizeCheck = SizeCheck()

@@ -9,14 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.steps.quality import (
-    Flag,
-    QualityThresholds,
-    check_images,
-    check_quality,
-    decode_rgb,
-    measure,
-)
+from pipeline.params import ImageQualityParams
+from pipeline.steps.quality import Flag, check_images, check_quality, decode_rgb, measure
 
 
 def sharp_colourful(seed: int = 0, size: int = 256) -> np.ndarray:
@@ -79,7 +73,7 @@ def test_a_thin_strip_is_too_small_and_extreme():
     strip = sharp_colourful()[:200, :10]
     flags = {f.name: f for f in check_quality(strip)}
     assert {"too_small", "extreme_aspect_ratio"} <= set(flags)
-    assert flags["too_small"] == Flag("too_small", 10, 32)
+    assert flags["too_small"] == Flag("too_small", 10, 16)  # the params' default minimum side
     assert flags["extreme_aspect_ratio"].value == 20.0
 
 
@@ -91,16 +85,19 @@ def test_bytes_pil_and_array_give_the_same_flags():
     assert check_images([png(pixels), sharp_colourful(2)]) == [expected, []]
 
 
-def test_thresholds_from_a_dict_and_none_turns_a_check_off():
+def test_thresholds_come_from_the_params_section_and_off_turns_a_check_off():
     grey = np.full((64, 64, 3), 128, np.uint8)
-    off = {"min_grey_std": None, "min_entropy": None, "min_sharpness": None, "min_chroma": None}
-    assert check_quality(grey, off) == []
-    assert check_quality(grey, QualityThresholds(min_grey_std=None, min_entropy=None, min_sharpness=None)) != []
+    off = {name: {"min": 0.0, "action": "off"} for name in ("near_constant", "low_information", "blurry", "grayscale")}
+    assert check_quality(grey, ImageQualityParams.model_validate(off)) == []
+    assert names(check_quality(grey, ImageQualityParams.model_validate({**off, "grayscale": {"min": 2.0}}))) == ["grayscale"]
+    assert names(check_quality(grey, ImageQualityParams(blurry={"min": 0.0}))) != []  # a threshold of 0 is not off
 
 
-def test_unknown_threshold_is_named():
-    with pytest.raises(ValueError, match="min_sharpnes"):
-        check_quality(sharp_colourful(), {"min_sharpnes": 5})
+def test_the_step_and_params_share_one_default():
+    """The defaults a user reads in params are the ones the checks apply (there is no second set)."""
+    strip = sharp_colourful()[:100, :17]  # 17 px wide: above the 16 px minimum, aspect 5.9 under the 6.0 maximum
+    assert "too_small" not in names(check_quality(strip)) and "extreme_aspect_ratio" not in names(check_quality(strip))
+    assert ImageQualityParams().too_small.min_width == 16 and ImageQualityParams().extreme_aspect_ratio.max == 6.0
 
 
 def test_flag_detail_reads_value_against_limit():

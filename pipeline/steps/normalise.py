@@ -17,10 +17,10 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from pipeline.params import ImageNormaliseParams, ImageQualityParams, TextNormaliseParams
+from pipeline.params import ImageNormaliseParams, TextNormaliseParams
 from pipeline.records import pixel_hash, text_hash
 from pipeline.steps.pixels import pillow_pixel_guard_off, resample
-from pipeline.steps.quality import Measures, QualityThresholds, failed_checks, measure_working_copy, working_copy
+from pipeline.steps.quality import judge, measure_working_copy, working_copy
 
 ORIENTATION = 0x0112  # the EXIF tag
 WHITESPACE = re.compile(r"\s+")
@@ -81,7 +81,7 @@ def normalise_image(data: bytes, params: ImageNormaliseParams) -> Normalised:
     except (OSError, SyntaxError, ValueError, EOFError) as exc:  # UnidentifiedImageError is an OSError
         return Normalised(reason="corrupt_image", detail=f"{type(exc).__name__}: {exc}"[:200])
     small = working_copy(pixels, params.quality.working_side)
-    reason, detail, flags = judge_quality(measure_working_copy(small, width=width, height=height), params.quality)
+    reason, detail, flags = judge(measure_working_copy(small, width=width, height=height), params.quality)
     if reason is not None:
         return Normalised(reason=reason, detail=detail)
     out = _resize(pixels, params)
@@ -114,30 +114,6 @@ def _decode(data: bytes, params: ImageNormaliseParams) -> tuple[int, int, np.nda
             image = ImageOps.exif_transpose(image)
         rgb = image if image.mode == "RGB" else _to_rgb(image, params.background)
         return width, height, np.asarray(rgb)
-
-
-def judge_quality(measures: Measures, params: ImageQualityParams) -> tuple[str | None, str | None, tuple[tuple[str, str], ...]]:
-    """(reason, detail, ()) for the first failed check whose action is drop; else (None, None, flags)."""
-    failed = failed_checks(measures, quality_thresholds(params))
-    drops = [f for f in failed if getattr(params, f.name).action == "drop"]
-    if drops:
-        return drops[0].name, drops[0].detail, ()
-    return None, None, tuple((f.name, f.detail) for f in failed)
-
-
-def quality_thresholds(params: ImageQualityParams) -> QualityThresholds:
-    """The quality module's thresholds, with the checks whose action is `off` disabled."""
-    def on(check: object, value: float) -> float | None:
-        return None if check.action == "off" else value
-
-    q = params
-    return QualityThresholds(
-        min_width=on(q.too_small, q.too_small.min_width), min_height=on(q.too_small, q.too_small.min_height),
-        max_aspect_ratio=on(q.extreme_aspect_ratio, q.extreme_aspect_ratio.max),
-        min_grey_std=on(q.near_constant, q.near_constant.min), min_entropy=on(q.low_information, q.low_information.min),
-        min_brightness=on(q.too_dark, q.too_dark.min), max_brightness=on(q.too_bright, q.too_bright.max),
-        min_sharpness=on(q.blurry, q.blurry.min), min_chroma=on(q.grayscale, q.grayscale.min), working_side=q.working_side,
-    )
 
 
 def _to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:

@@ -5,53 +5,22 @@ mean luminance, sharpness, colourfulness). Each check compares one of them with 
 and returns `None` or a `Flag` with the measured value. Everything except the size is measured
 on a working copy whose shorter side is at most `working_side` pixels (downscaled by
 `working_copy`, never upscaled), so the sharpness of a large photo does not depend on its resolution.
-The default thresholds are measured on the 398 hymenoptera photos (see `QualityThresholds`).
+Thresholds and actions come from the validated `normalise.image.quality` section (one definition,
+one set of defaults: `pipeline.params.ImageQualityParams`, measured on the 398 hymenoptera photos).
 """
 from __future__ import annotations
 
 import functools
 import io
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
+from pipeline.params import ImageQualityParams, MaxCheck, MinCheck
 from pipeline.steps.pixels import pillow_pixel_guard_off, shrink_to_side
-
-
-@dataclass(slots=True)
-class QualityThresholds:
-    """Limits for each check; `None` turns a check off (e.g. `min_chroma` in a grey corpus).
-
-    Defaults are set against the 398 hymenoptera files. Measured at working side 256, the photos
-    among them (all but the two non-photos named below) have sides >= 130 px, aspect <= 3.42, grey std
-    >= 17.3, entropy >= 4.2 bits, brightness 46.6 to 209.7, sharpness >= 76.4 (a Gaussian blur of
-    sigma 2 at the working size brings every photo to 40.1 or below), chroma >= 3.4 for colour
-    photos. They flag 4 files: two black-and-white photos (chroma 0.0 and 1.96), a white "image
-    not found" placeholder and a rendered ant on a white background (entropy < 2, brightness > 239).
-    """
-
-    min_width: int | None = 32
-    min_height: int | None = 32
-    max_aspect_ratio: float | None = 5.0
-    min_grey_std: float | None = 8.0  # near_constant: grey standard deviation, 0-255 scale
-    min_entropy: float | None = 3.0  # low_information: grey-level histogram entropy, bits (max 8)
-    min_brightness: float | None = 25.0  # too_dark: mean grey level
-    max_brightness: float | None = 230.0  # too_bright
-    min_sharpness: float | None = 45.0  # blurry: variance of the 3x3 Laplacian at the working size
-    min_chroma: float | None = 2.0  # grayscale: mean of max(R, G, B) - min(R, G, B) per pixel
-    working_side: int = 256
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, object]) -> QualityThresholds:
-        """Thresholds from a plain mapping; an unknown key is an error that names it."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"Unknown quality threshold(s) {unknown}; expected some of {sorted(known)}.")
-        return cls(**values)
 
 
 @dataclass(slots=True)
@@ -146,51 +115,54 @@ def mean_chroma(pixels: np.ndarray) -> float:
 
 # --- checks ---------------------------------------------------------------------------------
 
-Check = Callable[[Measures, QualityThresholds], Flag | None]
+Check = Callable[[Measures, ImageQualityParams], Flag | None]
 
 
-def too_small(m: Measures, t: QualityThresholds) -> Flag | None:
+def too_small(m: Measures, q: ImageQualityParams) -> Flag | None:
     """Width or height below its minimum (the value is the failing side)."""
-    if t.min_width is not None and m.width < t.min_width:
-        return Flag("too_small", float(m.width), float(t.min_width))
-    if t.min_height is not None and m.height < t.min_height:
-        return Flag("too_small", float(m.height), float(t.min_height))
+    check = q.too_small
+    if check.action == "off":
+        return None
+    if m.width < check.min_width:
+        return Flag("too_small", float(m.width), float(check.min_width))
+    if m.height < check.min_height:
+        return Flag("too_small", float(m.height), float(check.min_height))
     return None
 
 
-def extreme_aspect_ratio(m: Measures, t: QualityThresholds) -> Flag | None:
+def extreme_aspect_ratio(m: Measures, q: ImageQualityParams) -> Flag | None:
     """Longer side over shorter side above the maximum."""
-    return _above("extreme_aspect_ratio", m.aspect_ratio, t.max_aspect_ratio)
+    return _above("extreme_aspect_ratio", m.aspect_ratio, q.extreme_aspect_ratio)
 
 
-def near_constant(m: Measures, t: QualityThresholds) -> Flag | None:
+def near_constant(m: Measures, q: ImageQualityParams) -> Flag | None:
     """Grey levels barely vary: a flat or almost flat image."""
-    return _below("near_constant", m.grey_std, t.min_grey_std)
+    return _below("near_constant", m.grey_std, q.near_constant)
 
 
-def low_information(m: Measures, t: QualityThresholds) -> Flag | None:
+def low_information(m: Measures, q: ImageQualityParams) -> Flag | None:
     """Few distinct grey levels in use: flat, posterised or mostly one colour."""
-    return _below("low_information", m.entropy, t.min_entropy)
+    return _below("low_information", m.entropy, q.low_information)
 
 
-def too_dark(m: Measures, t: QualityThresholds) -> Flag | None:
+def too_dark(m: Measures, q: ImageQualityParams) -> Flag | None:
     """Mean luminance below the minimum."""
-    return _below("too_dark", m.brightness, t.min_brightness)
+    return _below("too_dark", m.brightness, q.too_dark)
 
 
-def too_bright(m: Measures, t: QualityThresholds) -> Flag | None:
+def too_bright(m: Measures, q: ImageQualityParams) -> Flag | None:
     """Mean luminance above the maximum."""
-    return _above("too_bright", m.brightness, t.max_brightness)
+    return _above("too_bright", m.brightness, q.too_bright)
 
 
-def blurry(m: Measures, t: QualityThresholds) -> Flag | None:
+def blurry(m: Measures, q: ImageQualityParams) -> Flag | None:
     """Little high-frequency energy at the working size."""
-    return _below("blurry", m.sharpness, t.min_sharpness)
+    return _below("blurry", m.sharpness, q.blurry)
 
 
-def grayscale(m: Measures, t: QualityThresholds) -> Flag | None:
+def grayscale(m: Measures, q: ImageQualityParams) -> Flag | None:
     """No colour: a grey picture, possibly stored as RGB, in a colour corpus."""
-    return _below("grayscale", m.chroma, t.min_chroma)
+    return _below("grayscale", m.chroma, q.grayscale)
 
 
 CHECKS: tuple[Check, ...] = (
@@ -198,38 +170,35 @@ CHECKS: tuple[Check, ...] = (
 )
 
 
-def check_quality(image: bytes | Image.Image | np.ndarray,
-                  thresholds: QualityThresholds | Mapping[str, object] | None = None) -> list[Flag]:
+def failed_checks(measures: Measures, params: ImageQualityParams) -> list[Flag]:
+    """The flag of every check (not turned off) the measures fail, in `CHECKS` order."""
+    return [flag for check in CHECKS if (flag := check(measures, params)) is not None]
+
+
+def judge(measures: Measures, params: ImageQualityParams) -> tuple[str | None, str | None, tuple[tuple[str, str], ...]]:
+    """(reason, detail, ()) for the first failed check whose action is drop; else (None, None, flags)."""
+    failed = failed_checks(measures, params)
+    drops = [f for f in failed if getattr(params, f.name).action == "drop"]
+    if drops:
+        return drops[0].name, drops[0].detail, ()
+    return None, None, tuple((f.name, f.detail) for f in failed)
+
+
+def check_quality(image: bytes | Image.Image | np.ndarray, params: ImageQualityParams | None = None) -> list[Flag]:
     """Every failed check of one image, in `CHECKS` order; an empty list means no objection."""
-    t = _thresholds(thresholds)
+    params = params or ImageQualityParams()
     pixels = image if isinstance(image, np.ndarray) else decode_rgb(image)
-    m = measure(pixels, working_side=t.working_side)
-    return failed_checks(m, t)
+    return failed_checks(measure(pixels, working_side=params.working_side), params)
 
 
-def failed_checks(measures: Measures, thresholds: QualityThresholds) -> list[Flag]:
-    """The flag of every check the measures fail, in `CHECKS` order."""
-    return [flag for check in CHECKS if (flag := check(measures, thresholds)) is not None]
-
-
-def check_images(images: Sequence[bytes | Image.Image | np.ndarray],
-                 thresholds: QualityThresholds | Mapping[str, object] | None = None) -> list[list[Flag]]:
+def check_images(images: Sequence[bytes | Image.Image | np.ndarray], params: ImageQualityParams | None = None) -> list[list[Flag]]:
     """`check_quality` over a chunk."""
-    t = _thresholds(thresholds)
-    return [check_quality(image, t) for image in images]
+    return [check_quality(image, params) for image in images]
 
 
-def _thresholds(thresholds: QualityThresholds | Mapping[str, object] | None) -> QualityThresholds:
-    if thresholds is None:
-        return QualityThresholds()
-    if isinstance(thresholds, QualityThresholds):
-        return thresholds
-    return QualityThresholds.from_dict(thresholds)
+def _below(name: str, value: float, check: MinCheck) -> Flag | None:
+    return Flag(name, value, check.min) if check.action != "off" and value < check.min else None
 
 
-def _below(name: str, value: float, limit: float | None) -> Flag | None:
-    return Flag(name, value, limit) if limit is not None and value < limit else None
-
-
-def _above(name: str, value: float, limit: float | None) -> Flag | None:
-    return Flag(name, value, limit) if limit is not None and value > limit else None
+def _above(name: str, value: float, check: MaxCheck) -> Flag | None:
+    return Flag(name, value, check.max) if check.action != "off" and value > check.max else None
