@@ -35,9 +35,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from measure import measured, timed  # noqa: E402
+from pipeline.params import TextNearParams  # noqa: E402
 from pipeline.seeding import rng  # noqa: E402
 from pipeline.steps.neardup import NearDupSettings, near_duplicates  # noqa: E402
-from measure import measured, timed  # noqa: E402
 
 LETTERS = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz", dtype="S1")
 
@@ -248,12 +249,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     texts = make_corpus(args.docs, args.seed)
-    settings = NearDupSettings(threshold=args.threshold, num_perm=args.num_perm, seed=args.seed)
+    near = TextNearParams(threshold=args.threshold, group_threshold=args.threshold, num_perm=args.num_perm)
+    settings = NearDupSettings.from_params(near, seed=args.seed)
     project = _phase(lambda: run_project(texts, settings))
     truth = true_pairs(texts, settings.k, args.threshold)
     report: dict[str, Any] = {
         "docs": args.docs, "threshold": args.threshold, "num_perm": args.num_perm,
-        "bands_rows": list(settings.banding()), "true_pairs": len(truth),
+        "bands_rows": [settings.bands, settings.rows], "true_pairs": len(truth),
         "project": _scored(project, truth, args.docs),
     }
     if not args.skip_datasketch:

@@ -80,8 +80,7 @@ def calibrate_pairs(project: Path, pairs: Path, target_precision: float) -> int:
     """Score the configured MinHash settings on labelled pairs, normalised as the pipeline would."""
     import pandas as pd
 
-    from pipeline.steps.dedup import text_settings
-    from pipeline.steps.neardup import calibrate
+    from pipeline.steps.neardup import NearDupSettings, calibrate
     from pipeline.steps.normalise import normalise_text
 
     params = load_params(project / "params.yaml")
@@ -97,7 +96,7 @@ def calibrate_pairs(project: Path, pairs: Path, target_precision: float) -> int:
     truth = frame["is_duplicate"].astype(str).str.strip().str.lower().isin(["1", "true", "yes", "y"])
     labelled = [(normalise_text(str(a), norm), normalise_text(str(b), norm), bool(t))
                 for a, b, t in zip(frame["text_a"], frame["text_b"], truth)]
-    print(json.dumps(calibrate(labelled, text_settings(params.dedup), target_precision=target_precision), indent=2))
+    print(json.dumps(calibrate(labelled, NearDupSettings.from_params(params.dedup.text), target_precision=target_precision), indent=2))
     return 0
 
 

@@ -1,15 +1,17 @@
 """Every record's fate in a stage, and the stage's balanced account of them.
 
-A stage tells its `Ledger` which records it dropped (with a reason), merged (into a survivor) or
-generated (from a parent). The ledger writes those rows as Parquet and computes the stage metrics,
-refusing to write an account where `in + generated != out + merged + dropped`.
+Steps hand their stage `Fates`: the ledger rows of the records that did not pass unchanged
+(dropped, with a reason; merged, into a survivor; generated, from a parent; flagged, kept with a
+remark). A stage hands them to its `Ledger` with `record`, the one way in. The ledger writes
+them as Parquet and computes the stage metrics, refusing an account where
+`in + generated != out + merged + dropped`.
 """
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 import pyarrow as pa
@@ -26,10 +28,78 @@ LEDGER_SCHEMA = pa.schema(
     ]
 )
 FATES = ("dropped", "merged", "generated", "flagged")
+COLUMNS = ["id", "fate", "reason", "into", "parent_id", "detail"]
 
 
 class UnbalancedError(RuntimeError):
     """A stage's counts do not add up: a record was lost or invented without a trace."""
+
+
+class Verdict(Protocol):
+    """What a per-record check returns: a drop reason (None keeps the record), a detail, and flags."""
+
+    reason: str | None
+    detail: str | None
+    flags: tuple[tuple[str, str], ...]
+
+
+@dataclass(slots=True, frozen=True)
+class Fates:
+    """Ledger rows (columns `COLUMNS`, one per record and reason) of records that did not pass unchanged."""
+
+    frame: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=COLUMNS, dtype=object))
+
+    @classmethod
+    def dropped(cls, ids: Iterable[str], reason: str | Iterable[str], details: Iterable[object] | None = None) -> Fates:
+        """`ids` removed; `reason` is one string or one per id."""
+        return cls._rows("dropped", ids, reason, details=details)
+
+    @classmethod
+    def merged(cls, ids: Iterable[str], into: Iterable[str], reason: str | Iterable[str],
+               details: Iterable[object] | None = None) -> Fates:
+        """`ids` merged into the survivors `into` (one per id); `reason` is one string or one per id."""
+        return cls._rows("merged", ids, reason, into=into, details=details)
+
+    @classmethod
+    def generated(cls, ids: Iterable[str], parents: Iterable[str], reason: str) -> Fates:
+        """`ids` made from `parents` (one per id)."""
+        return cls._rows("generated", ids, reason, parents=parents)
+
+    @classmethod
+    def flagged(cls, ids: Iterable[str], reason: str | Iterable[str], details: Iterable[object] | None = None) -> Fates:
+        """`ids` kept with a remark (they still count as out)."""
+        return cls._rows("flagged", ids, reason, details=details)
+
+    @classmethod
+    def from_verdicts(cls, ids: Sequence[str], verdicts: Sequence[Verdict], where: Sequence[str]) -> Fates:
+        """Per-record verdicts: a drop for each reason (detail `where: detail`), a flag for each kept record's flags."""
+        drops = [(i, v.reason, f"{w}: {v.detail}" if v.detail else w) for i, v, w in zip(ids, verdicts, where, strict=True)
+                 if v.reason is not None]
+        flags = [(i, name, detail) for i, v in zip(ids, verdicts, strict=True) if v.reason is None for name, detail in v.flags]
+        return cls.dropped(*_columns(drops, 3)) + cls.flagged(*_columns(flags, 3))
+
+    @classmethod
+    def _rows(cls, fate: str, ids: Iterable[str], reason: str | Iterable[str], *, into: Iterable[str] | None = None,
+              parents: Iterable[str] | None = None, details: Iterable[object] | None = None) -> Fates:
+        ids = list(ids)
+        columns = {
+            "id": ids, "fate": [fate] * len(ids),
+            "reason": [reason] * len(ids) if isinstance(reason, str) else _one_per_id(reason, ids, "reason"),
+            "into": _one_per_id(into, ids, "into"), "parent_id": _one_per_id(parents, ids, "parents"),
+            "detail": [_text_or_none(d) for d in _one_per_id(details, ids, "details")],
+        }
+        return cls(pd.DataFrame(columns, columns=COLUMNS, dtype=object))
+
+    def __add__(self, other: Fates) -> Fates:
+        parts = [f for f in (self.frame, other.frame) if len(f)]
+        return Fates(pd.concat(parts, ignore_index=True)) if len(parts) > 1 else Fates(parts[0] if parts else self.frame)
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def of(self, fate: str) -> pd.DataFrame:
+        """The rows of one fate."""
+        return self.frame[self.frame["fate"] == fate]
 
 
 @dataclass(slots=True)
@@ -37,49 +107,26 @@ class Ledger:
     """Fates of the records that did not pass a stage unchanged."""
 
     stage: str
-    rows: list[tuple[str, str, str, str | None, str | None, str | None]] = field(default_factory=list)
+    parts: list[pd.DataFrame] = field(default_factory=list)
 
-    def drop(self, ids: Iterable[str], reason: str | Iterable[str], details: Iterable[str | None] | None = None) -> None:
-        """Record `ids` as dropped; `reason` is one string or one per id."""
-        ids = list(ids)
-        reasons = [reason] * len(ids) if isinstance(reason, str) else list(reason)
-        details = [None] * len(ids) if details is None else [_text_or_none(d) for d in details]
-        self.rows.extend((self.stage, i, "dropped", r, None, None, d) for i, r, d in zip(ids, reasons, details, strict=True))
+    def record(self, *fates: Fates) -> None:
+        """Add what steps (or the stage) decided."""
+        self.parts.extend(f.frame for f in fates if len(f))
 
-    def merge(self, ids: Iterable[str], into: Iterable[str], reason: str, details: Iterable[str | None] | None = None) -> None:
-        """Record `ids` as merged into the survivors `into` (one per id), with optional details."""
-        ids, into = list(ids), list(into)
-        details = [None] * len(ids) if details is None else [_text_or_none(d) for d in details]
-        self.rows.extend((self.stage, i, "merged", reason, s, None, d) for i, s, d in zip(ids, into, details, strict=True))
-
-    def generate(self, ids: Iterable[str], parents: Iterable[str], reason: str) -> None:
-        """Record `ids` as new records made from `parents` (one per id)."""
-        self.rows.extend((self.stage, i, "generated", reason, None, p, None) for i, p in zip(ids, parents, strict=True))
-
-    def flag(self, ids: Iterable[str], reason: str, details: Iterable[str | None] | None = None) -> None:
-        """Record `ids` as kept but flagged (they still count as `out`)."""
-        ids = list(ids)
-        details = [None] * len(ids) if details is None else [_text_or_none(d) for d in details]
-        self.rows.extend((self.stage, i, "flagged", reason, None, None, d) for i, d in zip(ids, details, strict=True))
-
-    def flag_each(self, ids: Iterable[str], flags: Iterable[Iterable[tuple[str, str]]]) -> None:
-        """Record each kept id with its own (flag, detail) pairs, grouped by flag name."""
-        by_name: dict[str, list[tuple[str, str]]] = {}
-        for record_id, pairs in zip(ids, flags, strict=True):
-            for name, detail in pairs:
-                by_name.setdefault(name, []).append((record_id, detail))
-        for name, rows in sorted(by_name.items()):
-            self.flag([r[0] for r in rows], name, [r[1] for r in rows])
+    def rows(self) -> pd.DataFrame:
+        """Every recorded row, in the order recorded."""
+        return pd.concat(self.parts, ignore_index=True) if self.parts else Fates().frame
 
     def count(self, fate: str) -> Counter[str]:
         """Records per reason for one fate."""
-        return Counter(row[3] for row in self.rows if row[2] == fate)
+        rows = self.rows()
+        return Counter(rows.loc[rows["fate"] == fate, "reason"].tolist())
 
     def table(self) -> pa.Table:
         """The ledger rows, sorted by fate, reason and id so the bytes are reproducible."""
-        rows = sorted(self.rows, key=lambda r: (r[2], r[3], r[1]))
-        columns = list(zip(*rows)) if rows else [[] for _ in LEDGER_SCHEMA]
-        return pa.Table.from_arrays([pa.array(c, type=f.type) for c, f in zip(columns, LEDGER_SCHEMA)], schema=LEDGER_SCHEMA)
+        rows = self.rows().sort_values(["fate", "reason", "id"], kind="stable")
+        columns = {"stage": [self.stage] * len(rows), **{c: rows[c].tolist() for c in COLUMNS}}
+        return pa.Table.from_pydict(columns, schema=LEDGER_SCHEMA)
 
     def account(self, *, n_in: int, n_out: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Stage metrics with `in`, `out`, `generated`, `merged`, `dropped`; raises if they do not balance."""
@@ -95,6 +142,19 @@ class Ledger:
         if flagged:
             metrics["flagged"] = flagged
         return {**metrics, **(extra or {})}
+
+
+def _one_per_id(values: Iterable[object] | None, ids: list[str], name: str) -> list[object]:
+    if values is None:
+        return [None] * len(ids)
+    values = list(values)
+    if len(values) != len(ids):
+        raise ValueError(f"{len(values)} {name} for {len(ids)} ids: give one per id")
+    return values
+
+
+def _columns(rows: list[tuple], width: int) -> list[list]:
+    return [list(column) for column in zip(*rows)] if rows else [[] for _ in range(width)]
 
 
 def _text_or_none(value: object) -> str | None:

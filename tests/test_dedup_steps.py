@@ -6,14 +6,25 @@ import pandas as pd
 import pytest
 
 from conftest import text_records
+from pipeline.ledger import Fates
 from pipeline.params import DedupParams
 from pipeline.steps.dedup import exact_duplicates
 
 
+def merges(result) -> list[tuple]:
+    """(id, survivor, reason, detail) of each merged record."""
+    rows = result.fates.of("merged")
+    return list(zip(rows["id"], rows["into"], rows["reason"], rows["detail"]))
+
+
+def ids_of(result, fate: str) -> list[str]:
+    return result.fates.of(fate)["id"].tolist()
+
+
 def _accounted(records, result) -> None:
     """Every input record is kept, merged or dropped, exactly once."""
-    kept, merged, dropped = set(result.kept["id"]), {m[0] for m in result.merged}, set(result.dropped)
-    assert len(result.kept) + len(result.merged) + len(result.dropped) == len(records)
+    kept, merged, dropped = set(result.kept["id"]), {m[0] for m in merges(result)}, set(ids_of(result, "dropped"))
+    assert len(result.kept) + len(merges(result)) + len(ids_of(result, "dropped")) == len(records)
     assert kept | merged | dropped == set(records["id"])
     assert not (kept & merged) and not (kept & dropped) and not (merged & dropped)
 
@@ -29,7 +40,7 @@ def test_exact_duplicates_merge_into_smallest_id_under_first_id():
     dup_ids = _ids_by_text(records)["same text"]
     assert result.clusters == 1 and result.conflicts == 0
     assert set(result.kept["id"]) == {min(dup_ids), *_ids_by_text(records)["other"]}
-    assert result.merged == [(max(dup_ids), min(dup_ids), "exact_duplicate", None)]
+    assert merges(result) == [(max(dup_ids), min(dup_ids), "exact_duplicate", None)]
     _accounted(records, result)
 
 
@@ -40,7 +51,7 @@ def test_longest_policy_keeps_the_longest_content():
     result = exact_duplicates(records, DedupParams(survivor="longest"))
     longest = records.loc[records["text"] == "x longer", "id"].item()
     assert list(result.kept["id"]) == [longest]
-    assert {m[1] for m in result.merged} == {longest}
+    assert {m[1] for m in merges(result)} == {longest}
     _accounted(records, result)
 
 
@@ -60,9 +71,9 @@ def test_chain_of_many_duplicates_merges_into_one_survivor():
     survivor = min(records.loc[records["text"] == "dup", "id"])
     assert result.clusters == 1
     assert sorted(result.kept["id"]) == sorted([survivor, records.loc[5, "id"]])
-    assert len(result.merged) == 4
-    assert {m[1] for m in result.merged} == {survivor}
-    assert all(m[2] == "exact_duplicate" for m in result.merged)
+    assert len(merges(result)) == 4
+    assert {m[1] for m in merges(result)} == {survivor}
+    assert all(m[2] == "exact_duplicate" for m in merges(result))
     _accounted(records, result)
 
 
@@ -76,9 +87,9 @@ def test_majority_conflict_keeps_majority_label_and_merges_minority():
     assert result.clusters == 1 and result.conflicts == 1
     kept_survivor = result.kept[result.kept["id"] == survivor]
     assert list(kept_survivor["label"]) == ["a"]
-    assert (minority, survivor, "label_conflict_minority", None) in result.merged
-    assert sum(m[2] == "exact_duplicate" for m in result.merged) == 2
-    assert result.dropped == [] and result.flagged == []
+    assert (minority, survivor, "label_conflict_minority", None) in merges(result)
+    assert sum(m[2] == "exact_duplicate" for m in merges(result)) == 2
+    assert ids_of(result, "dropped") == [] and ids_of(result, "flagged") == []
     _accounted(records, result)
 
 
@@ -87,7 +98,7 @@ def test_drop_conflict_drops_whole_cluster():
     records = text_records([("a", "t"), ("b", "t"), ("a", "t"), ("a", "ok"), ("a", "ok")])
     result = exact_duplicates(records, DedupParams(conflicts="drop"))
     cluster = set(records.loc[records["text"] == "t", "id"])
-    assert set(result.dropped) == cluster
+    assert set(ids_of(result, "dropped")) == cluster
     assert not cluster & set(result.kept["id"])
     assert result.clusters == 2 and result.conflicts == 1
     assert list(result.kept["text"]) == ["ok"]
@@ -99,10 +110,10 @@ def test_keep_conflict_keeps_one_flagged_survivor_per_label():
     records = text_records([("a", "t"), ("b", "t"), ("a", "t"), ("b", "t"), ("c", "t")])
     result = exact_duplicates(records, DedupParams(conflicts="keep"))
     assert sorted(result.kept["label"]) == ["a", "b", "c"]
-    assert sorted(result.flagged) == sorted(result.kept["id"])
+    assert sorted(ids_of(result, "flagged")) == sorted(result.kept["id"])
     for label in ("a", "b"):
         ids = sorted(records.loc[records["label"] == label, "id"])
-        assert (ids[1], ids[0], "exact_duplicate", None) in result.merged
+        assert (ids[1], ids[0], "exact_duplicate", None) in merges(result)
     assert result.conflicts == 1 and result.clusters == 1
     _accounted(records, result)
 
@@ -134,7 +145,7 @@ def test_many_clusters_resolve_by_policy(survivor, conflicts):
     labels_per_text = records.groupby("text")["label"].nunique()
     assert result.clusters == int((records["text"].value_counts() > 1).sum())
     assert result.conflicts == int((labels_per_text > 1).sum())
-    for record_id, into, reason, _ in result.merged:
+    for record_id, into, reason, _ in merges(result):
         assert into in kept and by_id.at[into, "text"] == by_id.at[record_id, "text"]
         if reason == "exact_duplicate":
             same = records[(records["text"] == by_id.at[into, "text"]) & (records["label"] == by_id.at[into, "label"])]
@@ -146,9 +157,9 @@ def test_many_clusters_resolve_by_policy(survivor, conflicts):
             assert reason == "label_conflict_minority" and conflicts == "majority"
     conflicted = set(labels_per_text[labels_per_text > 1].index)
     if conflicts == "drop":
-        assert set(result.dropped) == set(records.loc[records["text"].isin(conflicted), "id"])
+        assert set(ids_of(result, "dropped")) == set(records.loc[records["text"].isin(conflicted), "id"])
     if conflicts == "keep":
-        assert set(result.flagged) == {i for i in kept if by_id.at[i, "text"] in conflicted}
+        assert set(ids_of(result, "flagged")) == {i for i in kept if by_id.at[i, "text"] in conflicted}
         kept_labels = result.kept.groupby("text")["label"].apply(lambda labels: sorted(labels))
         assert kept_labels.to_dict() == records.groupby("text")["label"].apply(lambda labels: sorted(set(labels))).to_dict()
     if conflicts == "majority":
@@ -160,7 +171,7 @@ def test_no_duplicates_keeps_everything():
     records = text_records([("a", "one"), ("b", "two"), ("a", "three")])
     result = exact_duplicates(records, DedupParams())
     assert sorted(result.kept["id"]) == sorted(records["id"])
-    assert result.merged == [] and result.dropped == [] and result.clusters == 0
+    assert merges(result) == [] and ids_of(result, "dropped") == [] and result.clusters == 0
 
 
 # --- near duplicates and groups -------------------------------------------------------------
@@ -174,7 +185,7 @@ def test_near_duplicate_texts_merge_with_their_similarity_in_the_detail():
     records = text_records([("a", BASE), ("a", BASE + " yesterday"), ("a", "please refund the double charge on my card")])
     result = near_duplicates(records, "text", DedupParams())
     assert len(result.kept) == 2 and result.clusters == 1
-    (merged_id, survivor, reason, detail), = result.merged
+    (merged_id, survivor, reason, detail), = merges(result)
     assert reason == "near_duplicate" and survivor == min(records["id"][:2])
     assert detail.startswith("jaccard 0.") and detail.endswith(survivor)
 
@@ -225,16 +236,18 @@ def test_near_duplicate_images_merge_and_different_ones_stay():
         "source": "mem", "group_id": [make_id("img", i) for i in range(3)],
     }))
     result = near_duplicates(records, "image", DedupParams())
-    assert len(result.kept) == 2 and result.merged[0][2] == "near_duplicate" and result.merged[0][3].startswith("hamming ")
+    assert len(result.kept) == 2 and merges(result)[0][2] == "near_duplicate" and merges(result)[0][3].startswith("hamming ")
 
 
 def test_exact_merges_follow_their_survivor_into_a_near_duplicate():
     """An exact copy of X, where X later merges into its near duplicate Y, names Y (via X) in the ledger."""
     from pipeline.steps.dedup import follow_merges
 
-    exact = [("x2", "x", "exact_duplicate", None), ("z2", "z", "exact_duplicate", None)]
-    near = [("x", "y", "near_duplicate", "jaccard 0.910 with y")]
-    assert follow_merges(exact, near) == [
-        ("x2", "y", "exact_duplicate", "via x"),
-        ("z2", "z", "exact_duplicate", None),
+    exact = Fates.merged(["x2", "z2"], ["x", "z"], "exact_duplicate") + Fates.dropped(["q"], "label_conflict")
+    near = Fates.merged(["x"], ["y"], "near_duplicate", ["jaccard 0.910 with y"])
+    followed = follow_merges(exact, near).frame
+    assert list(zip(followed["id"], followed["fate"], followed["into"], followed["detail"])) == [
+        ("x2", "merged", "y", "via x"),
+        ("z2", "merged", "z", None),
+        ("q", "dropped", None, None),
     ]

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
 from datasketch import MinHashLSH
 
+from pipeline.params import TextNearParams
 from pipeline.steps.neardup import (
+    LSH_WEIGHTS,
     NearDupSettings,
     calibrate,
     cluster_labels,
@@ -19,6 +20,11 @@ from pipeline.steps.neardup import (
     shingle_hashes,
     shingle_sets,
 )
+
+def settings(*, seed: int = 0, screen: float | None = 4.0, chunk_size: int = 20_000, **near) -> NearDupSettings:
+    """The merge pass for a `dedup.text` section made of `near` (validated as params are)."""
+    return NearDupSettings.from_params(TextNearParams(**near), seed=seed, screen=screen, chunk_size=chunk_size)
+
 
 WORDS = [f"{a}{b}{c}" for a in "bcdfgklmnprstvz" for b in "aeiou" for c in "lmnrst"]  # 450 words
 
@@ -53,7 +59,7 @@ def corpus() -> tuple[list[str], set[tuple[int, int]]]:
 
 def test_planted_near_duplicates_are_found_and_distinct_texts_are_not(corpus):
     texts, planted = corpus
-    result = near_duplicates(texts, NearDupSettings(threshold=0.7))
+    result = near_duplicates(texts, settings(threshold=0.7))
     assert {tuple(p) for p in result.pairs.tolist()} == planted
     assert result.clusters() == [[i, 40 + i] for i in range(10)]
     assert (result.jaccard >= 0.7).all()
@@ -75,7 +81,7 @@ def test_chains_cluster_transitively():
     threshold = 0.75
     assert char_jaccard(a, b) >= threshold and char_jaccard(b, c) >= threshold > char_jaccard(a, c)
     texts = [c, sentence(gen), a, b]
-    result = near_duplicates(texts, NearDupSettings(threshold=threshold, bands=32, rows=4))
+    result = near_duplicates(texts, settings(threshold=threshold, bands=32, rows=4))
     assert [2, 0] not in result.pairs.tolist() and [0, 2] not in result.pairs.tolist()
     assert result.clusters() == [[0, 2, 3]]
     assert result.labels.tolist() == [0, 1, 0, 0]
@@ -113,10 +119,10 @@ def test_signatures_do_not_depend_on_batch_or_order(corpus):
 
 def test_results_do_not_depend_on_chunk_size_or_order(corpus):
     texts, _ = corpus
-    base = near_duplicates(texts, NearDupSettings(threshold=0.7))
-    small = near_duplicates(texts, NearDupSettings(threshold=0.7, chunk_size=3))
+    base = near_duplicates(texts, settings(threshold=0.7))
+    small = near_duplicates(texts, settings(threshold=0.7, chunk_size=3))
     order = np.random.default_rng(1).permutation(len(texts))
-    shuffled = near_duplicates([texts[i] for i in order], NearDupSettings(threshold=0.7))
+    shuffled = near_duplicates([texts[i] for i in order], settings(threshold=0.7))
     assert np.array_equal(base.pairs, small.pairs) and np.array_equal(base.jaccard, small.jaccard)
     relabelled = {tuple(sorted(p)) for p in order[shuffled.pairs].tolist()}
     assert relabelled == {tuple(p) for p in base.pairs.tolist()}
@@ -136,7 +142,8 @@ def test_threshold_banding_matches_datasketch(threshold, num_perm):
 
 
 def test_default_banding_favours_recall_because_candidates_are_verified():
-    bands, rows = NearDupSettings(threshold=0.8).banding()
+    chosen = settings(threshold=0.8)
+    bands, rows = chosen.bands, chosen.rows
     assert bands * rows <= 128
     assert (bands, rows) == (14, 9)  # datasketch picks (9, 13) with equal weights
     assert 1 - (1 - 0.8**rows) ** bands > 0.85  # collision probability at the threshold
@@ -144,21 +151,30 @@ def test_default_banding_favours_recall_because_candidates_are_verified():
 
 def test_explicit_bands_and_rows_are_respected(corpus):
     texts, _ = corpus
-    result = near_duplicates(texts, NearDupSettings(threshold=0.7, bands=4, rows=8))
+    result = near_duplicates(texts, settings(threshold=0.7, bands=4, rows=8))
     assert (result.bands, result.rows) == (4, 8)
-    with pytest.raises(ValueError, match="'bands' parameter of NearDupSettings must be"):
-        NearDupSettings(bands=20, rows=8)
-    with pytest.raises(ValueError, match="'bands'"):
-        NearDupSettings(bands=4)
-    with pytest.raises(ValueError, match="'threshold' parameter of NearDupSettings must be a float in"):
-        NearDupSettings(threshold=1.5)
+    with pytest.raises(ValueError, match=r"bands x rows \(20 x 8\) exceeds num_perm 128"):
+        TextNearParams(bands=20, rows=8)
+    with pytest.raises(ValueError, match="give both bands and rows"):
+        TextNearParams(bands=4)
+    with pytest.raises(ValueError, match="less than or equal to 1"):
+        TextNearParams(threshold=1.5)
+
+
+def test_the_group_and_certificate_passes_choose_their_own_banding():
+    near = TextNearParams(threshold=0.8, bands=4, rows=8, verify="estimate")
+    merge, group = NearDupSettings.from_params(near), NearDupSettings.from_params(near, loose=True)
+    certify = NearDupSettings.from_params(near, certify=True, seed=7)
+    assert (merge.bands, merge.rows, merge.verify) == (4, 8, "estimate")
+    assert (group.threshold, (group.bands, group.rows)) == (0.5, optimal_bands(0.5, 128, weights=LSH_WEIGHTS))
+    assert ((certify.bands, certify.rows), certify.verify, certify.seed) == ((14, 9), "exact", 7)
 
 
 @pytest.mark.parametrize("verify", ["exact", "estimate"])
 def test_verification_removes_false_candidates(corpus, verify):
     texts, planted = corpus
     texts = texts + [texts[i].upper() for i in range(20, 25)]  # 50..54: same after case folding
-    loose = NearDupSettings(threshold=0.9, bands=64, rows=2, verify=verify, screen=None)  # many weak candidates
+    loose = settings(threshold=0.9, bands=64, rows=2, verify=verify, screen=None)  # many weak candidates
     result = near_duplicates(texts, loose)
     assert result.candidates > len(planted) + 5
     assert result.pairs.tolist() == [[i, 30 + i] for i in range(20, 25)]
@@ -167,20 +183,18 @@ def test_verification_removes_false_candidates(corpus, verify):
 
 def test_sketch_screen_drops_chance_candidates_but_no_duplicate(corpus):
     texts, planted = corpus
-    weak = NearDupSettings(threshold=0.7, bands=64, rows=2, screen=None)  # every shared band of 2 values collides
+    weak = settings(threshold=0.7, bands=64, rows=2, screen=None)  # every shared band of 2 values collides
     unscreened = near_duplicates(texts, weak)
-    screened = near_duplicates(texts, replace(weak, screen=4.0))
+    screened = near_duplicates(texts, settings(threshold=0.7, bands=64, rows=2, screen=4.0))
     assert screened.candidates < unscreened.candidates / 2
     assert screened.pairs.tolist() == unscreened.pairs.tolist()
     assert np.array_equal(screened.labels, unscreened.labels)
     assert {tuple(p) for p in screened.pairs.tolist()} >= planted
-    with pytest.raises(ValueError, match="'screen' parameter of NearDupSettings must be a float >= 0 or None"):
-        NearDupSettings(screen=-1)
 
 
 def test_word_shingles_case_fold_and_whitespace():
     texts = ["Alpha  beta gamma delta epsilon", "alpha beta\tGAMMA delta epsilon", "zeta eta theta iota kappa"]
-    result = near_duplicates(texts, NearDupSettings(shingle="word", threshold=0.9))
+    result = near_duplicates(texts, settings(shingle="word", threshold=0.9))
     assert result.pairs.tolist() == [[0, 1]] and result.jaccard.tolist() == [1.0]
     assert shingle_hashes(texts, shingle="word").sizes().tolist() == [3, 3, 3]
 
@@ -199,7 +213,7 @@ def test_empty_and_tiny_inputs():
     tiny = near_duplicates(["", "ab", "AB", "", "abc"])  # shorter than k: one shingle of the whole text
     assert tiny.clusters() == [[0, 3], [1, 2]]
     assert shingle_hashes(["", "ab", "abcdefg"]).sizes().tolist() == [1, 1, 3]
-    assert near_duplicates(["", " "], NearDupSettings(shingle="word")).clusters() == [[0, 1]]
+    assert near_duplicates(["", " "], settings(shingle="word")).clusters() == [[0, 1]]
 
 
 def test_calibrate_reports_precision_recall_and_a_suggestion(corpus):
@@ -209,7 +223,7 @@ def test_calibrate_reports_precision_recall_and_a_suggestion(corpus):
     labelled += [(texts[i], texts[i + 1], False) for i in range(20, 30)]
     labelled += [(texts[i], replace_word(replace_word(texts[i], 2), 8), False) for i in range(30, 35)]
     labelled += [(sentence(gen), sentence(gen), False) for _ in range(5)]
-    report = calibrate(labelled, NearDupSettings(threshold=0.7), target_precision=0.95)
+    report = calibrate(labelled, settings(threshold=0.7), target_precision=0.95)
     json.dumps(report)  # plain JSON
     assert report["pairs"] == 30 and report["duplicates"] == 10
     configured = report["configured"]

@@ -14,7 +14,7 @@ from pipeline.engines import chunk_size_for
 from pipeline.io import read_records, write_folder, write_records
 from pipeline.report.preview import preview_files
 from pipeline.stages.base import Context, Outcome, entry, stage_main
-from pipeline.steps.augment import check_available, generate_variants, redundancy, variant_counts
+from pipeline.steps.augment import check_available, generate_variants, keep_new, variant_counts
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,9 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(ctx: Context) -> Outcome:
     train = read_records(ctx.args.input / "train.parquet")
     held_out = pd.concat([read_records(ctx.args.input / f"{s}.parquet", columns=["content_hash"]) for s in ("val", "test")])
-    variants = _variants(ctx, train)
-    ctx.ledger.generate(variants["id"], variants["parent_id"], "augmented")
-    keep = _drop_redundant(ctx, variants, train, held_out)
+    keep, fates = keep_new(_variants(ctx, train), train, set(held_out["content_hash"]), reason="augmented")
+    ctx.ledger.record(fates)
     out = pd.concat([train, keep], ignore_index=True)
     write_records(out, ctx.args.output)
     write_folder(preview_files(train, keep, modality=ctx.dataset.modality), ctx.args.preview)
@@ -43,14 +42,6 @@ def _variants(ctx: Context, train: pd.DataFrame) -> pd.DataFrame:
     engine = ctx.params.engine
     return generate_variants(train, variant_counts(train, params, ctx.params.seed), ctx.dataset.modality, params,
                              ctx.params.seed, workers=engine.workers, chunk_size=chunk_size_for(ctx.dataset.modality, engine.chunk_size))
-
-
-def _drop_redundant(ctx: Context, variants: pd.DataFrame, train: pd.DataFrame, held_out: pd.DataFrame) -> pd.DataFrame:
-    """Variants equal to their parent, to any existing record, or to an earlier variant are dropped."""
-    reason = redundancy(variants, train, set(held_out["content_hash"]))
-    dropped = reason.notna()
-    ctx.ledger.drop(variants.loc[dropped, "id"], reason[dropped])
-    return variants.loc[~dropped]
 
 
 def main(argv: list[str] | None = None) -> int:

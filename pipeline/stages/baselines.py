@@ -19,6 +19,7 @@ import pyarrow as pa
 import torch
 
 from pipeline.io import read_features, read_records, write_table
+from pipeline.ledger import Fates
 from pipeline.model import baselines
 from pipeline.model.device import choose_device, make_deterministic
 from pipeline.model.models import classifier_for
@@ -38,7 +39,7 @@ def run(ctx: Context) -> Outcome:
     train, val, test = (read_records(ctx.args.data / f"{s}.parquet") for s in ("train", "val", "test"))
     labels = sorted(set(train["label"]))
     known = {"train": train, "val": val[val["label"].isin(labels)], "test": test[test["label"].isin(labels)]}
-    ctx.ledger.drop(test.loc[~test["label"].isin(labels), "id"], "label_not_in_train")
+    ctx.ledger.record(Fates.dropped(test.loc[~test["label"].isin(labels), "id"], "label_not_in_train"))
     y = {name: np.array([labels.index(l) for l in f["label"]], dtype=np.int64) for name, f in known.items()}
     scores, seconds = {}, {}
     for name, make in _enabled(ctx).items():

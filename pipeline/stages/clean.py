@@ -14,6 +14,7 @@ import pandas as pd
 
 from pipeline.engines import map_chunks
 from pipeline.io import write_records
+from pipeline.ledger import Fates
 from pipeline.records import conform, source_location
 from pipeline.sources import read_source
 from pipeline.stages.base import Context, Outcome, entry, stage_main
@@ -31,12 +32,9 @@ def run(ctx: Context) -> Outcome:
     raw = _drop(ctx, raw, raw["reject"].notna(), raw["reject"], raw["detail"])
     raw = _labels(ctx, raw)
     verdicts = _content_verdicts(ctx, raw)
-    reasons = pd.Series([v.reason for v in verdicts], index=raw.index)
-    details = source_location(raw) + ": " + pd.Series([v.detail or "" for v in verdicts], index=raw.index)
-    kept_verdicts = [v for v in verdicts if v.reason is None]
-    raw = _drop(ctx, raw, reasons.notna(), reasons, details.str.removesuffix(": "))
-    ctx.ledger.flag_each(raw["id"], [v.flags for v in kept_verdicts])
-    records = _records(raw, kept_verdicts, ctx.dataset.modality)
+    ctx.ledger.record(Fates.from_verdicts(raw["id"].tolist(), verdicts, source_location(raw).tolist()))
+    kept = [v.reason is None for v in verdicts]
+    records = _records(raw.loc[kept], [v for v, k in zip(verdicts, kept) if k], ctx.dataset.modality)
     write_records(records, ctx.args.output)
     extra = {
         "labels": records["label"].value_counts().sort_index().to_dict(),
@@ -48,7 +46,7 @@ def run(ctx: Context) -> Outcome:
 
 def _drop(ctx: Context, frame: pd.DataFrame, mask: pd.Series, reasons: pd.Series, details: pd.Series) -> pd.DataFrame:
     """Ledger the rows under `mask` as dropped and return the rest."""
-    ctx.ledger.drop(frame.loc[mask, "id"], reasons[mask], details[mask])
+    ctx.ledger.record(Fates.dropped(frame.loc[mask, "id"], reasons[mask], details[mask]))
     return frame.loc[~mask]
 
 

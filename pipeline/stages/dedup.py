@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pipeline.io import read_records, write_records
 from pipeline.stages.base import Context, Outcome, entry, stage_main
-from pipeline.steps.dedup import DedupResult, exact_duplicates, follow_merges, group_ids, near_duplicates
+from pipeline.steps.dedup import exact_duplicates, follow_merges, group_ids, near_duplicates
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,12 +26,10 @@ def run(ctx: Context) -> Outcome:
     kept = exact.kept
     near = near_duplicates(kept, modality, params) if params.near and len(kept) > 1 else None
     if near is not None:
-        exact.merged = follow_merges(exact.merged, near.merged)
-        _ledger(ctx, exact)
-        _ledger(ctx, near)
+        ctx.ledger.record(follow_merges(exact.fates, near.fates), near.fates)
         kept = near.kept
     else:
-        _ledger(ctx, exact)
+        ctx.ledger.record(exact.fates)
     kept = kept.assign(group_id=group_ids(kept, modality, params)) if len(kept) > 1 else kept
     write_records(kept, ctx.args.output)
     groups = kept["group_id"].value_counts()
@@ -45,14 +43,6 @@ def run(ctx: Context) -> Outcome:
         "labels": kept["label"].value_counts().sort_index().to_dict(),
     }
     return Outcome(len(records), len(kept), extra)
-
-
-def _ledger(ctx: Context, result: DedupResult) -> None:
-    for reason in sorted({m[2] for m in result.merged}):
-        rows = [m for m in result.merged if m[2] == reason]
-        ctx.ledger.merge([m[0] for m in rows], [m[1] for m in rows], reason, [m[3] for m in rows])
-    ctx.ledger.drop(result.dropped, "label_conflict")
-    ctx.ledger.flag(result.flagged, "label_conflict")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import StageError
 from pipeline.io import read_records, write_json, write_table
+from pipeline.ledger import Fates
 from pipeline.model.device import choose_device, make_deterministic
 from pipeline.model.models import load_classifier
 from pipeline.model.scores import (classification_scores, compare_with_baselines, macro_f1_difference_interval,
@@ -46,7 +47,7 @@ def run(ctx: Context) -> Outcome:
     labels, bins = model.labels, ctx.params.evaluate.calibration_bins
     test = read_records(ctx.args.data / "test.parquet")
     known = test[test["label"].isin(labels)]
-    ctx.ledger.drop(test.loc[~test["label"].isin(labels), "id"], "label_not_in_model")
+    ctx.ledger.record(Fates.dropped(test.loc[~test["label"].isin(labels), "id"], "label_not_in_model"))
     logits = predict_logits(model, model.inputs(known), ctx.params.evaluate.batch_size, device)
     probs = softmax(logits) if len(known) else np.zeros((0, len(labels)))
     y_true = np.array([labels.index(l) for l in known["label"]], dtype=np.int64)

@@ -22,6 +22,7 @@ import torch
 
 from pipeline.errors import StageError
 from pipeline.io import json_bytes, read_features, read_records, write_folder
+from pipeline.ledger import Fates
 from pipeline.model.device import Device, choose_device, make_deterministic
 from pipeline.model.models import classifier_for
 from pipeline.model.onnx_export import FILE as ONNX_FILE
@@ -52,7 +53,7 @@ def run(ctx: Context) -> Outcome:
     train, val = (read_records(ctx.args.data / f"{s}.parquet") for s in ("train", "val"))
     labels = sorted(set(train["label"]))
     known_val = val[val["label"].isin(labels)]
-    ctx.ledger.drop(val.loc[~val["label"].isin(labels), "id"], "label_not_in_train")
+    ctx.ledger.record(Fates.dropped(val.loc[~val["label"].isin(labels), "id"], "label_not_in_train"))
     model = classifier_for(section, labels, device=device)
     trainer, data = _training_data(ctx, model, section, {"train": train, "val": known_val}, labels)
     with _live(ctx.args.live) as on_epoch:

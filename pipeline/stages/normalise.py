@@ -8,10 +8,9 @@ import argparse
 import functools
 from pathlib import Path
 
-import pandas as pd
-
 from pipeline.engines import chunk_size_for, map_chunks
 from pipeline.io import read_records, write_records
+from pipeline.ledger import Fates
 from pipeline.records import source_location
 from pipeline.stages.base import Context, Outcome, entry, stage_main
 from pipeline.steps.normalise import normalise_images, normalise_texts
@@ -33,13 +32,8 @@ def run(ctx: Context) -> Outcome:
     results = map_chunks(fn, items, workers=engine.workers, chunk_size=chunk_size, desc="normalise")
     for column in [*columns, "content_hash"]:
         records[column] = [getattr(r, column) for r in results]
-    failed = pd.Series([r.reason is not None for r in results], index=records.index)
-    dropped = [r for r in results if r.reason is not None]
-    where = source_location(records.loc[failed])
-    ctx.ledger.drop(records.loc[failed, "id"], [r.reason for r in dropped],
-                    [f"{w}: {r.detail}" if r.detail else w for w, r in zip(where, dropped, strict=True)])
-    kept = records.loc[~failed]
-    ctx.ledger.flag_each(kept["id"], [r.flags for r in results if r.reason is None])
+    ctx.ledger.record(Fates.from_verdicts(records["id"].tolist(), results, source_location(records).tolist()))
+    kept = records.loc[[r.reason is None for r in results]]
     write_records(kept, ctx.args.output)
     return Outcome(len(records), len(kept))
 

@@ -15,7 +15,7 @@ from pipeline.io import read_records, write_json, write_records
 from pipeline.model.models import feature_extractor
 from pipeline.seeding import derive_seed
 from pipeline.stages.base import Context, Outcome, entry, stage_main
-from pipeline.steps.augment import check_available, generate_variants, redundancy
+from pipeline.steps.augment import check_available, generate_variants, keep_new
 from pipeline.steps.card import make_card
 from pipeline.steps.rebalance import CLEANING, Rebalanced, augment_counts, rebalance
 
@@ -35,8 +35,7 @@ def run(ctx: Context) -> Outcome:
     else:
         vectors = _embeddings(ctx, train) if params.strategy in CLEANING else None
         result = rebalance(train, params, ctx.params.seed, vectors)
-        ctx.ledger.generate(result.copies["id"], result.copies["parent_id"], "oversampled")
-    ctx.ledger.drop(result.dropped, result.reason)
+    ctx.ledger.record(result.fates)
     splits = {"train": result.train, **held_out}
     for name, frame in splits.items():
         write_records(frame, ctx.args.output / f"{name}.parquet")
@@ -60,11 +59,9 @@ def _augment_over(ctx: Context, train: pd.DataFrame, held_out: dict[str, pd.Data
     engine = ctx.params.engine
     variants = generate_variants(train, counts, modality, params, ctx.params.seed, workers=engine.workers,
                                  chunk_size=chunk_size_for(ctx.dataset.modality, engine.chunk_size), namespace="rebalance")
-    ctx.ledger.generate(variants["id"], variants["parent_id"], "augmented_oversample")
-    reasons = redundancy(variants, train, {h for frame in held_out.values() for h in frame["content_hash"]})
-    kept = variants[reasons.isna()]
-    ctx.ledger.drop(variants.loc[reasons.notna(), "id"], reasons[reasons.notna()])
-    return Rebalanced(pd.concat([train, kept], ignore_index=True), kept)
+    held_out_hashes = {h for frame in held_out.values() for h in frame["content_hash"]}
+    kept, fates = keep_new(variants, train, held_out_hashes, reason="augmented_oversample")
+    return Rebalanced(pd.concat([train, kept], ignore_index=True), kept, fates)
 
 
 def _embeddings(ctx: Context, train: pd.DataFrame) -> np.ndarray:

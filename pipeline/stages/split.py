@@ -13,6 +13,7 @@ import pandas as pd
 
 from pipeline.errors import StageError
 from pipeline.io import read_records, write_json, write_records
+from pipeline.ledger import Fates
 from pipeline.seeding import derive_seed
 from pipeline.stages.base import Context, Outcome, entry, stage_main
 from pipeline.steps.leakage import certificate, cross_split_pairs, evaluation_side_ids, method_text
@@ -58,7 +59,7 @@ def _certify(ctx: Context, records: pd.DataFrame, assignment: pd.Series, keep_so
     if keep_source and leaks and ctx.params.split.source_leakage == "drop":
         leaking = evaluation_side_ids(leaks)
         mask = records["id"].isin(leaking)
-        ctx.ledger.drop(records.loc[mask, "id"], "duplicate_across_source_split")
+        ctx.ledger.record(Fates.dropped(records.loc[mask, "id"], "duplicate_across_source_split"))
         records, assignment = records[~mask], assignment[~mask]
         leaks = cross_split_pairs(records, assignment, modality, dedup, seed)
     checked = {s: int((assignment == s).sum()) for s in SPLITS}

@@ -18,6 +18,7 @@ import pandas as pd
 from PIL import Image
 
 from pipeline.errors import AugmenterUnavailable
+from pipeline.ledger import Fates
 from pipeline.params import ImageAugmentParams, TextAugmenter, TextAugmentParams
 from pipeline.records import make_id, op_json, pixel_hash, text_hash
 from pipeline.seeding import derive_seed, seed_globals
@@ -233,6 +234,15 @@ def generate_variants(train: pd.DataFrame, counts: pd.Series, modality: str, par
     })
     parents = train.set_index("id").loc[generated["parent_id"], PARENT_COLUMNS]
     return pd.concat([generated, parents.reset_index(drop=True)], axis=1)
+
+
+def keep_new(variants: pd.DataFrame, train: pd.DataFrame, held_out_hashes: set[str], *, reason: str) -> tuple[pd.DataFrame, Fates]:
+    """The variants that add something, and the fates of all of them: each generated from its parent
+    (for `reason`), then the redundant ones dropped with why (see `redundancy`)."""
+    why = redundancy(variants, train, held_out_hashes)
+    dropped = why.notna()
+    fates = Fates.generated(variants["id"], variants["parent_id"], reason) + Fates.dropped(variants.loc[dropped, "id"], why[dropped])
+    return variants.loc[~dropped], fates
 
 
 def redundancy(variants: pd.DataFrame, train: pd.DataFrame, held_out_hashes: set[str]) -> pd.Series:

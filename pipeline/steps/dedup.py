@@ -11,27 +11,19 @@ keeps similar records that both survive on one side.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from pipeline.ledger import Fates
 from pipeline.params import DedupParams
-
-if TYPE_CHECKING:
-    from pipeline.steps.neardup import NearDupSettings
-
-Merge = tuple[str, str, str, str | None]  # (id, survivor, reason, detail)
-
 
 @dataclass(slots=True)
 class DedupResult:
-    """Survivors plus the fate of every other record."""
+    """Survivors plus the fate of every other record: merged (into its survivor), dropped or flagged."""
 
     kept: pd.DataFrame
-    merged: list[Merge] = field(default_factory=list)
-    dropped: list[str] = field(default_factory=list)
-    flagged: list[str] = field(default_factory=list)
+    fates: Fates = field(default_factory=Fates)
     clusters: int = 0
     conflicts: int = 0
 
@@ -67,21 +59,10 @@ def similar_records(records: pd.DataFrame, modality: str, params: DedupParams, *
     return _similar_images(records, params, loose)
 
 
-def text_settings(params: DedupParams, *, loose: bool = False, seed: int = 0) -> NearDupSettings:
-    """The near-duplicate engine's settings for dedup's merge threshold (or the looser group one)."""
-    from pipeline.steps.neardup import NearDupSettings
-
-    near = params.text
-    return NearDupSettings(
-        threshold=near.group_threshold if loose else near.threshold, num_perm=near.num_perm, shingle=near.shingle,
-        size=near.size, bands=None if loose else near.bands, rows=None if loose else near.rows, verify=near.verify, seed=seed,
-    )
-
-
 def _similar_texts(records: pd.DataFrame, params: DedupParams, loose: bool) -> Similar:
-    from pipeline.steps.neardup import near_duplicates
+    from pipeline.steps.neardup import NearDupSettings, near_duplicates
 
-    result = near_duplicates(records["text"].tolist(), text_settings(params, loose=loose))
+    result = near_duplicates(records["text"].tolist(), NearDupSettings.from_params(params.text, loose=loose))
     return Similar(result.labels, _closest(result.pairs, [f"jaccard {j:.3f}" for j in result.jaccard], result.jaccard))
 
 
@@ -128,30 +109,30 @@ def resolve_clusters(
     members = _members(records, labels, shared, params.survivor)
     survivor = members.groupby("part", sort=False)["id"].transform("first").to_numpy()
     conflict = members.groupby("cluster", sort=False)["part"].transform("nunique").to_numpy() > 1
-    result = DedupResult(kept=records.iloc[0:0], clusters=int(members["cluster"].nunique()),
-                         conflicts=int(members.loc[conflict, "cluster"].nunique()))
     ids = members["id"].to_numpy()
     is_survivor = ids == survivor
-    if params.conflicts == "drop":
-        result.dropped = ids[conflict].tolist()
-        alive = is_survivor & ~conflict
-        merged = ~is_survivor & ~conflict
-    elif params.conflicts == "keep":
-        result.flagged = ids[is_survivor & conflict].tolist()
-        alive, merged = is_survivor, ~is_survivor
-    else:
+    others = Fates()
+    if params.conflicts == "majority":
         majority = _majority_survivor(members, survivor, conflict)
         minority = conflict & (survivor != majority)
-        result.merged = [(i, s, "label_conflict_minority", None) for i, s in zip(ids[minority], majority[minority])]
+        into = np.where(minority, majority, survivor)
+        reasons = np.where(minority, "label_conflict_minority", reason)
         alive = is_survivor & ~minority
-        merged = ~is_survivor & ~minority
-    result.merged = [(i, s, reason, None) for i, s in zip(ids[merged], survivor[merged])] + result.merged
+    else:
+        into, reasons = survivor, np.full(len(ids), reason, dtype=object)
+        if params.conflicts == "drop":
+            alive, others = is_survivor & ~conflict, Fates.dropped(ids[conflict], "label_conflict")
+        else:
+            alive, others = is_survivor, Fates.flagged(ids[is_survivor & conflict], "label_conflict")
+    moved = ~alive & ~conflict if params.conflicts == "drop" else ~alive
+    details = _details(ids[moved], records["id"].tolist(), closest) if closest else None
     keep = ~shared
     keep[np.flatnonzero(shared)[members["row"].to_numpy()[alive]]] = True
-    result.kept = records[keep].sort_values("id", kind="stable")
-    if closest:
-        result.merged = _with_details(result.merged, records["id"].tolist(), closest)
-    return result
+    return DedupResult(
+        kept=records[keep].sort_values("id", kind="stable"),
+        fates=Fates.merged(ids[moved], into[moved], reasons[moved], details) + others,
+        clusters=int(members["cluster"].nunique()), conflicts=int(members.loc[conflict, "cluster"].nunique()),
+    )
 
 
 def _members(records: pd.DataFrame, labels: np.ndarray, shared: np.ndarray, policy: str) -> pd.DataFrame:
@@ -179,29 +160,30 @@ def _majority_survivor(members: pd.DataFrame, survivor: np.ndarray, conflict: np
     return np.array([by_cluster.get(c, s) for c, s in zip(members["cluster"].tolist(), survivor.tolist())], dtype=object)
 
 
-def _with_details(merges: list[Merge], ids: list[str], closest: dict[int, tuple[int, str]]) -> list[Merge]:
-    """Merges whose detail names the closest partner and the similarity, e.g. 'jaccard 0.912 with 3fa1...'."""
+def _details(merged_ids: np.ndarray, ids: list[str], closest: dict[int, tuple[int, str]]) -> list[str | None]:
+    """Per merged record, its closest partner and the similarity, e.g. 'jaccard 0.912 with 3fa1...'."""
     position = {record_id: i for i, record_id in enumerate(ids)}
     out = []
-    for record_id, survivor, reason, _ in merges:
+    for record_id in merged_ids.tolist():
         partner, text = closest.get(position[record_id], (None, None))
-        out.append((record_id, survivor, reason, None if partner is None else f"{text} with {ids[partner]}"))
+        out.append(None if partner is None else f"{text} with {ids[partner]}")
     return out
 
 
-def follow_merges(earlier: list[Merge], later: list[Merge]) -> list[Merge]:
+def follow_merges(earlier: Fates, later: Fates) -> Fates:
     """Earlier merges re-pointed at the final survivor when a later pass merged their survivor too.
 
     An exact duplicate merged into X, where X then merges into its near duplicate Y, names Y (via X).
     """
-    onward = {record_id: survivor for record_id, survivor, _, _ in later}
-    out = []
-    for record_id, survivor, reason, detail in earlier:
-        final = onward.get(survivor, survivor)
-        if final != survivor:
-            detail = "; ".join(filter(None, [detail, f"via {survivor}"]))
-        out.append((record_id, final, reason, detail))
-    return out
+    frame = earlier.frame.copy()
+    onward = later.of("merged").set_index("id")["into"]
+    is_merge = frame["fate"] == "merged"
+    final = frame["into"].map(onward).where(is_merge)
+    moved = final.notna()
+    via = "via " + frame.loc[moved, "into"]
+    frame.loc[moved, "detail"] = [f"{d}; {v}" if isinstance(d, str) and d else v for d, v in zip(frame.loc[moved, "detail"], via)]
+    frame.loc[moved, "into"] = final[moved]
+    return Fates(frame)
 
 
 # --- entry points ---------------------------------------------------------------------------

@@ -6,7 +6,7 @@ seed, so an LSH miss in dedup is not repeated here; perceptual hashes are search
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import pandas as pd
 
@@ -49,11 +49,10 @@ def _near_pairs(records: pd.DataFrame, modality: str, params: DedupParams, seed:
     if len(records) < 2:
         return []
     if modality == "text":
-        from pipeline.steps.dedup import text_settings
-        from pipeline.steps.neardup import near_duplicates
+        from pipeline.steps.neardup import NearDupSettings, near_duplicates
 
-        settings = text_settings(params, seed=seed)
-        result = near_duplicates(records["text"].tolist(), replace(settings, verify="exact", bands=None, rows=None))
+        settings = NearDupSettings.from_params(params.text, seed=seed, certify=True)
+        result = near_duplicates(records["text"].tolist(), settings)
         return [(int(i), int(j), f"jaccard {s:.3f}") for (i, j), s in zip(result.pairs.tolist(), result.jaccard.tolist())]
     from pipeline.steps.imagehash import hash_images, near_pairs
 

@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from pipeline.params import TextNearParams
 from pipeline.seeding import rng
 
 log = logging.getLogger(__name__)
@@ -43,80 +44,51 @@ _BASE = np.uint32(0x01000193)  # odd polynomial base (the FNV prime)
 _BLOCK = 8_192  # shingles per MinHash block: 128 x 8k uint32 values stay in cache
 
 
+LSH_WEIGHTS = (0.1, 0.9)  # (false positive, false negative) weights of the banding choice: verification follows, so favour recall
+
+
 @dataclass(slots=True, frozen=True)
 class NearDupSettings:
-    """How near duplicates are found; validated on construction.
+    """One pass of the search, resolved from the validated `dedup.text` section by `from_params`.
+
+    The section is the one definition of what a user may set (and where it is checked); this adds
+    what a pass needs beyond it and fixes the banding.
 
     Attributes:
         threshold: Jaccard similarity at or above which two texts are near duplicates.
         num_perm: MinHash permutations per signature.
-        shingle: "char" k-grams or "word" k-grams of the case-folded text.
-        size: k; None means 5 for characters and 3 for words.
-        bands, rows: explicit LSH banding (both or neither, bands * rows <= num_perm); None means
-            the banding that minimises the weighted false positive and false negative areas.
-        weights: (false positive, false negative) weights for that choice. Candidates are
-            verified afterwards, so the default favours recall.
+        shingle: "char" k-grams or "word" k-grams of the case-folded text; k: their length.
+        bands, rows: the LSH banding in use.
         verify: "exact" Jaccard of the shingle sets, or the "estimate" from the signatures.
-        seed: the project seed; permutations come from `rng(seed, "minhash")`.
-        chunk_size: documents shingled and hashed at a time (memory, not results).
+        seed: permutations come from `rng(seed, "minhash")`.
         screen: how many standard deviations of the MinHash estimate below the threshold a
             candidate's sketch estimate may fall and still be verified (4: a pair at the
             threshold is lost about 3 times in 100,000); None verifies every candidate.
+        chunk_size: documents shingled and hashed at a time (memory, not results).
     """
 
-    threshold: float = 0.8
-    num_perm: int = 128
-    shingle: ShingleKind = "char"
-    size: int | None = None
-    bands: int | None = None
-    rows: int | None = None
-    weights: tuple[float, float] = (0.1, 0.9)
+    threshold: float
+    num_perm: int
+    shingle: ShingleKind
+    k: int
+    bands: int
+    rows: int
     verify: VerifyKind = "exact"
     seed: int = 0
-    chunk_size: int = 20_000
     screen: float | None = 4.0
+    chunk_size: int = 20_000
 
-    def __post_init__(self) -> None:
-        _check(_is_real(self.threshold) and 0.0 < self.threshold <= 1.0, "threshold", "a float in (0, 1]",
-               self.threshold)
-        _check(_is_int(self.num_perm) and self.num_perm >= 1, "num_perm", "an int >= 1", self.num_perm)
-        _check(self.shingle in DEFAULT_SIZE, "shingle", "'char' or 'word'", self.shingle)
-        _check(self.size is None or (_is_int(self.size) and self.size >= 1), "size", "an int >= 1 or None", self.size)
-        _check(self.verify in ("exact", "estimate"), "verify", "'exact' or 'estimate'", self.verify)
-        _check(_is_int(self.chunk_size) and self.chunk_size >= 1, "chunk_size", "an int >= 1", self.chunk_size)
-        _check(self.screen is None or (_is_real(self.screen) and self.screen >= 0), "screen", "a float >= 0 or None",
-               self.screen)
-        _check(len(self.weights) == 2 and min(self.weights) >= 0 and sum(self.weights) > 0,
-               "weights", "two non-negative floats, not both 0", self.weights)
-        explicit = (self.bands, self.rows)
-        _check(explicit == (None, None) or (all(_is_int(v) and v >= 1 for v in explicit)
-                                            and self.bands * self.rows <= self.num_perm),
-               "bands", f"None with rows None, or ints >= 1 with bands * rows <= num_perm ({self.num_perm})",
-               explicit)
-
-    @property
-    def k(self) -> int:
-        """The shingle size in use."""
-        return self.size or DEFAULT_SIZE[self.shingle]
-
-    def banding(self) -> tuple[int, int]:
-        """(bands, rows): the explicit ones, or the optimum for the threshold."""
-        if self.bands is not None and self.rows is not None:
-            return self.bands, self.rows
-        return optimal_bands(self.threshold, self.num_perm, weights=self.weights)
-
-
-def _check(ok: bool, name: str, what: str, got: object) -> None:
-    if not ok:
-        raise ValueError(f"The '{name}' parameter of NearDupSettings must be {what}. Got {got!r} instead.")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    @classmethod
+    def from_params(cls, near: TextNearParams, *, seed: int = 0, loose: bool = False, certify: bool = False,
+                    screen: float | None = 4.0, chunk_size: int = 20_000) -> NearDupSettings:
+        """The pass at the merge threshold; `loose`: at the group threshold; `certify`: the leakage
+        certificate's (exact verification). Both of those choose their own banding."""
+        threshold = near.group_threshold if loose else near.threshold
+        explicit = near.bands is not None and not (loose or certify)
+        bands, rows = (near.bands, near.rows) if explicit else optimal_bands(threshold, near.num_perm, weights=LSH_WEIGHTS)
+        return cls(threshold=threshold, num_perm=near.num_perm, shingle=near.shingle, k=near.size or DEFAULT_SIZE[near.shingle],
+                   bands=bands, rows=rows, verify="exact" if certify else near.verify, seed=seed, screen=screen,
+                   chunk_size=chunk_size)
 
 
 @dataclass(slots=True)
@@ -455,9 +427,9 @@ def near_duplicates(texts: Sequence[str], settings: NearDupSettings | None = Non
     Returns:
         Cluster labels per text, the verified pairs with their Jaccard, and the banding used.
     """
-    settings = settings or NearDupSettings()
+    settings = settings or NearDupSettings.from_params(TextNearParams())
     texts = list(texts)
-    bands, rows = settings.banding()
+    bands, rows = settings.bands, settings.rows
     keys, sketch = _all_band_keys(texts, settings, bands, rows)
     keep = None if settings.screen is None else _screen(sketch, bands * rows, settings.threshold, settings.screen)
     candidates = candidate_pairs(keys, keep)
@@ -551,7 +523,7 @@ def calibrate(labelled: Iterable[tuple[str, str, bool]], settings: NearDupSettin
         A JSON-serialisable dict: the settings, pair counts, the configured banding's scores
         and the suggested banding's.
     """
-    settings = settings or NearDupSettings()
+    settings = settings or NearDupSettings.from_params(TextNearParams())
     items = list(labelled)
     if not items:
         raise ValueError("calibrate needs at least one labelled pair (text_a, text_b, is_duplicate).")
@@ -563,7 +535,7 @@ def calibrate(labelled: Iterable[tuple[str, str, bool]], settings: NearDupSettin
     equal = signatures[pairs[:, 0]] == signatures[pairs[:, 1]]
     verified = _similarity(texts, pairs, settings) >= settings.threshold
     scores = _banding_scores(equal, verified, truth)
-    bands, rows = settings.banding()
+    bands, rows = settings.bands, settings.rows
     return {
         "threshold": settings.threshold, "num_perm": settings.num_perm, "shingle": settings.shingle,
         "size": settings.k, "verify": settings.verify, "target_precision": target_precision,

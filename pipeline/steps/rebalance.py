@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import RebalanceError
+from pipeline.ledger import Fates
 from pipeline.params import RebalanceParams
 from pipeline.records import make_id, op_json
 from pipeline.seeding import derive_seed
@@ -26,12 +27,17 @@ CLEANING = ("tomek_links", "edited_nearest_neighbours")
 
 @dataclass(slots=True)
 class Rebalanced:
-    """Train after resampling, the copies it gained and the ids it lost (with the reason)."""
+    """Train after resampling, the records it gained, and the fates: each gained record generated
+    from its parent, each lost one dropped with the reason."""
 
     train: pd.DataFrame
     copies: pd.DataFrame
-    dropped: list[str] = field(default_factory=list)
-    reason: str = "undersampled"
+    fates: Fates = field(default_factory=Fates)
+
+    @property
+    def dropped(self) -> list[str]:
+        """Ids of the records resampling removed."""
+        return self.fates.of("dropped")["id"].tolist()
 
 
 def class_targets(counts: Counter[str], params: RebalanceParams) -> dict[str, int]:
@@ -73,7 +79,8 @@ def rebalance(train: pd.DataFrame, params: RebalanceParams, seed: int, embedding
     over = {c: max(under[c], targets[c]) for c in counts}
     picked = _over(train["label"].to_numpy(), over, seed) if over != under else np.zeros(0, dtype=int)
     copies = _copies(train, picked)
-    return Rebalanced(pd.concat([train, copies], ignore_index=True), copies, dropped)
+    fates = Fates.generated(copies["id"], copies["parent_id"], "oversampled") + Fates.dropped(dropped, "undersampled")
+    return Rebalanced(pd.concat([train, copies], ignore_index=True), copies, fates)
 
 
 def augment_counts(train: pd.DataFrame, params: RebalanceParams, seed: int) -> pd.Series:
@@ -126,7 +133,7 @@ def _clean(train: pd.DataFrame, params: RebalanceParams, embeddings: np.ndarray 
     sampler.fit_resample(_unit_rows(embeddings), train["label"].to_numpy())
     kept = np.sort(np.asarray(sampler.sample_indices_))
     dropped = sorted(set(train["id"]) - set(train["id"].iloc[kept]))
-    return Rebalanced(train.iloc[kept].reset_index(drop=True), train.iloc[0:0], dropped, reason=params.strategy)
+    return Rebalanced(train.iloc[kept].reset_index(drop=True), train.iloc[0:0], Fates.dropped(dropped, params.strategy))
 
 
 def _unit_rows(vectors: np.ndarray) -> np.ndarray:
