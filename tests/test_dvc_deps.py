@@ -108,7 +108,7 @@ def test_code_deps_are_code_the_stage_imports(name):
     assert not unused, f"dvc.yaml stage {name!r} lists code deps it never imports (or that do not exist): {unused}"
 
 
-def test_closure_follows_function_level_and_from_imports(tmp_path):
+def test_closure_follows_function_level_and_from_imports():
     """The closure is not the top-level imports alone: dedup reaches neardup only inside functions."""
     closure = relative(import_closure("pipeline.stages.dedup"))
     assert "pipeline/__init__.py" in closure
@@ -116,3 +116,11 @@ def test_closure_follows_function_level_and_from_imports(tmp_path):
     assert "pipeline/seeding.py" in closure  # through neardup
     assert "pipeline/stages/base.py" in closure
     assert not any(p.startswith("pipeline/model/") for p in closure)  # a data stage runs no model code
+
+
+def test_data_steps_run_no_stage_model_or_report_code():
+    """The layout's promise: a data step is pandas in, pandas out, whatever imports it."""
+    for path in sorted((ROOT / PACKAGE / "steps").glob("*.py")):
+        closure = relative(import_closure(f"{PACKAGE}.steps.{path.stem}"))
+        outside = sorted(p for p in closure if p.startswith(("pipeline/stages/", "pipeline/model/", "pipeline/report/")))
+        assert not outside, f"pipeline/steps/{path.name} imports {outside}"
