@@ -37,10 +37,8 @@ import io
 import json
 import os
 import random
-import resource
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,7 +55,7 @@ from pipeline.params import EngineParams, ImageAugmentParams, ImageNormalisePara
 from pipeline.records import make_id  # noqa: E402
 from pipeline.steps.augment import augment_images, augment_texts  # noqa: E402
 from pipeline.steps.normalise import normalise_images  # noqa: E402
-from measure import cpu_seconds, timed  # noqa: E402
+from measure import timed  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "datasets"
 SEED = 42

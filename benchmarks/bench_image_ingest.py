@@ -40,7 +40,6 @@ import hashlib
 import io
 import json
 import os
-import resource
 import statistics
 import sys
 import time
@@ -50,7 +49,7 @@ from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -60,7 +59,7 @@ from pipeline.params import EngineParams, ImageCleanParams, ImageNormaliseParams
 from pipeline.steps.clean import inspect_images  # noqa: E402
 from pipeline.steps.normalise import normalise_images  # noqa: E402
 from pipeline.steps.pixels import resample, shrink_to_side  # noqa: E402
-from measure import cpu_seconds, timed  # noqa: E402
+from measure import timed  # noqa: E402
 
 HYMENOPTERA = ROOT.parent / "shared" / "datasets" / "hymenoptera"
 TARGETS = {"project_1w_over_bare": 0.85, "project_2w_over_project_1w": 1.7}

@@ -10,7 +10,6 @@ import hashlib
 import html
 import io
 import re
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
