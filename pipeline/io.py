@@ -7,69 +7,205 @@ after a crash) sees the previous output or the new one, never half of one.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import StageError
-from pipeline.records import SCHEMA, to_table
+from pipeline.records import SCHEMA, conform, to_table
 
 SHARD_ROWS = 200_000
 SHARD_BYTES = 128 * 1024 * 1024
+MAX_SHARDS = 4096  # shard boundaries are id prefixes of three hex digits
+ROW_GROUP = 16_384
+SPILL_ROW_GROUP = 8_192
 
 
-def write_records(frame: pd.DataFrame, path: str | Path) -> list[Path]:
-    """Write `frame` as a sorted, sharded record set at directory `path`, replacing it atomically."""
-    table = to_table(frame.sort_values("id", kind="stable"))
-    return _write_shards(table, Path(path))
+@dataclass(slots=True, frozen=True)
+class Part:
+    """Rows [start, stop) of one shard file: a partition of a record set."""
+
+    file: Path
+    start: int
+    stop: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.file.parent.name}/{self.file.name} rows {self.start}-{self.stop - 1}"
+
+
+# --- record sets: the layout ----------------------------------------------------------------
+
+def shard_count(rows: int, payload: int) -> int:
+    """Shards of a record set: the smallest power of two that keeps each under SHARD_ROWS records
+    and SHARD_BYTES of content on average (ids are uniform hashes, so shards come out even)."""
+    needed = max(1, -(-rows // SHARD_ROWS), -(-payload // SHARD_BYTES))
+    return min(MAX_SHARDS, 1 << (needed - 1).bit_length())
+
+
+def shard_ranges(count: int) -> list[tuple[str | None, str | None]]:
+    """Id range [lo, hi) of each of `count` shards, as hex prefixes (None: unbounded)."""
+    bounds = [f"{k * MAX_SHARDS // count:03x}" for k in range(1, count)]
+    return list(zip([None, *bounds], [*bounds, None], strict=True))
+
+
+def shard_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def payload_bytes(table: pa.Table) -> int:
+    """Bytes of a table's values, counted row by row (so any split of the rows sums to the same)."""
+    total = 0
+    for column in table.columns:
+        if pa.types.is_string(column.type) or pa.types.is_binary(column.type):
+            total += int(pc.sum(pc.binary_length(column)).as_py() or 0)
+        else:
+            total += column.type.bit_width // 8 * len(column)
+    return total
+
+
+def write_records(frame: pd.DataFrame, path: str | Path) -> int:
+    """Write `frame` as a record set at directory `path` in the canonical layout, atomically; return its rows.
+
+    Rows are sorted by id and the id space is cut into `shard_count` equal prefix ranges, one shard
+    each: the layout is a function of the records alone, whoever wrote them in whatever pieces.
+    """
+    table = sorted_records(to_table(frame))
+    with replacing_folder(Path(path)) as tmp:
+        for index, (lo, hi) in enumerate(shard_ranges(shard_count(table.num_rows, payload_bytes(table)))):
+            write_shard(_id_range(table, lo, hi), tmp / shard_name(index))
+    return table.num_rows
 
 
 def read_records(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
     """Read a record set directory (or a single Parquet file) into a DataFrame with the schema."""
-    path = Path(path)
-    files = sorted(path.glob("part-*.parquet")) if path.is_dir() else [path]
-    if not files or not files[0].exists():
-        raise FileNotFoundError(f"no record set at {path}")
-    tables = [pq.read_table(f, columns=columns, schema=SCHEMA if columns is None else None) for f in files]
+    tables = [pq.read_table(f, columns=columns, schema=SCHEMA if columns is None else None) for f in _record_files(Path(path))]
     return pa.concat_tables(tables).to_pandas() if tables else SCHEMA.empty_table().to_pandas()
 
 
-def _write_shards(table: pa.Table, path: Path) -> list[Path]:
+def sorted_records(table: pa.Table) -> pa.Table:
+    """The records in id order, in one chunk with exactly the schema (what a shard holds)."""
+    table = pa.Table.from_arrays(table.combine_chunks().columns, schema=SCHEMA)
+    _check_ids(table)
+    return table.take(pc.sort_indices(table, sort_keys=[("id", "ascending")]))
+
+
+def _check_ids(table: pa.Table) -> None:
+    """Shards are id prefix ranges: an id that is not `records.make_id`'s is a bug upstream."""
+    bad = pc.invert(pc.match_substring_regex(table.column("id"), "^[0-9a-f]{16}$"))
+    if table.num_rows and pc.any(bad).as_py():
+        example = table.column("id").filter(bad)[0].as_py()
+        raise ValueError(f"record id {example!r} is not 16 lowercase hex digits (records.make_id)")
+
+
+def write_shard(table: pa.Table, target: Path) -> None:
+    """One shard file: the same options, so the same records give the same bytes."""
+    pq.write_table(table.combine_chunks(), target, compression="zstd", row_group_size=ROW_GROUP)
+
+
+def _id_range(table: pa.Table, lo: str | None, hi: str | None) -> pa.Table:
+    ids = table.column("id")
+    keep = pc.and_(pc.greater_equal(ids, lo) if lo else pa.scalar(True), pc.less(ids, hi) if hi else pa.scalar(True))
+    return table.filter(keep) if lo or hi else table
+
+
+def _record_files(path: Path) -> list[Path]:
+    files = sorted(path.glob("part-*.parquet")) if path.is_dir() else [path]
+    if not files or not files[0].exists():
+        raise FileNotFoundError(f"no record set at {path}")
+    return files
+
+
+# --- record sets: partitions and spills -----------------------------------------------------
+
+def record_partitions(path: Path, rows: int) -> list[Part]:
+    """The record set at `path` as partitions of at most `rows` consecutive rows of one shard."""
+    parts = []
+    for file in _record_files(Path(path).resolve()):
+        total = pq.read_metadata(file).num_rows
+        parts.extend(Part(file, start, min(start + rows, total)) for start in range(0, max(total, 1), rows))
+    return parts
+
+
+def record_count(path: Path) -> int:
+    """Records in the record set at `path`, from its shards' footers."""
+    return sum(pq.read_metadata(file).num_rows for file in _record_files(Path(path)))
+
+
+def read_part(part: Part, columns: list[str] | None = None) -> pd.DataFrame:
+    """The rows of one partition, with the record schema's types."""
+    file = pq.ParquetFile(part.file)
+    groups, first, seen = [], None, 0
+    for index in range(file.num_row_groups):
+        size = file.metadata.row_group(index).num_rows
+        if seen + size > part.start and seen < part.stop:
+            groups.append(index)
+            first = seen if first is None else first
+        seen += size
+    if not groups:
+        return empty_records(columns)
+    table = file.read_row_groups(groups, columns=columns)
+    return table.slice(part.start - first, part.stop - part.start).to_pandas()
+
+
+def empty_records(columns: list[str] | None = None) -> pd.DataFrame:
+    """No records, with the schema's columns (or some of them) and types."""
+    frame = SCHEMA.empty_table().to_pandas()
+    return frame[list(columns)] if columns else frame
+
+
+def write_spill(frame: pd.DataFrame, path: Path, *, schema: pa.Schema = SCHEMA, sort: bool = True) -> Path:
+    """A scratch copy of `frame` that workers can read (sorted by id for a record set), with its size."""
+    table = pa.Table.from_pandas(conform(frame) if schema is SCHEMA else frame, schema=schema, preserve_index=False)
+    if sort:
+        table = table.take(pc.sort_indices(table, sort_keys=[("id", "ascending")]))
+    table = table.replace_schema_metadata({"payload": str(payload_bytes(table))})
+    pq.write_table(table, path, compression="lz4", row_group_size=SPILL_ROW_GROUP)
+    return path
+
+
+def read_spill(path: Path) -> pd.DataFrame:
+    return pq.read_table(path).replace_schema_metadata(None).to_pandas()
+
+
+def spill_size(path: Path) -> tuple[int, int]:
+    """(rows, payload bytes) of a spill file, from its footer."""
+    meta = pq.read_metadata(path)
+    return meta.num_rows, int(meta.metadata[b"payload"])
+
+
+def assemble_shard(spills: list[Path], lo: str | None, hi: str | None, target: Path) -> int:
+    """Shard [lo, hi) of a record set from the sorted spills of its pieces; returns its rows."""
+    filters = [f for f in (("id", ">=", lo) if lo else None, ("id", "<", hi) if hi else None) if f]
+    tables = [pq.read_table(s, filters=filters or None, schema=SCHEMA) for s in spills]
+    table = sorted_records(pa.concat_tables(tables) if tables else SCHEMA.empty_table())
+    write_shard(table, target)
+    return table.num_rows
+
+
+@contextlib.contextmanager
+def replacing_folder(path: Path) -> Iterator[Path]:
+    """A temporary folder beside `path` that replaces it, atomically, when the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        written = [_write_part(tmp, i, part) for i, part in enumerate(_shards(table))]
+        yield tmp
         _replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return [path / p.name for p in written]
-
-
-def _write_part(folder: Path, index: int, table: pa.Table) -> Path:
-    target = folder / f"part-{index:05d}.parquet"
-    pq.write_table(table, target, compression="zstd", row_group_size=16_384)
-    return target
-
-
-def _shards(table: pa.Table) -> Iterator[pa.Table]:
-    """Slices of at most SHARD_ROWS rows and roughly SHARD_BYTES bytes; always at least one."""
-    if table.num_rows == 0:
-        yield table
-        return
-    bytes_per_row = max(1, table.nbytes // table.num_rows)
-    step = max(1, min(SHARD_ROWS, SHARD_BYTES // bytes_per_row))
-    for start in range(0, table.num_rows, step):
-        yield table.slice(start, step)
 
 
 def _replace(tmp: Path, path: Path) -> None:
@@ -101,16 +237,9 @@ def write_bytes(data: bytes, path: str | Path) -> None:
 
 def write_folder(files: Mapping[str, bytes], path: str | Path) -> None:
     """Replace the folder `path` with exactly `files` (name -> bytes), atomically (a model, a preview)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with replacing_folder(Path(path)) as tmp:
         for name, data in sorted(files.items()):
             (tmp / name).write_bytes(data)
-        _replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def write_table(table: pa.Table, path: str | Path) -> None:

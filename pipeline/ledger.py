@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 LEDGER_SCHEMA = pa.schema(
     [
@@ -29,6 +31,8 @@ LEDGER_SCHEMA = pa.schema(
 )
 FATES = ("dropped", "merged", "generated", "flagged")
 COLUMNS = ["id", "fate", "reason", "into", "parent_id", "detail"]
+FATES_SCHEMA = pa.schema([LEDGER_SCHEMA.field(name) for name in COLUMNS])
+ROW_GROUP = 1024 * 1024  # pyarrow's default: a ledger of fewer rows is one row group
 
 
 class UnbalancedError(RuntimeError):
@@ -101,43 +105,73 @@ class Fates:
         """The rows of one fate."""
         return self.frame[self.frame["fate"] == fate]
 
+    def table(self) -> pa.Table:
+        """The rows as Arrow, with the ledger's types (for a spill file)."""
+        return pa.Table.from_pydict({c: self.frame[c].tolist() for c in COLUMNS}, schema=FATES_SCHEMA)
+
+
+@dataclass(slots=True)
+class Processed:
+    """What a step made of one partition: the records it passes on, the fates of the others, and
+    counts the engine sums over partitions (for the stage metrics)."""
+
+    records: pd.DataFrame
+    fates: Fates = field(default_factory=Fates)
+    counts: Counter[str] = field(default_factory=Counter)
+
 
 @dataclass(slots=True)
 class Ledger:
-    """Fates of the records that did not pass a stage unchanged."""
+    """Fates of the records that did not pass a stage unchanged: in memory, or in the spill files
+    the engine wrote for each partition."""
 
     stage: str
     parts: list[pd.DataFrame] = field(default_factory=list)
+    spills: list[Path] = field(default_factory=list)
 
     def record(self, *fates: Fates) -> None:
         """Add what steps (or the stage) decided."""
         self.parts.extend(f.frame for f in fates if len(f))
 
+    def record_spills(self, paths: Sequence[Path]) -> None:
+        """Add the fates the engine spilled, partition by partition."""
+        self.spills.extend(paths)
+
     def rows(self) -> pd.DataFrame:
         """Every recorded row, in the order recorded."""
-        return pd.concat(self.parts, ignore_index=True) if self.parts else Fates().frame
+        spilled = [pq.read_table(p).to_pandas() for p in self.spills]
+        parts = [p for p in [*self.parts, *spilled] if len(p)]
+        return pd.concat(parts, ignore_index=True) if parts else Fates().frame
 
     def count(self, fate: str) -> Counter[str]:
         """Records per reason for one fate."""
-        rows = self.rows()
-        return Counter(rows.loc[rows["fate"] == fate, "reason"].tolist())
+        return Counter({reason: n for (f, reason), n in self._counts().items() if f == fate})
+
+    def _counts(self) -> Counter[tuple[str, str]]:
+        """Rows per (fate, reason), read from the fate and reason columns alone."""
+        counts: Counter[tuple[str, str]] = Counter()
+        for frame in [*self.parts, *(pq.read_table(p, columns=["fate", "reason"]).to_pandas() for p in self.spills)]:
+            counts.update(zip(frame["fate"], frame["reason"]))
+        return counts
 
     def table(self) -> pa.Table:
         """The ledger rows, sorted by fate, reason and id so the bytes are reproducible."""
         rows = self.rows().sort_values(["fate", "reason", "id"], kind="stable")
-        columns = {"stage": [self.stage] * len(rows), **{c: rows[c].tolist() for c in COLUMNS}}
+        columns = {"stage": [self.stage] * len(rows), **{c: [_text_or_none(v) for v in rows[c]] for c in COLUMNS}}
         return pa.Table.from_pydict(columns, schema=LEDGER_SCHEMA)
 
     def account(self, *, n_in: int, n_out: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Stage metrics with `in`, `out`, `generated`, `merged`, `dropped`; raises if they do not balance."""
-        dropped = dict(sorted(self.count("dropped").items()))
-        generated = sum(self.count("generated").values())
-        merged = sum(self.count("merged").values())
+        counts = self._counts()
+        by_fate = {fate: Counter({r: n for (f, r), n in counts.items() if f == fate}) for fate in FATES}
+        dropped = dict(sorted(by_fate["dropped"].items()))
+        generated = sum(by_fate["generated"].values())
+        merged = sum(by_fate["merged"].values())
         if n_in + generated != n_out + merged + sum(dropped.values()):
             raise UnbalancedError(
                 f"stage {self.stage}: in {n_in} + generated {generated} != out {n_out} + merged {merged} + dropped {sum(dropped.values())}"
             )
-        flagged = dict(sorted(self.count("flagged").items()))
+        flagged = dict(sorted(by_fate["flagged"].items()))
         metrics = {"in": n_in, "out": n_out, "generated": generated, "merged": merged, "dropped": dropped}
         if flagged:
             metrics["flagged"] = flagged

@@ -100,9 +100,42 @@ class DemoParams(Section):
     image_size: PositiveInt = 96
 
 
+MEMORY = re.compile(r"^\s*\d+(\.\d+)?\s*([kKmMgGtT]i?[bB]|[bB])\s*$")
+
+
+class DaskParams(Section):
+    """The cluster of `engine.kind: dask`: an existing one, or a LocalCluster started for the stage."""
+
+    scheduler_address: str | None = Field(
+        None, description="tcp://host:8786 joins a running cluster (every worker must see the workspace); null starts a LocalCluster.")
+    workers: PositiveInt = Field(2, description="LocalCluster worker processes.")
+    threads_per_worker: PositiveInt = 1
+    memory_limit: str = Field("3GB", description="Per LocalCluster worker, e.g. 3GB or 512MiB.")
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory(cls, value: str) -> str:
+        if not MEMORY.match(value):
+            raise ValueError(f"must be a size such as 3GB or 512MiB, got {value!r}")
+        return value
+
+    @field_validator("scheduler_address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value:
+            raise ValueError(f"must be a scheduler URL such as tcp://host:8786, got {value!r}")
+        return value
+
+
 class EngineParams(Section):
-    workers: PositiveInt = Field(1, description="Worker processes for per-record work; results do not depend on it.")
-    chunk_size: PositiveInt = 256
+    """Where and in what pieces the data stages run; results never depend on any of it."""
+
+    kind: Literal["local", "dask"] = Field("local", description="local: this process (or `workers` local processes); dask: a Dask cluster.")
+    workers: PositiveInt = Field(1, description="kind local: worker processes (1: in this process, no server).")
+    partition_rows: PositiveInt = Field(
+        100_000, description="Records per partition (images: a thirty-second of it): bounds memory, never changes results.")
+    chunk_size: PositiveInt = Field(256, description="Records per unit of per-record work inside a stage that does not partition yet.")
+    dask: DaskParams = DaskParams()
 
 
 class TextCleanParams(Section):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import SourceError
@@ -27,6 +28,10 @@ from pipeline.params import DatasetParams
 from pipeline.records import make_id
 
 RAW_COLUMNS = ["id", "label", "text", "image", "source", "source_row", "source_split", "reject", "detail"]
+RAW_SCHEMA = pa.schema([
+    ("id", pa.string()), ("label", pa.string()), ("text", pa.string()), ("image", pa.binary()), ("source", pa.string()),
+    ("source_row", pa.int64()), ("source_split", pa.string()), ("reject", pa.string()), ("detail", pa.string()),
+])
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
 
 
@@ -46,6 +51,15 @@ class Raw:
 
 def read_source(dataset: DatasetParams, root: Path = Path(".")) -> pd.DataFrame:
     """All rows or files of `dataset` as a raw frame (columns RAW_COLUMNS), in source order."""
+    chunks = list(source_chunks(dataset, root, rows=1 << 62))
+    frame = pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
+    frame.attrs = chunks[0].attrs
+    return frame
+
+
+def source_chunks(dataset: DatasetParams, root: Path = Path("."), *, rows: int) -> Iterator[pd.DataFrame]:
+    """The rows or files of `dataset` as raw frames of at most `rows` rows each, in source order (at
+    least one frame, maybe empty). A detected encoding is in each frame's `attrs["encoding"]`."""
     path = root / dataset.source
     if not path.exists():
         raise SourceError(f"source {dataset.source!r} does not exist (resolved to {path})")
@@ -61,7 +75,27 @@ def read_source(dataset: DatasetParams, root: Path = Path(".")) -> pd.DataFrame:
     if dataset.encoding == "auto" and path.is_file() and dataset.format != "parquet":
         detected = detect_encoding(path.read_bytes())
         dataset = dataset.model_copy(update={"encoding": detected})
-    rows = list(reader(path, dataset))
+    attrs = {"encoding": detected} if detected else {}
+    emitted = False
+    for batch in _batches(reader(path, dataset), rows):
+        yield _raw_frame(batch, attrs)
+        emitted = True
+    if not emitted:
+        yield _raw_frame([], attrs)
+
+
+def _batches(items: Iterator[Raw], size: int) -> Iterator[list[Raw]]:
+    batch: list[Raw] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _raw_frame(rows: list[Raw], attrs: dict[str, str]) -> pd.DataFrame:
     frame = pd.DataFrame(
         {
             "id": [make_id(r.source, r.source_row if r.source_row is not None else "") for r in rows],
@@ -76,8 +110,7 @@ def read_source(dataset: DatasetParams, root: Path = Path(".")) -> pd.DataFrame:
         },
         columns=RAW_COLUMNS,
     )
-    if detected:
-        frame.attrs["encoding"] = detected
+    frame.attrs.update(attrs)
     return frame
 
 
@@ -109,11 +142,13 @@ def detect_encoding(data: bytes) -> str:
     return best.encoding if best is not None else "cp1252"
 
 
-SURROGATE_ESCAPES = re.compile("[\udc80-\udcff]")  # undecodable bytes, kept by errors="surrogateescape"
+# Undecodable bytes (kept by errors="surrogateescape") and lone surrogates from JSON escapes such as
+# "\ud800": no UTF-8 text can hold them.
+SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 def _has_surrogates(text: str) -> bool:
-    return not text.isascii() and SURROGATE_ESCAPES.search(text) is not None
+    return not text.isascii() and SURROGATES.search(text) is not None
 
 
 def _read_delimited(path: Path, dataset: DatasetParams) -> Iterator[Raw]:

@@ -1,8 +1,8 @@
 """dvc.yaml lists, for every stage, all of the project code the stage runs.
 
 A stage's import closure inside `pipeline/` is computed from the source with `ast` (every import
-anywhere in a module, function-level ones included, plus the packages' `__init__.py` files that
-importing runs). A file of the closure that no dep covers means a change to it would leave the
+anywhere in a module, function-level ones included, but not those under `if TYPE_CHECKING:`, plus
+the packages' `__init__.py` files that importing runs). A file of the closure that no dep covers means a change to it would leave the
 stage "up to date" over stale outputs; a code dep outside the closure reruns the stage for
 nothing.
 """
@@ -35,7 +35,7 @@ def imported_modules(path: Path, module: str) -> set[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(tree):
+    for node in _runtime_nodes(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -46,6 +46,18 @@ def imported_modules(path: Path, module: str) -> set[str]:
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)
     return found
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node that can run: all of them but the bodies of `if TYPE_CHECKING:` blocks."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            todo.extend(node.orelse)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
 
 
 def import_closure(module: str) -> set[Path]:

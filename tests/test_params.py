@@ -158,3 +158,13 @@ def test_an_image_side_efficientnet_cannot_take_is_refused(tmp_path):
         Params.model_validate({"evaluate": {"baselines": {"random_init": {"image_size": 24}}}})
     with pytest.raises(ValueError, match="image_size"):
         Params.model_validate({"finetune": {"image": {"image_size": 16}}})
+
+
+def test_engine_params_check_the_cluster_settings():
+    assert make_params(engine={"kind": "dask", "dask": {"memory_limit": "512MiB"}}).engine.dask.memory_limit == "512MiB"
+    with pytest.raises(ValueError, match="must be a size such as 3GB"):
+        make_params(engine={"dask": {"memory_limit": "lots"}})
+    with pytest.raises(ValueError, match="must be a scheduler URL"):
+        make_params(engine={"dask": {"scheduler_address": "localhost:8786"}})
+    with pytest.raises(ValueError, match="kind"):
+        make_params(engine={"kind": "ray"})

@@ -1,8 +1,38 @@
-"""How per-record work runs: in this process, or across worker processes.
+"""Where the work runs: in this process, in local worker processes, or on a Dask cluster.
 
-Steps are pure functions over chunks of records; an engine only decides where chunks run, and
-always returns results in input order, so outputs never depend on the number of workers.
+Stages hand the engine pandas-in, pandas-out steps over one partition (`pipeline.steps`); the
+engine reads record sets and sources in partitions, runs the steps where `engine` params say, and
+writes outputs in the canonical layout, so results never depend on where or in how many pieces
+the work ran. Only this package knows Dask.
 """
-from pipeline.engines.local import chunk_size_for, map_chunks
+from __future__ import annotations
 
-__all__ = ["chunk_size_for", "map_chunks"]
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from pipeline.engines.engine import Engine, Partitioned
+from pipeline.engines.local import chunk_size_for, map_chunks
+from pipeline.engines.session import open_session
+from pipeline.params import EngineParams
+
+__all__ = ["Engine", "Partitioned", "chunk_size_for", "map_chunks", "open_engine"]
+
+
+@contextlib.contextmanager
+def open_engine(params: EngineParams, beside: Path, stage: str) -> Iterator[Engine]:
+    """The engine of one stage run. Its scratch folder (spill files) is made in `beside`, the folder
+    of the stage's outputs, so workers of a cluster that share the workspace see it too; it is
+    removed afterwards, and so is any left by an earlier run of the same stage that was killed."""
+    beside = Path(beside).resolve()
+    beside.mkdir(parents=True, exist_ok=True)
+    for stale in beside.glob(f".{stage}-scratch-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{stage}-scratch-", dir=beside))
+    try:
+        with open_session(params, scratch) as session:
+            yield Engine(params, session, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -8,19 +8,23 @@ and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import UserError
 from pipeline.io import write_json, write_table
 from pipeline.ledger import Ledger
 from pipeline.params import DatasetParams, Params, load_params
+
+if TYPE_CHECKING:
+    from pipeline.engines import Engine
 
 log = logging.getLogger(__name__)
 # The environment every stage process runs in, fixed before it starts (libraries read these when
@@ -39,6 +43,7 @@ class Context:
     name: str
     dataset: DatasetParams
     ledger: Ledger
+    engine: Engine | None = None  # the data stages' (`uses_engine`): partitions, steps over them, writes
 
 
 @dataclass(slots=True)
@@ -67,8 +72,14 @@ def stage_main(
     add_arguments: Callable[[argparse.ArgumentParser], None],
     run: Callable[[Context], Outcome],
     argv: list[str] | None = None,
+    *,
+    engine: Callable[..., contextlib.AbstractContextManager[Engine]] | None = None,
 ) -> int:
-    """Parse, load params, run, account and write metrics; return the exit code."""
+    """Parse, load params, run, account and write metrics; return the exit code.
+
+    A data stage passes `engine=pipeline.engines.open_engine` and gets `ctx.engine`, whose scratch
+    folder sits beside its `--output` (model stages never load the engine).
+    """
     parser = parser_for(stage, doc)
     add_arguments(parser)
     args = parser.parse_args(argv)
@@ -76,18 +87,32 @@ def stage_main(
     started = time.perf_counter()
     try:
         params = load_params(args.params)
-        ctx = Context(args, params, args.dataset, params.dataset(args.dataset), Ledger(stage))
-        outcome = run(ctx)
+        with contextlib.ExitStack() as stack:
+            opened = stack.enter_context(engine(params.engine, args.output.parent, stage)) if engine else None
+            ctx = Context(args, params, args.dataset, params.dataset(args.dataset), Ledger(stage), opened)
+            outcome = run(ctx)
+            metrics = _finish(ctx, outcome, started)
     except UserError as exc:
         log.error("%s@%s failed: %s", stage, args.dataset, exc)
         return exc.exit_code
-    metrics = ctx.ledger.account(n_in=outcome.n_in, n_out=outcome.n_out, extra=outcome.extra)
-    metrics["seconds"] = round(time.perf_counter() - started, 3)
-    write_json(metrics, args.metrics)
-    if args.ledger:
-        write_table(ctx.ledger.table(), args.ledger)
     log.info("%s@%s: in %d, out %d, dropped %s", stage, args.dataset, outcome.n_in, outcome.n_out, metrics["dropped"])
     return 0
+
+
+def _finish(ctx: Context, outcome: Outcome, started: float) -> dict[str, Any]:
+    """The balanced account as the stage's metrics, and the ledger, written."""
+    metrics = ctx.ledger.account(n_in=outcome.n_in, n_out=outcome.n_out, extra=outcome.extra)
+    metrics["seconds"] = round(time.perf_counter() - started, 3)
+    write_json(metrics, ctx.args.metrics)
+    if ctx.args.ledger:
+        write_table(ctx.ledger.table(), ctx.args.ledger)
+    return metrics
+
+
+def prefixed(counts: Mapping[str, int], prefix: str) -> dict[str, int]:
+    """The counts under `prefix.` (as a step names them), by the rest of their key, sorted."""
+    start = len(prefix) + 1
+    return {key[start:]: int(n) for key, n in sorted(counts.items()) if key.startswith(f"{prefix}.")}
 
 
 def configure_logging(verbose: bool) -> None:

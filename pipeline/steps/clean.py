@@ -10,14 +10,17 @@ import hashlib
 import html
 import io
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import ftfy
+import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.params import DatasetParams, ImageCleanParams, TextCleanParams
-from pipeline.records import text_hash
+from pipeline.ledger import Fates, Processed
+from pipeline.params import CleanParams, DatasetParams, ImageCleanParams, TextCleanParams
+from pipeline.records import conform, source_location, text_hash
 from pipeline.steps.pixels import pillow_pixel_guard_off
 
 TAG = re.compile(r"<(?:/?[A-Za-z][^<>]{0,200}|!--.*?--)>", re.S)  # a tag or comment, not '3 < 5 and 7 > 2'
@@ -213,3 +216,44 @@ def _inspect(data: bytes, params: ImageCleanParams) -> Verdict:
 def inspect_images(blobs: Sequence[bytes | None], params: ImageCleanParams) -> list[Verdict]:
     """`inspect_image` over a chunk."""
     return [inspect_image(b, params) for b in blobs]
+
+
+# --- one partition --------------------------------------------------------------------------
+
+def clean_partition(raw: pd.DataFrame, dataset: DatasetParams, params: CleanParams) -> Processed:
+    """Raw source rows (`pipeline.sources.RAW_COLUMNS`) to records: the reader's rejections, then
+    labels, then the content checks, each drop with its reason and where in the source it was.
+
+    Counts: `repaired.<repair>` (texts each repair changed) and `labels.<label>` of the records kept.
+    """
+    rejected = raw["reject"].notna()
+    fates = Fates.dropped(raw.loc[rejected, "id"], raw.loc[rejected, "reject"], raw.loc[rejected, "detail"])
+    raw = raw.loc[~rejected]
+    results = [canonical_label(label, dataset) for label in raw["label"]]
+    bad_label = pd.Series([r[1] is not None for r in results], index=raw.index)
+    where = source_location(raw)
+    details = where + ": label " + raw["label"].map(lambda v: "<missing>" if v is None else repr(v))
+    fates += Fates.dropped(raw.loc[bad_label, "id"], [r[1] for r in results if r[1] is not None], details[bad_label])
+    raw = raw.loc[~bad_label].assign(label=[r[0] for r in results if r[1] is None])
+    verdicts = clean_texts(list(raw["text"]), params.text) if dataset.modality == "text" else inspect_images(list(raw["image"]), params.image)
+    fates += Fates.from_verdicts(raw["id"].tolist(), verdicts, where[~bad_label].tolist())
+    kept = [v.reason is None for v in verdicts]
+    records = _records(raw.loc[kept], [v for v, k in zip(verdicts, kept) if k], dataset.modality)
+    counts = Counter(f"repaired.{r}" for v in verdicts for r in v.repairs)
+    counts.update(f"labels.{label}" for label in records["label"])
+    return Processed(records, fates, counts)
+
+
+def _records(raw: pd.DataFrame, verdicts: list[Verdict], modality: str) -> pd.DataFrame:
+    records = raw.drop(columns=["reject", "detail"]).assign(
+        content_hash=[v.content_hash for v in verdicts],
+        group_id=raw["id"],
+        parent_id=None,
+        op=None,
+    )
+    if modality == "text":
+        records["text"] = [v.text for v in verdicts]
+    else:
+        records["width"] = [v.width for v in verdicts]
+        records["height"] = [v.height for v in verdicts]
+    return conform(records)

@@ -18,6 +18,7 @@ import pandas as pd
 from pipeline.ledger import Fates
 from pipeline.params import DedupParams
 
+
 @dataclass(slots=True)
 class DedupResult:
     """Survivors plus the fate of every other record: merged (into its survivor), dropped or flagged."""

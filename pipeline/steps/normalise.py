@@ -10,15 +10,18 @@ from __future__ import annotations
 import io
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import pandas as pd
 from PIL import Image, ImageOps
 
-from pipeline.params import ImageNormaliseParams, TextNormaliseParams
-from pipeline.records import pixel_hash, text_hash
+from pipeline.ledger import Fates, Processed
+from pipeline.params import ImageNormaliseParams, NormaliseParams, TextNormaliseParams
+from pipeline.records import pixel_hash, source_location, text_hash
 from pipeline.steps.pixels import pillow_pixel_guard_off, resample
 from pipeline.steps.quality import judge, measure_working_copy, working_copy
 
@@ -171,3 +174,16 @@ def _encode(pixels: np.ndarray, params: ImageNormaliseParams) -> bytes:
     if not ok:
         raise ValueError("OpenCV could not encode the PNG")
     return encoded.tobytes()
+
+
+def normalise_partition(records: pd.DataFrame, modality: str, params: NormaliseParams) -> Processed:
+    """One partition's records in canonical form, content hashes recomputed; the unusable dropped
+    (with where they came from) and kept images flagged by the quality checks. Counts: `in`."""
+    if modality == "text":
+        results, columns = normalise_texts(list(records["text"]), params.text), ["text"]
+    else:
+        results, columns = normalise_images(list(records["image"]), params.image), ["image", "width", "height"]
+    records = records.assign(**{c: [getattr(r, c) for r in results] for c in [*columns, "content_hash"]})
+    fates = Fates.from_verdicts(records["id"].tolist(), results, source_location(records).tolist())
+    kept = records.loc[[r.reason is None for r in results]]
+    return Processed(kept, fates, Counter({"in": len(records)}))

@@ -1,0 +1,163 @@
+"""The engine: record sets in partitions, steps over them, and canonical writes.
+
+A stage asks the engine to read a record set (or a source) as a `Partitioned` table, to run a step
+over every partition (`process`: pandas in, `Processed` out), and to write the result. Partitions
+hold at most `engine.partition_rows` records (a thirty-second of that for images), so memory is
+bounded by the partition, not the corpus; they never change results, because everything that
+reaches an output is put in a canonical order first (records by id, ledger rows by fate, reason
+and id) and the shard layout of a record set is a function of its content alone (`pipeline.io`).
+
+`process` materialises what a step returns: each partition's records and fates go to spill files
+in the stage's scratch folder (on the shared filesystem when the work runs on a cluster), so a
+step runs once per partition however its outputs are used, and a task that is retried (a worker
+lost) rewrites its own spills and nothing else.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import dask
+import dask.dataframe as dd
+import pandas as pd
+
+from pipeline import io
+from pipeline.engines.session import Session
+from pipeline.errors import UserError
+from pipeline.ledger import Processed
+from pipeline.params import DatasetParams, EngineParams
+from pipeline.sources import RAW_SCHEMA, source_chunks
+
+log = logging.getLogger(__name__)
+IMAGE_PARTITION_DIVISOR = 32  # an image costs tens of times a short text, in memory and in time
+PARTITIONS_PER_WORKER = 4  # with fewer, the last partitions leave workers idle while one finishes
+Step = Callable[[pd.DataFrame], Processed]
+
+
+@dataclass(slots=True, frozen=True)
+class Partitioned:
+    """A table in partitions, read lazily; `labels` name where each partition comes from (for errors)."""
+
+    frame: dd.DataFrame
+    labels: tuple[str, ...]
+    spills: tuple[Path, ...] = ()  # set when each partition is a spill file sorted by id
+
+    @property
+    def partitions(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(slots=True)
+class Engine:
+    """Runs a stage's work in partitions on the session's scheduler; spills go to `scratch`."""
+
+    params: EngineParams
+    session: Session
+    scratch: Path
+    _spilled: int = 0
+
+    def partition_rows(self, modality: str, total: int | None = None) -> int:
+        """Records per partition: `partition_rows`, or a thirty-second of it for images; and, with
+        several workers and `total` records known, small enough that each worker gets a few."""
+        rows = self.params.partition_rows
+        rows = rows if modality == "text" else max(1, rows // IMAGE_PARTITION_DIVISOR)
+        workers = self.params.workers if self.params.kind == "local" else self.params.dask.workers
+        if total is not None and workers > 1:
+            rows = min(rows, max(1, -(-total // (workers * PARTITIONS_PER_WORKER))))
+        return rows
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def read_records(self, path: Path, *, modality: str, columns: Sequence[str] | None = None) -> Partitioned:
+        """The record set at `path`, in partitions of consecutive rows of its shards."""
+        parts = io.record_partitions(path, self.partition_rows(modality, io.record_count(path)))
+        reader = functools.partial(io.read_part, columns=list(columns) if columns else None)
+        frame = dd.from_map(reader, parts, meta=io.empty_records(columns), enforce_metadata=False)
+        return Partitioned(frame, tuple(part.label for part in parts))
+
+    def read_source(self, dataset: DatasetParams, root: Path) -> tuple[Partitioned, int, dict[str, str]]:
+        """The dataset's source as raw rows in partitions, their count, and what reading found (`encoding`).
+
+        The source is read here, in order, one partition at a time, and each partition is spilled
+        for the workers.
+        """
+        rows = self.partition_rows(dataset.modality)
+        paths, labels, total, attrs = [], [], 0, {}
+        for chunk in source_chunks(dataset, root, rows=rows):
+            paths.append(io.write_spill(chunk, self._spill_path("source"), schema=RAW_SCHEMA, sort=False))
+            labels.append(f"{dataset.source} rows {total + 1}-{total + len(chunk)}")
+            total, attrs = total + len(chunk), chunk.attrs
+        meta = RAW_SCHEMA.empty_table().to_pandas()
+        return self._spill_reader(paths, tuple(labels), meta=meta), total, dict(attrs)
+
+    # --- work -------------------------------------------------------------------------------
+
+    def process(self, part: Partitioned, step: Step) -> tuple[Partitioned, list[Path], Counter[str]]:
+        """Run `step` on every partition now: its records (spilled, sorted by id), its fates' spill
+        files, and the sum of its counts."""
+        records = [self._spill_path("records") for _ in range(part.partitions)]
+        fates = [self._spill_path("fates") for _ in range(part.partitions)]
+        tasks = [dask.delayed(_run_step, pure=False)(data, step, label, out, ledger)
+                 for data, label, out, ledger in zip(part.frame.to_delayed(), part.labels, records, fates, strict=True)]
+        counts = sum((Counter(c) for c in self._compute(tasks)), Counter())
+        return self._spill_reader(records, part.labels, meta=io.empty_records(), sorted_by_id=True), fates, counts
+
+    def value_counts(self, part: Partitioned, column: str) -> dict[str, int]:
+        """How many rows hold each value of `column`, sorted by value."""
+        counts = self._compute([part.frame[column].value_counts()])[0]
+        return {str(k): int(v) for k, v in sorted(counts.items())}
+
+    def collect(self, part: Partitioned) -> pd.DataFrame:
+        """The whole table in this process, in partition order (only for what is known to be small)."""
+        return self._compute([part.frame])[0].reset_index(drop=True)
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def write_records(self, part: Partitioned, path: Path) -> int:
+        """Write `part` as a record set at `path` in the canonical layout; return its record count."""
+        spills = list(part.spills)
+        if not spills:
+            spills = [self._spill_path("records") for _ in range(part.partitions)]
+            tasks = [dask.delayed(io.write_spill)(data, out) for data, out in zip(part.frame.to_delayed(), spills, strict=True)]
+            self._compute(tasks)
+        sizes = [io.spill_size(s) for s in spills]
+        rows, payload = sum(s[0] for s in sizes), sum(s[1] for s in sizes)
+        with io.replacing_folder(path) as tmp:
+            ranges = io.shard_ranges(io.shard_count(rows, payload))
+            tasks = [dask.delayed(io.assemble_shard)(spills, lo, hi, tmp / io.shard_name(k)) for k, (lo, hi) in enumerate(ranges)]
+            self._compute(tasks)
+        return rows
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _compute(self, tasks: list) -> list:
+        if not tasks:
+            return []
+        return list(dask.compute(*tasks))
+
+    def _spill_path(self, kind: str) -> Path:
+        self._spilled += 1
+        return self.scratch / f"{kind}-{self._spilled:06d}.parquet"
+
+    def _spill_reader(self, paths: list[Path], labels: tuple[str, ...], *, meta: pd.DataFrame,
+                      sorted_by_id: bool = False) -> Partitioned:
+        frame = dd.from_map(io.read_spill, paths, meta=meta, enforce_metadata=False)
+        return Partitioned(frame, labels, tuple(paths) if sorted_by_id else ())
+
+
+def _run_step(data: pd.DataFrame, step: Step, label: str, records: Path, fates: Path) -> dict[str, int]:
+    """One partition through `step`, its outputs spilled; an error names the partition."""
+    try:
+        processed = step(data)
+    except UserError as exc:
+        raise type(exc)(f"{label}: {exc}") from exc
+    except Exception as exc:
+        exc.add_note(f"while processing partition {label}")
+        raise
+    io.write_spill(processed.records, records)
+    io.write_table(processed.fates.table(), fates)
+    return dict(processed.counts)
