@@ -176,8 +176,15 @@ def write_spill(frame: pd.DataFrame, path: Path, *, schema: pa.Schema = SCHEMA, 
     return path
 
 
-def read_spill(path: Path) -> pd.DataFrame:
-    return pq.read_table(path).replace_schema_metadata(None).to_pandas()
+def write_table_spill(frame: pd.DataFrame, path: Path, schema: pa.Schema) -> Path:
+    """A scratch copy of any table (signatures, pairs, edges) with the given types."""
+    table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False).replace_schema_metadata(None)
+    pq.write_table(table, path, compression="lz4", row_group_size=SPILL_ROW_GROUP)
+    return path
+
+
+def read_spill(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    return pq.read_table(path, columns=columns).replace_schema_metadata(None).to_pandas()
 
 
 def spill_size(path: Path) -> tuple[int, int]:

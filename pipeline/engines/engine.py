@@ -23,12 +23,14 @@ from pathlib import Path
 
 import dask
 import dask.dataframe as dd
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from pipeline import io
 from pipeline.engines.session import Session
 from pipeline.errors import UserError
-from pipeline.ledger import Processed
+from pipeline.ledger import FATES_SCHEMA, Processed
 from pipeline.params import DatasetParams, EngineParams
 from pipeline.sources import RAW_SCHEMA, source_chunks
 
@@ -45,6 +47,8 @@ class Partitioned:
     frame: dd.DataFrame
     labels: tuple[str, ...]
     spills: tuple[Path, ...] = ()  # set when each partition is a spill file sorted by id
+    bounds: tuple[int, ...] = ()  # set by `materialize(key=...)`: the smallest key of each partition
+    paths: tuple[Path, ...] = ()  # set when each partition is a spill file (any table)
 
     @property
     def partitions(self) -> int:
@@ -94,17 +98,83 @@ class Engine:
         meta = RAW_SCHEMA.empty_table().to_pandas()
         return self._spill_reader(paths, tuple(labels), meta=meta), total, dict(attrs)
 
+    def from_frame(self, frame: pd.DataFrame, schema: pa.Schema) -> Partitioned:
+        """A table this process holds, as one partition the workers can read."""
+        path = io.write_table_spill(frame, self._spill_path("table"), schema)
+        return self._spill_reader([path], ("in memory",), meta=schema.empty_table().to_pandas())
+
     # --- work -------------------------------------------------------------------------------
 
-    def process(self, part: Partitioned, step: Step) -> tuple[Partitioned, list[Path], Counter[str]]:
-        """Run `step` on every partition now: its records (spilled, sorted by id), its fates' spill
-        files, and the sum of its counts."""
+    def process(self, part: Partitioned, step: Step, *,
+                schema: pa.Schema | None = None) -> tuple[Partitioned, list[Path], Counter[str]]:
+        """Run `step` on every partition now: what it passes on (records, spilled sorted by id; or
+        any table of `schema`), its fates' spill files, and the sum of its counts."""
         records = [self._spill_path("records") for _ in range(part.partitions)]
         fates = [self._spill_path("fates") for _ in range(part.partitions)]
-        tasks = [dask.delayed(_run_step, pure=False)(data, step, label, out, ledger)
+        tasks = [dask.delayed(_run_step, pure=False)(data, step, label, out, ledger, schema)
                  for data, label, out, ledger in zip(part.frame.to_delayed(), part.labels, records, fates, strict=True)]
         counts = sum((Counter(c) for c in self._compute(tasks)), Counter())
+        if schema is not None:
+            return self._spill_reader(records, part.labels, meta=schema.empty_table().to_pandas()), fates, counts
         return self._spill_reader(records, part.labels, meta=io.empty_records(), sorted_by_id=True), fates, counts
+
+    def read_fates(self, paths: Sequence[Path]) -> Partitioned:
+        """Fates spilled by `process`, as a table."""
+        return self._spill_reader(list(paths), tuple(p.name for p in paths), meta=FATES_SCHEMA.empty_table().to_pandas())
+
+    def map(self, part: Partitioned, fn: Callable[[pd.DataFrame], pd.DataFrame], *, meta: pd.DataFrame) -> Partitioned:
+        """`fn` over every partition, lazily (pandas in, pandas out)."""
+        return Partitioned(part.frame.map_partitions(fn, meta=meta, align_dataframes=False), part.labels)
+
+    def materialize(self, part: Partitioned, *, schema: pa.Schema, key: str | None = None) -> Partitioned:
+        """Spill every partition now, each sorted by `key` if given, with its smallest key kept in
+        `bounds` (so that `route` can send rows to the partition whose key range holds them)."""
+        paths = [self._spill_path("table") for _ in range(part.partitions)]
+        tasks = [dask.delayed(_spill_table)(data, path, schema, key) for data, path in zip(part.frame.to_delayed(), paths, strict=True)]
+        firsts = self._compute(tasks)
+        reader = self._spill_reader(paths, part.labels, meta=schema.empty_table().to_pandas())
+        bounds = tuple(_running_bounds(firsts)) if key else ()
+        return Partitioned(reader.frame, part.labels, bounds=bounds, paths=tuple(paths))
+
+    def columns(self, part: Partitioned, columns: Sequence[str]) -> Partitioned:
+        """Some columns of a materialized table, read alone (its partitions and bounds stay)."""
+        if not part.paths:
+            raise ValueError("columns needs a materialized table")
+        reader = functools.partial(io.read_spill, columns=list(columns))
+        meta = part.frame._meta[list(columns)]
+        frame = dd.from_map(reader, list(part.paths), meta=meta, enforce_metadata=False)
+        return Partitioned(frame, part.labels, bounds=part.bounds, paths=part.paths)
+
+    def group(self, part: Partitioned, by: Sequence[str], fn: Callable[[pd.DataFrame], pd.DataFrame], *,
+              order: Sequence[str], meta: pd.DataFrame) -> Partitioned:
+        """`fn` over partitions in which rows with equal `by` values are together (a shuffle), each
+        sorted by `order` first: the order a shuffle delivers rows in is not canonical, `order` must be."""
+        shuffled = part.frame.shuffle(on=list(by), npartitions=max(part.partitions, 1))
+        return Partitioned(shuffled.map_partitions(_sorted_call, fn, list(order), meta=meta), part.labels)
+
+    def route(self, part: Partitioned, key: str, onto: Partitioned) -> Partitioned:
+        """`part`'s rows moved to the partition of `onto` (materialized with a key) whose key range holds
+        their `key`: partition i of the result lines up with partition i of `onto` (see `zip`)."""
+        if not onto.bounds:
+            raise ValueError("route needs a target materialized with a key")
+        bounds = np.asarray(onto.bounds, dtype=np.uint64)
+        last = len(bounds) - 1
+        indexed = part.frame.map_partitions(_with_partition, key, bounds, meta={**part.frame.dtypes.to_dict(), ROUTE: "int64"})
+        moved = indexed.set_index(ROUTE, divisions=[*range(last + 1), last], sorted=False, drop=True)
+        return Partitioned(moved, onto.labels)
+
+    def zip(self, fn: Callable[..., pd.DataFrame], *parts: Partitioned, meta: pd.DataFrame) -> Partitioned:
+        """`fn(a_i, b_i, ...)` over the i-th partitions of `parts`, which must line up (`route`)."""
+        frames = [p.frame for p in parts]
+        return Partitioned(dd.map_partitions(_reset_call, fn, *frames, meta=meta, align_dataframes=False), parts[0].labels)
+
+    def concat(self, parts: Sequence[Partitioned]) -> Partitioned:
+        """The partitions of `parts`, one after another."""
+        return Partitioned(dd.concat([p.frame for p in parts]), tuple(label for p in parts for label in p.labels))
+
+    def count(self, part: Partitioned) -> int:
+        """Rows of the table."""
+        return int(self._compute([part.frame.map_partitions(len).sum()])[0])
 
     def value_counts(self, part: Partitioned, column: str) -> dict[str, int]:
         """How many rows hold each value of `column`, sorted by value."""
@@ -146,10 +216,45 @@ class Engine:
     def _spill_reader(self, paths: list[Path], labels: tuple[str, ...], *, meta: pd.DataFrame,
                       sorted_by_id: bool = False) -> Partitioned:
         frame = dd.from_map(io.read_spill, paths, meta=meta, enforce_metadata=False)
-        return Partitioned(frame, labels, tuple(paths) if sorted_by_id else ())
+        return Partitioned(frame, labels, tuple(paths) if sorted_by_id else (), paths=tuple(paths))
 
 
-def _run_step(data: pd.DataFrame, step: Step, label: str, records: Path, fates: Path) -> dict[str, int]:
+ROUTE = "_partition"
+
+
+def _spill_table(data: pd.DataFrame, path: Path, schema: pa.Schema, key: str | None) -> int | None:
+    """Spill one partition (sorted by `key`); return its smallest key."""
+    if key is not None:
+        data = data.sort_values(key, kind="stable")
+    io.write_table_spill(data, path, schema)
+    return int(data[key].iloc[0]) if key is not None and len(data) else None
+
+
+def _running_bounds(firsts: list[int | None]) -> list[int]:
+    """Each partition's smallest key; an empty partition takes the next non-empty one's (or the end)."""
+    bounds, following = [], None
+    for first in reversed(firsts):
+        following = first if first is not None else following
+        bounds.append(following if following is not None else np.iinfo(np.uint64).max)
+    bounds.reverse()
+    bounds[0] = 0
+    return bounds
+
+
+def _with_partition(frame: pd.DataFrame, key: str, bounds: np.ndarray) -> pd.DataFrame:
+    index = np.searchsorted(bounds, frame[key].to_numpy(np.uint64), side="right") - 1
+    return frame.assign(**{ROUTE: index.astype(np.int64)})
+
+
+def _sorted_call(frame: pd.DataFrame, fn: Callable[[pd.DataFrame], pd.DataFrame], order: list[str]) -> pd.DataFrame:
+    return fn(frame.sort_values(order, kind="stable").reset_index(drop=True))
+
+
+def _reset_call(fn: Callable[..., pd.DataFrame], *frames: pd.DataFrame) -> pd.DataFrame:
+    return fn(*(f.reset_index(drop=True) for f in frames))
+
+
+def _run_step(data: pd.DataFrame, step: Step, label: str, records: Path, fates: Path, schema: pa.Schema | None) -> dict[str, int]:
     """One partition through `step`, its outputs spilled; an error names the partition."""
     try:
         processed = step(data)
@@ -158,6 +263,9 @@ def _run_step(data: pd.DataFrame, step: Step, label: str, records: Path, fates: 
     except Exception as exc:
         exc.add_note(f"while processing partition {label}")
         raise
-    io.write_spill(processed.records, records)
+    if schema is None:
+        io.write_spill(processed.records, records)
+    else:
+        io.write_table_spill(processed.records, records, schema)
     io.write_table(processed.fates.table(), fates)
     return dict(processed.counts)

@@ -10,13 +10,15 @@ keeps similar records that both survive on one side.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from pipeline.ledger import Fates
+from pipeline.ledger import Fates, Processed
 from pipeline.params import DedupParams
+from pipeline.steps.candidates import id_keys, image_signatures, key_ids, text_signatures
 
 
 @dataclass(slots=True)
@@ -108,6 +110,29 @@ def resolve_clusters(
     sizes = np.bincount(labels, minlength=len(labels))[labels]
     shared = sizes > 1
     members = _members(records, labels, shared, params.survivor)
+    details = _details(members["id"].to_numpy(), records["id"].tolist(), closest) if closest else None
+    fates, alive, clusters, conflicts = _resolve(members, params, reason, details)
+    keep = ~shared
+    keep[np.flatnonzero(shared)[members["row"].to_numpy()[alive]]] = True
+    return DedupResult(kept=records[keep].sort_values("id", kind="stable"), fates=fates, clusters=clusters, conflicts=conflicts)
+
+
+def resolve_members(members: pd.DataFrame, params: DedupParams, *, reason: str) -> Processed:
+    """`resolve_clusters` for cluster members gathered from anywhere (whole clusters only): columns
+    `cluster`, `key`, `id`, `label`, `size` and `detail` (None, or the closest partner and how close).
+
+    Records: the `key`s of the members merged or dropped. Counts: `clusters` and `conflicts`.
+    """
+    ordered = _ordered(members.assign(row=np.arange(len(members))), params.survivor)
+    details = ordered["detail"].to_numpy(object) if ordered["detail"].notna().any() else None
+    fates, alive, clusters, conflicts = _resolve(ordered, params, reason, details)
+    removed = ordered.loc[~alive, ["key"]].reset_index(drop=True)
+    return Processed(removed, fates, Counter({"clusters": clusters, "conflicts": conflicts}))
+
+
+def _resolve(members: pd.DataFrame, params: DedupParams, reason: str,
+             details: np.ndarray | None) -> tuple[Fates, np.ndarray, int, int]:
+    """Fates of sorted members (see `_ordered`), which survive, and the cluster and conflict counts."""
     survivor = members.groupby("part", sort=False)["id"].transform("first").to_numpy()
     conflict = members.groupby("cluster", sort=False)["part"].transform("nunique").to_numpy() > 1
     ids = members["id"].to_numpy()
@@ -126,14 +151,8 @@ def resolve_clusters(
         else:
             alive, others = is_survivor, Fates.flagged(ids[is_survivor & conflict], "label_conflict")
     moved = ~alive & ~conflict if params.conflicts == "drop" else ~alive
-    details = _details(ids[moved], records["id"].tolist(), closest) if closest else None
-    keep = ~shared
-    keep[np.flatnonzero(shared)[members["row"].to_numpy()[alive]]] = True
-    return DedupResult(
-        kept=records[keep].sort_values("id", kind="stable"),
-        fates=Fates.merged(ids[moved], into[moved], reasons[moved], details) + others,
-        clusters=int(members["cluster"].nunique()), conflicts=int(members.loc[conflict, "cluster"].nunique()),
-    )
+    fates = Fates.merged(ids[moved], into[moved], reasons[moved], None if details is None else details[moved]) + others
+    return fates, alive, int(members["cluster"].nunique()), int(members.loc[conflict, "cluster"].nunique())
 
 
 def _members(records: pd.DataFrame, labels: np.ndarray, shared: np.ndarray, policy: str) -> pd.DataFrame:
@@ -145,10 +164,17 @@ def _members(records: pd.DataFrame, labels: np.ndarray, shared: np.ndarray, poli
         "row": np.arange(int(shared.sum())), "cluster": labels[shared],
         "label": records["label"].to_numpy(object)[shared], "id": records["id"].to_numpy(object)[shared],
     })
-    members["part"] = members.groupby(["cluster", "label"], sort=False, dropna=False).ngroup()  # a missing label is a label
     if policy == "longest":
-        members["size"] = -record_sizes(records)[shared]
-        return members.sort_values(["cluster", "label", "size", "id"], kind="stable")
+        members["size"] = record_sizes(records)[shared]
+    return _ordered(members, policy)
+
+
+def _ordered(members: pd.DataFrame, policy: str) -> pd.DataFrame:
+    """Members with their `part` (cluster and label), sorted so that each part's survivor comes first."""
+    members = members.assign(part=members.groupby(["cluster", "label"], sort=False, dropna=False).ngroup())  # a missing label is a label
+    if policy == "longest":
+        members["order"] = -members["size"].to_numpy(np.int64)
+        return members.sort_values(["cluster", "label", "order", "id"], kind="stable").drop(columns="order")
     return members.sort_values(["cluster", "label", "id"], kind="stable")
 
 
@@ -161,14 +187,14 @@ def _majority_survivor(members: pd.DataFrame, survivor: np.ndarray, conflict: np
     return np.array([by_cluster.get(c, s) for c, s in zip(members["cluster"].tolist(), survivor.tolist())], dtype=object)
 
 
-def _details(merged_ids: np.ndarray, ids: list[str], closest: dict[int, tuple[int, str]]) -> list[str | None]:
-    """Per merged record, its closest partner and the similarity, e.g. 'jaccard 0.912 with 3fa1...'."""
+def _details(member_ids: np.ndarray, ids: list[str], closest: dict[int, tuple[int, str]]) -> np.ndarray:
+    """Per member, its closest partner and the similarity, e.g. 'jaccard 0.912 with 3fa1...'."""
     position = {record_id: i for i, record_id in enumerate(ids)}
     out = []
-    for record_id in merged_ids.tolist():
+    for record_id in member_ids.tolist():
         partner, text = closest.get(position[record_id], (None, None))
         out.append(None if partner is None else f"{text} with {ids[partner]}")
-    return out
+    return np.array(out, dtype=object)
 
 
 def follow_merges(earlier: Fates, later: Fates) -> Fates:
@@ -207,3 +233,85 @@ def group_ids(records: pd.DataFrame, modality: str, params: DedupParams) -> pd.S
     labels = similar_records(ordered.reset_index(drop=True), modality, params, loose=True).labels
     first_ids = ordered["id"].to_numpy()[labels]  # labels point at each cluster's first (smallest-id) member
     return pd.Series(first_ids, index=ordered.index).reindex(records.index)
+
+
+# --- partitioned dedup ----------------------------------------------------------------------
+# The dedup stage chains these with the engine's shuffles (see pipeline/stages/dedup.py). Records
+# are named by `key`: their id as an unsigned 64-bit number (`candidates.id_keys`), in id order.
+
+def signatures(records: pd.DataFrame, modality: str, params: DedupParams) -> pd.DataFrame:
+    """What dedup needs of each record of a partition, computed once: `key`, `id`, `label`,
+    `size` (for survivor "longest"), `exact` (the exact-duplicate key) and the near-duplicate
+    signature (see `candidates.text_signatures`, `candidates.image_signatures`)."""
+    near = text_signatures(records, params) if modality == "text" else image_signatures(records, params)
+    info = pd.DataFrame({"id": records["id"].to_numpy(object), "label": records["label"].to_numpy(object),
+                         "size": record_sizes(records) if len(records) else np.empty(0, np.int64),
+                         "exact": exact_key(records, params).to_numpy(object)})
+    return pd.concat([near[["key"]], info, near.drop(columns="key")], axis=1)
+
+
+def exact_clusters(rows: pd.DataFrame, params: DedupParams) -> Processed:
+    """Resolve the exact-duplicate clusters among rows sorted by `exact`, then `key` (a shuffle
+    partition: every record of a key is here): a cluster is named by its smallest key."""
+    shared = rows["exact"].duplicated(keep=False).to_numpy()
+    members = rows.loc[shared, ["key", "id", "label", "size", "exact"]]
+    members = members.assign(cluster=members.groupby("exact", sort=False)["key"].transform("first"), detail=None)
+    return resolve_members(members.drop(columns="exact"), params, reason="exact_duplicate")
+
+
+def without(table: pd.DataFrame, removed: pd.DataFrame) -> pd.DataFrame:
+    """`table`'s rows whose `key` is not among `removed`'s."""
+    return table[~np.isin(table["key"].to_numpy(np.uint64), removed["key"].to_numpy(np.uint64))]
+
+
+def partner_rows(pairs: pd.DataFrame, modality: str) -> pd.DataFrame:
+    """Each verified pair seen from both ends: `node`, `partner`, `rank` (lower is closer) and the
+    pair itself (`a`, `b`), so that a node's closest partner is its first row in that order."""
+    a, b = pairs["a"].to_numpy(np.uint64), pairs["b"].to_numpy(np.uint64)
+    if modality == "text":
+        rank, text = -pairs["similarity"].to_numpy(np.float64), [f"jaccard {s:.3f}" for s in pairs["similarity"]]
+    else:
+        rank, text = pairs["distance"].to_numpy(np.float64), [f"hamming {d}" for d in pairs["distance"]]
+    return pd.DataFrame({"node": np.concatenate((a, b)), "partner": np.concatenate((b, a)), "rank": np.concatenate((rank, rank)),
+                         "a": np.concatenate((a, a)), "b": np.concatenate((b, b)), "text": text + text})
+
+
+def closest_partners(rows: pd.DataFrame) -> pd.DataFrame:
+    """`key` and `detail` ("jaccard 0.912 with <id>") of each node, from rows sorted by node, rank, a, b."""
+    first = rows.drop_duplicates("node")
+    details = [f"{t} with {int(p):016x}" for t, p in zip(first["text"], first["partner"])]
+    return pd.DataFrame({"key": first["node"].to_numpy(np.uint64), "detail": details})
+
+
+def cluster_members(info: pd.DataFrame, labels: pd.DataFrame, closest: pd.DataFrame) -> pd.DataFrame:
+    """The records of `info` that have a cluster `label` (its `root`), with their closest partner's detail."""
+    members = info.merge(labels.rename(columns={"root": "cluster"}), on="key", how="inner")
+    return members.merge(closest, on="key", how="left")[["cluster", "key", "id", "label", "size", "detail"]]
+
+
+def repoint(earlier: pd.DataFrame, later_merged: pd.DataFrame) -> pd.DataFrame:
+    """`follow_merges` on fate rows (`earlier`, with `target`: the key of `into`) and the later pass's
+    merged rows (`key`, `into`) that reach here."""
+    fates = Fates(earlier.drop(columns="target").reset_index(drop=True))
+    later = Fates.merged(key_ids(later_merged["key"]), later_merged["into"], "later")
+    return follow_merges(fates, later).frame
+
+
+def merged_targets(fates: pd.DataFrame) -> pd.DataFrame:
+    """Fate rows with `target`: the key of the record they merged into (their own for other fates)."""
+    into = fates["into"].where(fates["fate"] == "merged", fates["id"])
+    return fates.assign(target=id_keys(into))
+
+
+def merged_keys(fates: pd.DataFrame) -> pd.DataFrame:
+    """`key` and `into` of the merged rows among fates."""
+    merged = fates[fates["fate"] == "merged"]
+    return pd.DataFrame({"key": id_keys(merged["id"]), "into": merged["into"].to_numpy(object)})
+
+
+def final_records(records: pd.DataFrame, removed: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
+    """The records not `removed`, each with `group_id`: the id of its group's root (its own if alone)."""
+    kept = records[~np.isin(id_keys(records["id"]), removed["key"].to_numpy(np.uint64))]
+    root = dict(zip(groups["key"].tolist(), groups["root"].tolist()))
+    keys = id_keys(kept["id"])
+    return kept.assign(group_id=[f"{root[k]:016x}" if k in root else i for k, i in zip(keys.tolist(), kept["id"])])
