@@ -6,6 +6,7 @@ real) and close it; nothing depends on a scheduler outside the test.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -13,13 +14,13 @@ import pytest
 
 from conftest import write_params
 from pipeline.engines import session
-from pipeline.stages import clean, normalise
+from pipeline.stages import clean, dedup, normalise
 
 WORDS = "invoice parcel refund courier depot charge account delivery monday card address label box".split()
 
 
 def write_corpus(root: Path, rows: int = 300) -> None:
-    """A TSV of `rows` texts in two classes, with bad rows sprinkled in (so the ledger has rows too)."""
+    """A TSV of `rows` texts in two classes, with bad rows, exact and near copies and label conflicts."""
     lines = ["text\tlabel"]
     for i in range(rows):
         words = [WORDS[(i * 7 + k * 3) % len(WORDS)] for k in range(6)]
@@ -28,6 +29,8 @@ def write_corpus(root: Path, rows: int = 300) -> None:
             text = "  " + text.upper() + "  "  # normalise folds the whitespace
         if i % 23 == 0:
             lines.append("too\tmany\tfields")
+        if i % 5 == 0:
+            text = f"{WORDS[i % len(WORDS)]} parcel refund courier depot charge account delivery monday {i % 7}"  # near copies
         lines.append(f"{text}\t{'billing' if i % 3 else 'shipping'}")
     (root / "corpus.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -41,7 +44,7 @@ def digest(folder: Path) -> str:
 
 
 def run_chain(root: Path, engine: dict) -> dict[str, str]:
-    """clean and normalise of the corpus under `engine`; the digest of each output."""
+    """clean, normalise and dedup of the corpus under `engine`; the digest of each output."""
     params = write_params(root / "params.yaml", {"t": {"modality": "text", "source": "corpus.tsv", "format": "tsv"}},
                           engine=engine)
     d = root / "data"
@@ -50,8 +53,12 @@ def run_chain(root: Path, engine: dict) -> dict[str, str]:
                        "--ledger", str(d / "ledger" / "clean.parquet"), "--metrics", str(d / "clean.json")]) == 0
     assert normalise.main([*common, "--input", str(d / "clean.parquet"), "--output", str(d / "normalise.parquet"),
                            "--ledger", str(d / "ledger" / "normalise.parquet"), "--metrics", str(d / "normalise.json")]) == 0
-    return {name: digest(d / name) if (d / name).is_dir() else hashlib.sha256((d / name).read_bytes()).hexdigest()
-            for name in ("clean.parquet", "normalise.parquet", "ledger/clean.parquet", "ledger/normalise.parquet")}
+    assert dedup.main([*common, "--input", str(d / "normalise.parquet"), "--output", str(d / "dedup.parquet"),
+                       "--ledger", str(d / "ledger" / "dedup.parquet"), "--metrics", str(d / "dedup.json")]) == 0
+    assert json.loads((d / "dedup.json").read_text())["merged"] > 10  # the corpus exercises dedup
+    names = ("clean.parquet", "normalise.parquet", "dedup.parquet", "ledger/clean.parquet", "ledger/normalise.parquet",
+             "ledger/dedup.parquet")
+    return {name: digest(d / name) if (d / name).is_dir() else hashlib.sha256((d / name).read_bytes()).hexdigest() for name in names}
 
 
 @pytest.fixture
@@ -60,12 +67,12 @@ def corpus_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_partition_size_never_changes_the_bytes(corpus_dir, tmp_path_factory):
+@pytest.mark.parametrize("rows", [64, pytest.param(7, marks=pytest.mark.slow)])
+def test_partition_size_never_changes_the_bytes(corpus_dir, tmp_path_factory, rows):
     whole = run_chain(corpus_dir, {"partition_rows": 100_000})
-    for rows in (7, 64):
-        other = tmp_path_factory.mktemp(f"rows{rows}")
-        write_corpus(other)
-        assert run_chain(other, {"partition_rows": rows}) == whole
+    other = tmp_path_factory.mktemp(f"rows{rows}")
+    write_corpus(other)
+    assert run_chain(other, {"partition_rows": rows}) == whole
 
 
 @pytest.mark.slow
@@ -87,3 +94,54 @@ def test_an_unreachable_scheduler_fails_in_seconds_naming_it(corpus_dir, caplog,
                        "--output", str(corpus_dir / "out"), "--metrics", str(corpus_dir / "m.json")])
     assert code == 1 and time.perf_counter() - started < 15
     assert "tcp://127.0.0.1:9" in caplog.text and "engine.dask.scheduler_address" in caplog.text
+
+
+def test_a_failing_partition_names_where_it_comes_from(tmp_path):
+    from pipeline.engines.engine import _run_step
+    from pipeline.errors import StageError
+
+    def user_error(frame):
+        raise StageError("too few classes")
+
+    def bug(frame):
+        raise KeyError("text")
+
+    with pytest.raises(StageError, match=r"^clean.parquet/part-00000.parquet rows 0-99: too few classes$"):
+        _run_step(None, user_error, "clean.parquet/part-00000.parquet rows 0-99", tmp_path / "r", tmp_path / "f", None)
+    with pytest.raises(KeyError) as caught:
+        _run_step(None, bug, "clean.parquet/part-00001.parquet rows 100-199", tmp_path / "r", tmp_path / "f", None)
+    assert caught.value.__notes__ == ["while processing partition clean.parquet/part-00001.parquet rows 100-199"]
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_stage_is_replaced_and_the_output_is_the_same(tmp_path_factory):
+    """A real SIGKILL of a LocalCluster worker process while dedup runs on it: the nanny starts
+    another, the scheduler reruns the lost tasks, and the stage writes the bytes of a clean run."""
+    import os
+    import signal
+    import threading
+
+    from distributed import Client, LocalCluster
+
+    local_dir = tmp_path_factory.mktemp("local")
+    write_corpus(local_dir, rows=1200)
+    want = run_chain(local_dir, {"partition_rows": 60})
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="1GB", dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        pids = client.run(os.getpid)
+        killed = threading.Event()
+
+        def kill_one_when_busy() -> None:
+            while not killed.is_set():
+                if any(client.processing().values()):
+                    os.kill(next(iter(pids.values())), signal.SIGKILL)
+                    killed.set()
+                time.sleep(0.05)
+
+        threading.Thread(target=kill_one_when_busy, daemon=True).start()
+        other = tmp_path_factory.mktemp("cluster")
+        write_corpus(other, rows=1200)
+        got = run_chain(other, {"kind": "dask", "partition_rows": 60, "dask": {"scheduler_address": cluster.scheduler_address}})
+        killed.set()
+        assert set(client.run(os.getpid).values()) != set(pids.values())  # a replacement worker joined
+    assert got == want
