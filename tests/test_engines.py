@@ -10,28 +10,33 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import write_params
 from pipeline.engines import session
-from pipeline.stages import clean, dedup, normalise
+from pipeline.stages import clean, dedup, normalise, split
 
 WORDS = "invoice parcel refund courier depot charge account delivery monday card address label box".split()
 
 
 def write_corpus(root: Path, rows: int = 300) -> None:
     """A TSV of `rows` texts in two classes, with bad rows, exact and near copies and label conflicts."""
-    lines = ["text\tlabel"]
+    lines, previous = ["text\tlabel"], ""
+    gen = np.random.default_rng(rows)
+    vocabulary = [f"{a}{b}{c}" for a in "bdfgklmnprst" for b in "aeiou" for c in "lmnrst"]
     for i in range(rows):
-        words = [WORDS[(i * 7 + k * 3) % len(WORDS)] for k in range(6)]
-        text = " ".join(words) + f" order {i}"
+        text = " ".join(gen.choice(vocabulary, 12))
         if i % 17 == 0:
             text = "  " + text.upper() + "  "  # normalise folds the whitespace
         if i % 23 == 0:
             lines.append("too\tmany\tfields")
-        if i % 5 == 0:
-            text = f"{WORDS[i % len(WORDS)]} parcel refund courier depot charge account delivery monday {i % 7}"  # near copies
+        if i % 5 == 1:
+            text = previous.strip().lower() + " please"  # a near copy of the row before
+        if i % 11 == 2:
+            text = previous  # an exact copy, maybe under the other label
         lines.append(f"{text}\t{'billing' if i % 3 else 'shipping'}")
+        previous = text
     (root / "corpus.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -44,7 +49,7 @@ def digest(folder: Path) -> str:
 
 
 def run_chain(root: Path, engine: dict) -> dict[str, str]:
-    """clean, normalise and dedup of the corpus under `engine`; the digest of each output."""
+    """clean, normalise, dedup and split of the corpus under `engine`; the digest of each output."""
     params = write_params(root / "params.yaml", {"t": {"modality": "text", "source": "corpus.tsv", "format": "tsv"}},
                           engine=engine)
     d = root / "data"
@@ -56,8 +61,10 @@ def run_chain(root: Path, engine: dict) -> dict[str, str]:
     assert dedup.main([*common, "--input", str(d / "normalise.parquet"), "--output", str(d / "dedup.parquet"),
                        "--ledger", str(d / "ledger" / "dedup.parquet"), "--metrics", str(d / "dedup.json")]) == 0
     assert json.loads((d / "dedup.json").read_text())["merged"] > 10  # the corpus exercises dedup
-    names = ("clean.parquet", "normalise.parquet", "dedup.parquet", "ledger/clean.parquet", "ledger/normalise.parquet",
-             "ledger/dedup.parquet")
+    assert split.main([*common, "--input", str(d / "dedup.parquet"), "--output", str(d / "split"),
+                       "--leakage", str(d / "leakage.json"), "--metrics", str(d / "split.json")]) == 0
+    names = ("clean.parquet", "normalise.parquet", "dedup.parquet", "split", "leakage.json", "ledger/clean.parquet",
+             "ledger/normalise.parquet", "ledger/dedup.parquet")
     return {name: digest(d / name) if (d / name).is_dir() else hashlib.sha256((d / name).read_bytes()).hexdigest() for name in names}
 
 

@@ -1,7 +1,9 @@
 """The leakage certificate: duplicates across the split are found from content alone."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
+import pytest
 
 from conftest import text_records
 from pipeline.params import DedupParams
@@ -66,3 +68,34 @@ def test_source_split_leak_is_dropped_from_the_evaluation_side_when_asked(tmp_pa
     assert code == 0 and cert["cross_split_pairs"] == 0
     assert metrics["dropped"] == {"duplicate_across_source_split": 1}
     assert metrics["in"] == metrics["out"] + 1
+
+
+@pytest.mark.parametrize("partition_rows", [100_000, 6])
+def test_the_partitioned_certificate_lists_what_the_whole_set_search_finds(tmp_path, partition_rows):
+    """Many exact and near copies across a kept source split: the stage's certificate (shuffles,
+    partitions of 6) holds exactly the pairs of `cross_split_pairs` on the whole set."""
+    import json
+    from dataclasses import asdict
+
+    from conftest import write_params
+    from pipeline.io import read_records, write_records
+    from pipeline.seeding import derive_seed
+    from pipeline.stages import split
+
+    gen = np.random.default_rng(4)
+    words = [f"w{i}" for i in range(300)]
+    base = [" ".join(gen.choice(words, 40)) for _ in range(30)]
+    rows = [(("a", "b")[i % 2], t) for i, t in enumerate(base)]
+    rows += [(("a", "b")[i % 2], t if i % 3 == 0 else t.replace(t.split()[3], "changed", 1)) for i, t in enumerate(base[:18])]
+    names = ["train"] * 30 + ["test"] * 18
+    records = text_records(rows).assign(source_split=names)
+    write_records(records, tmp_path / "dedup.parquet")
+    datasets = {"t": {"modality": "text", "source": "x.tsv", "format": "tsv", "source_split": "keep"}}
+    params = write_params(tmp_path / "params.yaml", datasets, engine={"partition_rows": partition_rows})
+    assert split.main(["--dataset", "t", "--params", str(params), "--input", str(tmp_path / "dedup.parquet"),
+                       "--output", str(tmp_path / "split"), "--leakage", str(tmp_path / "leakage.json"),
+                       "--metrics", str(tmp_path / "split.json")]) == 0
+    where = {i: s for s in ("train", "val", "test") for i in read_records(tmp_path / "split" / f"{s}.parquet")["id"]}
+    want = cross_split_pairs(records, records["id"].map(where), "text", DedupParams(), derive_seed(42, "leakage", bits=32))
+    assert len(want) > 10 and {leak.kind for leak in want} == {"exact", "near"}
+    assert json.loads((tmp_path / "leakage.json").read_text())["pairs"] == [asdict(leak) for leak in want]

@@ -122,9 +122,11 @@ class Engine:
         """Fates spilled by `process`, as a table."""
         return self._spill_reader(list(paths), tuple(p.name for p in paths), meta=FATES_SCHEMA.empty_table().to_pandas())
 
-    def map(self, part: Partitioned, fn: Callable[[pd.DataFrame], pd.DataFrame], *, meta: pd.DataFrame) -> Partitioned:
-        """`fn` over every partition, lazily (pandas in, pandas out)."""
-        return Partitioned(part.frame.map_partitions(fn, meta=meta, align_dataframes=False), part.labels)
+    def map(self, part: Partitioned, fn: Callable[..., pd.DataFrame], *, meta: pd.DataFrame, **shared: object) -> Partitioned:
+        """`fn(partition, **shared)` over every partition, lazily (pandas in, pandas out). Each `shared`
+        value (a plan, a lookup table) is sent to a worker once, not with every partition."""
+        once = {name: dask.delayed(value, pure=True) for name, value in shared.items()}
+        return Partitioned(part.frame.map_partitions(fn, meta=meta, align_dataframes=False, **once), part.labels)
 
     def materialize(self, part: Partitioned, *, schema: pa.Schema, key: str | None = None) -> Partitioned:
         """Spill every partition now, each sorted by `key` if given, with its smallest key kept in

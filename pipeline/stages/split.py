@@ -3,23 +3,38 @@
 Runs before augment and rebalance, so generated records can only ever exist in train. Writes a
 leakage certificate, computed from the content independently of the grouping, and fails if any
 record has a duplicate across the split (with a source's own split: reports, or drops them).
+
+Partitioned: each partition counts its records per (group, label, source split); the sums are all
+the split decision needs (one row per group, never one per record), so the plan is made from them
+here and applied to every partition. The certificate's exact pairs meet in a shuffle on the
+content hash, its near pairs as dedup's do, with their own MinHash seed.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
+from pipeline.engines import Engine, Partitioned, neighbours, open_engine
+from pipeline.engines.neighbours import empty
 from pipeline.errors import StageError
-from pipeline.io import read_records, write_json, write_records
+from pipeline.io import write_json
 from pipeline.ledger import Fates
 from pipeline.seeding import derive_seed
 from pipeline.stages.base import Context, Outcome, entry, stage_main
-from pipeline.steps.leakage import certificate, cross_split_pairs, evaluation_side_ids, method_text
-from pipeline.steps.split import (
-    SPLITS, iterative_group_split, source_split_plan, split_report, stratified_group_split,
-)
+from pipeline.steps import dedup
+from pipeline.steps.candidates import id_keys
+from pipeline.steps.leakage import Leak, certificate, cross_split_leaks, evaluation_side_ids, exact_cross_pairs, method_text
+from pipeline.steps.neardup import NearDupSettings
+from pipeline.steps.split import SPLITS, GroupPlan, group_counts, plan_groups, split_report_from_counts
+
+COUNTS = pa.schema([("group_id", pa.string()), ("label", pa.string()), ("source_split", pa.string()), ("n", pa.int64())])
+SPLIT_COUNTS = pa.schema([("group_id", pa.string()), ("label", pa.string()), ("split", pa.string()), ("n", pa.int64())])
+LEAK_EXTRA = [("split", pa.string()), ("content_hash", pa.string())]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,52 +44,114 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: Context) -> Outcome:
-    records = read_records(ctx.args.input)
-    n_in = len(records)
+    engine, modality = ctx.engine, ctx.dataset.modality
     params, seed = ctx.params.split, ctx.params.seed
     keep_source = ctx.dataset.source_split == "keep"
     separator = ctx.dataset.label_separator if ctx.dataset.multi_label else None
-    if keep_source:
-        plan = source_split_plan(records, params, seed)
-    elif separator:
-        plan = iterative_group_split(records, params, seed, separator)
-    else:
-        plan = stratified_group_split(records, params, seed)
-    report = split_report(records, plan.assignment, params, separator)
+    records = engine.read_records(ctx.args.input, modality=modality)
+    counts = _summed(engine, engine.map(records, functools.partial(group_counts, keep_source=keep_source), meta=empty(COUNTS)),
+                     ["group_id", "label", "source_split"], COUNTS)
+    plan = plan_groups(counts, params, seed, separator=separator, keep_source=keep_source)
+    assigned = engine.map(records, _with_split, meta=records.frame._meta.assign(split=pd.Series(dtype=object)), plan=plan)
+    leaks, dropped = _certify(ctx, assigned, keep_source)
+    kept = engine.map(assigned, _without_ids, meta=assigned.frame._meta, ids=np.sort(id_keys(pd.Series(sorted(dropped)))))
+    n_out = sum(engine.write_records(engine.map(kept, functools.partial(_only, split=s), meta=records.frame._meta),
+                                     ctx.args.output / f"{s}.parquet") for s in SPLITS)
+    final = _summed(engine, engine.map(kept, _split_counts, meta=empty(SPLIT_COUNTS)), ["group_id", "label", "split"], SPLIT_COUNTS)
+    report = split_report_from_counts(final, params, separator)
     if report["groups_on_two_sides"] and not keep_source:
         raise RuntimeError(f"bug: {report['groups_on_two_sides']} groups ended up on two sides of the split")
-    records, assignment, leaks = _certify(ctx, records, plan.assignment, keep_source)
-    for split in SPLITS:
-        write_records(records[assignment == split], ctx.args.output / f"{split}.parquet")
-    extra = {**split_report(records, assignment, params, separator), "train_only_classes": plan.train_only_classes,
-             "source_split": keep_source, "leakage": {"cross_split_pairs": len(leaks)}}
-    return Outcome(n_in, int(assignment.isin(SPLITS).sum()), extra)
+    extra = {**report, "train_only_classes": plan.train_only_classes, "source_split": keep_source,
+             "leakage": {"cross_split_pairs": len(leaks)}}
+    return Outcome(int(counts["n"].sum()), n_out, extra)
 
 
-def _certify(ctx: Context, records: pd.DataFrame, assignment: pd.Series, keep_source: bool):
-    """Write the leakage certificate; fail on any leak, unless the source's own split is kept."""
-    modality, dedup = ctx.dataset.modality, ctx.params.dedup
-    seed = derive_seed(ctx.params.seed, "leakage", bits=32)
-    leaks = cross_split_pairs(records, assignment, modality, dedup, seed)
+def _certify(ctx: Context, assigned: Partitioned, keep_source: bool) -> tuple[list[Leak], set[str]]:
+    """Write the leakage certificate; fail on any leak, unless the source's own split is kept
+    (then its evaluation-side records are dropped if `split.source_leakage` says so)."""
+    engine, modality, params = ctx.engine, ctx.dataset.modality, ctx.params.dedup
+    leaks = _leaks(engine, assigned, modality, params, derive_seed(ctx.params.seed, "leakage", bits=32))
+    dropped: set[str] = set()
     if keep_source and leaks and ctx.params.split.source_leakage == "drop":
-        leaking = evaluation_side_ids(leaks)
-        mask = records["id"].isin(leaking)
-        ctx.ledger.record(Fates.dropped(records.loc[mask, "id"], "duplicate_across_source_split"))
-        records, assignment = records[~mask], assignment[~mask]
-        leaks = cross_split_pairs(records, assignment, modality, dedup, seed)
-    checked = {s: int((assignment == s).sum()) for s in SPLITS}
-    write_json(certificate(leaks, method=method_text(modality, dedup), checked=checked), ctx.args.leakage)
+        dropped = evaluation_side_ids(leaks)
+        ctx.ledger.record(Fates.dropped(sorted(dropped), "duplicate_across_source_split"))
+        leaks = [leak for leak in leaks if leak.id not in dropped and leak.other_id not in dropped]
+    checked = _checked(engine, assigned, dropped)
+    write_json(certificate(leaks, method=method_text(modality, params), checked=checked), ctx.args.leakage)
     if leaks and not keep_source:
         first = leaks[0]
         raise StageError(
             f"leakage certificate: {len(leaks)} record(s) duplicated across splits, e.g. {first.split} {first.id} "
             f"~ {first.other_split} {first.other_id} ({first.similarity}); see {ctx.args.leakage}"
         )
-    return records, assignment, leaks
+    return leaks, dropped
+
+
+def _leaks(engine: Engine, assigned: Partitioned, modality: str, params, seed: int) -> list[Leak]:
+    """Every pair of records on two sides of the split with equal content or within dedup's merge threshold."""
+    schema = pa.schema([*dedup.SIGNATURES[modality], *LEAK_EXTRA])
+    signed = engine.materialize(engine.map(assigned, functools.partial(_leak_signatures, modality=modality, params=params, seed=seed),
+                                           meta=empty(schema)), schema=schema, key="key")
+    ends = engine.columns(signed, ["key", "id", "split"])
+    rows = engine.group(engine.columns(signed, ["key", "split", "content_hash"]), ["content_hash"], _identity,
+                        order=["content_hash", "key"], meta=empty(pa.schema([("key", pa.uint64()), *LEAK_EXTRA])))
+    exact = engine.map(rows, exact_cross_pairs, meta=empty(neighbours.PAIRS))
+    if modality == "text":
+        near = neighbours.text_pairs(engine, signed, NearDupSettings.from_params(params.text, seed=seed, certify=True))
+    else:
+        near = neighbours.image_pairs(engine, signed, params.image.max_distance)
+    both = [neighbours.attach(engine, neighbours.attach(engine, pairs, "a", ends, signed), "b", ends, signed) for pairs in (exact, near)]
+    exact_rows, near_rows = (engine.collect(p) for p in both)
+    near_rows = near_rows.assign(similarity=[f"jaccard {s:.3f}" for s in near_rows["similarity"]] if modality == "text"
+                                 else [f"hamming {d}" for d in near_rows["distance"]])
+    return cross_split_leaks(exact_rows, near_rows)
+
+
+def _checked(engine: Engine, assigned: Partitioned, dropped: set[str]) -> dict[str, int]:
+    """Records the certificate covers, per split (the dropped ones are not in any)."""
+    counts = engine.value_counts(engine.map(assigned, _without_ids, meta=assigned.frame._meta,
+                                            ids=np.sort(id_keys(pd.Series(sorted(dropped))))), "split")
+    return {s: counts.get(s, 0) for s in SPLITS}
+
+
+def _summed(engine: Engine, counts: Partitioned, keys: list[str], schema: pa.Schema) -> pd.DataFrame:
+    """Partition counts summed per key (a shuffle on the keys), gathered here: one row per group."""
+    summed = engine.group(counts, keys, functools.partial(_sum, keys=keys), order=keys, meta=empty(schema))
+    return engine.collect(summed).sort_values(keys, kind="stable", na_position="first").reset_index(drop=True)
+
+
+def _sum(frame: pd.DataFrame, *, keys: list[str]) -> pd.DataFrame:
+    return frame.groupby(keys, sort=True, dropna=False)["n"].sum().reset_index()
+
+
+def _with_split(records: pd.DataFrame, plan: GroupPlan) -> pd.DataFrame:
+    return records.assign(split=plan.assign(records).to_numpy(object))
+
+
+def _without_ids(records: pd.DataFrame, ids: np.ndarray) -> pd.DataFrame:
+    return records[~np.isin(id_keys(records["id"]), ids)]
+
+
+def _only(records: pd.DataFrame, *, split: str) -> pd.DataFrame:
+    return records[records["split"] == split].drop(columns="split")
+
+
+def _split_counts(records: pd.DataFrame) -> pd.DataFrame:
+    frame = records[["group_id", "label", "split"]]
+    return frame.groupby(["group_id", "label", "split"], sort=True).size().rename("n").reset_index()
+
+
+def _leak_signatures(records: pd.DataFrame, *, modality: str, params, seed: int) -> pd.DataFrame:
+    signed = dedup.signatures(records, modality, params, seed=seed)
+    return signed.assign(split=records["split"].to_numpy(object), content_hash=records["content_hash"].to_numpy(object))
+
+
+def _identity(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stage_main("split", __doc__, add_arguments, run, argv)
+    return stage_main("split", __doc__, add_arguments, run, argv, engine=open_engine)
 
 
 if __name__ == "__main__":

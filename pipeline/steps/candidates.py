@@ -41,12 +41,13 @@ def key_ids(keys: np.ndarray) -> list[str]:
 
 # --- signatures -----------------------------------------------------------------------------
 
-def text_signatures(records: pd.DataFrame, params: DedupParams) -> pd.DataFrame:
-    """`key`, `minhash` (num_perm uint32 values, as bytes) and `shingles` (the sorted distinct
-    shingle hashes, as bytes) of each text: MinHash of the set equals MinHash of the multiset."""
+def text_signatures(records: pd.DataFrame, params: DedupParams, *, seed: int = 0) -> pd.DataFrame:
+    """`key`, `minhash` (num_perm uint32 values, as bytes; permutations from `seed`) and `shingles`
+    (the sorted distinct shingle hashes, as bytes) of each text: MinHash of the set equals MinHash
+    of the multiset."""
     near = params.text
     sets = shingle_sets(records["text"].tolist(), shingle=near.shingle, size=near.size)
-    values = minhash_signatures(sets, num_perm=near.num_perm, seed=0)
+    values = minhash_signatures(sets, num_perm=near.num_perm, seed=seed)
     offsets = sets.offsets
     return pd.DataFrame({
         "key": id_keys(records["id"]),

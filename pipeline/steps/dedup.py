@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from pipeline.ledger import Fates, Processed
 from pipeline.params import DedupParams
@@ -239,11 +240,19 @@ def group_ids(records: pd.DataFrame, modality: str, params: DedupParams) -> pd.S
 # The dedup stage chains these with the engine's shuffles (see pipeline/stages/dedup.py). Records
 # are named by `key`: their id as an unsigned 64-bit number (`candidates.id_keys`), in id order.
 
-def signatures(records: pd.DataFrame, modality: str, params: DedupParams) -> pd.DataFrame:
+INFO = [("key", pa.uint64()), ("id", pa.string()), ("label", pa.string()), ("size", pa.int64()), ("exact", pa.string())]
+SIGNATURES = {  # the columns of `signatures`, per modality
+    "text": pa.schema([*INFO, ("minhash", pa.binary()), ("shingles", pa.binary())]),
+    "image": pa.schema([*INFO, ("phash", pa.uint64())]),
+}
+
+
+def signatures(records: pd.DataFrame, modality: str, params: DedupParams, *, seed: int = 0) -> pd.DataFrame:
     """What dedup needs of each record of a partition, computed once: `key`, `id`, `label`,
     `size` (for survivor "longest"), `exact` (the exact-duplicate key) and the near-duplicate
-    signature (see `candidates.text_signatures`, `candidates.image_signatures`)."""
-    near = text_signatures(records, params) if modality == "text" else image_signatures(records, params)
+    signature (see `candidates.text_signatures`, `candidates.image_signatures`; MinHash
+    permutations from `seed`: 0 in dedup, the certificate's own in split)."""
+    near = text_signatures(records, params, seed=seed) if modality == "text" else image_signatures(records, params)
     info = pd.DataFrame({"id": records["id"].to_numpy(object), "label": records["label"].to_numpy(object),
                          "size": record_sizes(records) if len(records) else np.empty(0, np.int64),
                          "exact": exact_key(records, params).to_numpy(object)})

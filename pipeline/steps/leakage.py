@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import pandas as pd
 
 from pipeline.params import DedupParams
@@ -66,6 +67,38 @@ def _leak(records: pd.DataFrame, i: int, j: int, kind: str, similarity: str) -> 
     if SPLIT_ORDER.index(a["_split"]) < SPLIT_ORDER.index(b["_split"]):
         a, b = b, a
     return Leak(a["_split"], a["id"], b["_split"], b["id"], kind, similarity)
+
+
+def exact_cross_pairs(rows: pd.DataFrame) -> pd.DataFrame:
+    """Pairs (`a` < `b`) of rows with equal `content_hash` in different splits, from rows sorted by
+    content_hash, then key (a shuffle partition: every record of a hash is here)."""
+    found = []
+    for _, members in rows.groupby("content_hash", sort=True):
+        if len(members) < 2:
+            continue
+        keys, splits = members["key"].to_numpy(np.uint64), members["split"].to_numpy(object)
+        i, j = np.triu_indices(len(members), k=1)
+        cross = splits[i] != splits[j]
+        found.append(pd.DataFrame({"a": keys[i][cross], "b": keys[j][cross]}))
+    return pd.concat(found, ignore_index=True) if found else pd.DataFrame({"a": np.empty(0, np.uint64), "b": np.empty(0, np.uint64)})
+
+
+def cross_split_leaks(exact: pd.DataFrame, near: pd.DataFrame) -> list[Leak]:
+    """The certificate's pairs from exact and near pairs that carry both ends' `split_`/`id_` and,
+    for near pairs, `similarity` text: pairs in one split dropped, exact before near, in key order."""
+    found: dict[tuple[int, int], tuple] = {}
+    for frame, kind in ((exact, "exact"), (near, "near")):
+        for row in frame.itertuples(index=False):
+            similarity = "identical content" if kind == "exact" else row.similarity
+            found.setdefault((int(row.a), int(row.b)), (row.split_a, row.id_a, row.split_b, row.id_b, kind, similarity))
+    leaks = []
+    for _, (split_a, id_a, split_b, id_b, kind, similarity) in sorted(found.items()):
+        if split_a == split_b:
+            continue
+        first, second = ((split_b, id_b), (split_a, id_a)) if SPLIT_ORDER.index(split_a) < SPLIT_ORDER.index(split_b) else \
+            ((split_a, id_a), (split_b, id_b))
+        leaks.append(Leak(first[0], first[1], second[0], second[1], kind, similarity))
+    return leaks
 
 
 def certificate(leaks: list[Leak], *, method: str, checked: dict[str, int]) -> dict:
