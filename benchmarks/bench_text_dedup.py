@@ -1,22 +1,32 @@
 """Benchmark: the project's near-duplicate step against datasketch 2.x MinHash + LSH.
 
-    .venv/bin/python benchmarks/bench_text_dedup.py --docs 200000
+    .venv/bin/python benchmarks/bench_text_dedup.py --docs 200000 [--corpus fragments] [--shingle word|char|both]
 
-Generates short texts (about 100 characters of words from a seeded Zipf vocabulary) in which a
-fifth are edited copies (0 to 5 word edits) of earlier texts, so copies of copies make chains and
-their Jaccard spreads around the threshold. Then, in one run, it times
+Two seeded corpora of short ASCII texts (about 100 characters of words from a Zipf vocabulary), in
+each of which a fifth are edited copies (0 to 5 word edits) of earlier texts, so copies of copies
+make chains and their Jaccard spreads around the threshold:
 
-* project: `near_duplicates` from the raw texts (case folding and shingling included), and
+* edits (default): the other texts are independent draws of words;
+* fragments: the other texts are assembled from a small pool of shared phrases of Zipf
+  popularity, so unrelated texts share many n-grams and LSH proposes many candidates.
+
+For word 3-grams and for character 5-grams (`--shingle both`, the default) it then times, in
+one run,
+
+* project: `near_duplicates` from the raw texts (case folding and shingling included) to the
+  verified pairs, and
 * datasketch: `MinHash.bulk` + `MinHashLSH` insert all + query all, with the same num_perm,
-  threshold and character shingles (built beforehand and timed apart, so the ratio is
+  threshold and shingles (built beforehand with plain Python and timed apart, so the ratio is
   conservative),
 
 and scores both against every pair whose exact Jaccard reaches the threshold. Prints one JSON line.
 
-Ground truth is exact and independent of both methods: the benchmark texts are ASCII, so each
-character k-gram (k <= 9) packs losslessly into a 35-bit key (no hashing); an AllPairs-style
-prefix filter (rarest-first global order, see `true_pairs`) plus the size filter yields every pair
-that can reach the threshold, and each survivor's Jaccard is computed exactly from those keys.
+Ground truth is exact and independent of both methods. The texts are ASCII, so each character
+k-gram (k <= 9) packs losslessly into a 35-bit key; each word k-gram gets an exact integer id
+(words mapped to integers, tuples of them re-ranked to dense ids). Nothing is hashed. An
+AllPairs-style prefix filter (rarest-first global order, see `true_pairs`) plus the size filter
+yields every pair that can reach the threshold, and each survivor's Jaccard is computed exactly
+from those keys.
 
 Memory is the resident set size (RSS) per phase: the kernel's peak (VmHWM) is reset through
 /proc/self/clear_refs before each timed phase and read after it; where that is not allowed it
@@ -57,6 +67,42 @@ def make_corpus(docs: int, seed: int, *, dup_fraction: float = 0.2) -> list[str]
         source = texts[int(gen.integers(len(texts)))]
         texts.append(_edit(source.split(" "), vocab, gen, int(gen.integers(0, 6))))
     return [texts[i] for i in gen.permutation(len(texts))]
+
+
+def make_fragment_corpus(docs: int, seed: int, *, dup_fraction: float = 0.2, phrases: int = 1_000,
+                         fillers: int = 2) -> list[str]:
+    """Short texts assembled from a pool of shared phrases, a `dup_fraction` of them edited copies.
+
+    Each text alternates phrases from the pool (12 to 35 characters) with `fillers` words drawn
+    on their own. Phrase popularity is Zipf-like, so the common phrases recur in thousands of
+    texts: their word and character n-grams are shared across unrelated texts, and LSH proposes
+    many candidates whose Jaccard lies below the threshold.
+    """
+    gen = rng(seed, "bench", "fragments")
+    vocab = [w.decode() for w in _vocabulary(gen, 20_000)]
+    weights = 1.0 / np.arange(1, len(vocab) + 1) ** 0.9
+    rows = gen.choice(len(vocab), size=(phrases, 8), p=weights / weights.sum())
+    pool = [_sentence(vocab, row, int(gen.integers(12, 36))) for row in rows]
+    popularity = 1.0 / np.arange(1, phrases + 1)
+    copies = int(docs * dup_fraction)
+    picks = gen.choice(phrases, size=(docs - copies, 8), p=popularity / popularity.sum())
+    words = gen.integers(len(vocab), size=(docs - copies, 8, fillers))  # uniform: rarer than the phrases
+    texts = [_assembled(pool, vocab, pick, filler, int(gen.integers(80, 121))) for pick, filler in zip(picks, words)]
+    for _ in range(copies):
+        source = texts[int(gen.integers(len(texts)))]
+        texts.append(_edit(source.split(" "), vocab, gen, int(gen.integers(0, 6))))
+    return [texts[i] for i in gen.permutation(len(texts))]
+
+
+def _assembled(pool: list[str], vocab: list[str], picks: np.ndarray, fillers: np.ndarray, target: int) -> str:
+    """Phrases from the pool, each followed by its filler words, until the text reaches `target` characters."""
+    parts, length = [], -1
+    for phrase, words in zip(picks, fillers):
+        parts += [pool[phrase], *(vocab[w] for w in words)]
+        length += len(pool[phrase]) + sum(len(vocab[w]) + 1 for w in words) + 1
+        if length >= target:
+            break
+    return " ".join(parts)
 
 
 def _vocabulary(gen: np.random.Generator, size: int) -> list[bytes]:
@@ -112,17 +158,47 @@ def packed_shingles(texts: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
     return tagged & np.uint64((1 << 7 * k) - 1), offsets
 
 
-def true_pairs(texts: list[str], k: int, threshold: float, *, shared: int = 4) -> np.ndarray:
-    """Codes i * n + j (i < j) of all pairs with exact Jaccard >= threshold.
+def word_shingle_ids(texts: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique word k-gram ids per text, and offsets: equal ids exactly when the k-grams are equal.
+
+    Words are those of `text.casefold().replace("\\0", " ").split()`, each mapped to an integer
+    (1, 2, ...; 0 pads a text of fewer than k words to one k-gram). A k-gram's id is built a
+    word at a time, re-ranking (previous id, next word) to dense integers, so nothing is hashed.
+    """
+    vocab: dict[str, int] = {}
+    words = [[vocab.setdefault(w, len(vocab) + 1) for w in t.casefold().replace("\0", " ").split()] for t in texts]
+    lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+    flat = np.fromiter((w for text in words for w in text), dtype=np.int64, count=int(lengths.sum()))
+    ids = np.zeros(flat.size + k * len(words), dtype=np.int64)  # each text's words, then k zeros
+    ids[np.arange(flat.size) + k * np.repeat(np.arange(len(words)), lengths)] = flat
+    counts = np.maximum(lengths - k + 1, 1)
+    starts = np.concatenate(([0], np.cumsum(lengths + k)[:-1]))
+    first = np.arange(int(counts.sum())) + np.repeat(starts - (np.cumsum(counts) - counts), counts)
+    gram = ids[first]
+    for t in range(1, k):
+        gram = _dense(gram * (len(vocab) + 1) + ids[first + t])
+    docs = np.repeat(np.arange(len(texts), dtype=np.uint64), counts)
+    tagged = _distinct((docs << np.uint64(32)) | gram.astype(np.uint64))
+    offsets = np.searchsorted(tagged >> np.uint64(32), np.arange(len(texts) + 1, dtype=np.uint64))
+    return tagged & np.uint64(0xFFFFFFFF), offsets
+
+
+def _dense(values: np.ndarray) -> np.ndarray:
+    """Each value's rank among the distinct values."""
+    return np.searchsorted(_distinct(values), values)
+
+
+def true_pairs(keys: np.ndarray, offsets: np.ndarray, threshold: float, *, shared: int = 4) -> np.ndarray:
+    """Codes i * n + j (i < j) of all pairs whose sets of exact shingle keys have Jaccard >= threshold.
 
     Prefix filter: order tokens rarest first. If J(x, y) >= t then |x & y| >= ceil(t |x|), so the
     first c common tokens lie within the first |x| - ceil(t |x|) + c tokens of x (and likewise of
     y): a pair that shares fewer than min(c, ceil(t max(|x|, |y|))) tokens there cannot qualify.
     The survivors that also pass the size filter are verified exactly.
     """
-    keys, offsets = packed_shingles(texts, k)
+    n = len(offsets) - 1
     sizes = np.diff(offsets)
-    docs = np.repeat(np.arange(len(texts), dtype=np.uint64), sizes)
+    docs = np.repeat(np.arange(n, dtype=np.uint64), sizes)
     ranked = np.sort((docs << np.uint64(32)) | _rarest_first(keys))  # per document, rarest first
     need = np.ceil(threshold * sizes - 1e-9).astype(np.int64)
     within = np.arange(len(keys)) - np.repeat(offsets[:-1], sizes)
@@ -132,7 +208,7 @@ def true_pairs(texts: list[str], k: int, threshold: float, *, shared: int = 4) -
     keep = small >= threshold * big - 1e-9
     i, j = i[keep], j[keep]
     inter = _intersections(keys, offsets, i, j)
-    return (i * len(texts) + j)[inter >= threshold * (sizes[i] + sizes[j] - inter) - 1e-9]
+    return (i * n + j)[inter >= threshold * (sizes[i] + sizes[j] - inter) - 1e-9]
 
 
 def _shared_prefix_pairs(token: np.ndarray, doc: np.ndarray, need: np.ndarray, shared: int,
@@ -171,22 +247,27 @@ def _rarest_first(keys: np.ndarray) -> np.ndarray:
 
 
 def _intersections(keys: np.ndarray, offsets: np.ndarray, i: np.ndarray, j: np.ndarray,
-                   batch: int = 20_000) -> np.ndarray:
-    """|set i & set j| per pair: tag both sets' keys with the pair number, sort, count repeats."""
+                   cells: int = 1 << 21) -> np.ndarray:
+    """|set i & set j| per pair: both sets in one padded row, rows sorted, equal neighbours counted.
+
+    A set holds each key once, so a key appears twice in a row exactly when both sets hold it.
+    Pairs are taken in order of their total size, so the rows of a batch have similar widths.
+    """
+    left, right = offsets[i + 1] - offsets[i], offsets[j + 1] - offsets[j]
+    total = left + right
+    order = np.argsort(total, kind="stable")
     out = np.zeros(len(i), np.int64)
-    for lo in range(0, len(i), batch):
-        pairs = np.arange(lo, min(lo + batch, len(i)))
-        tagged = np.concatenate([_tagged(keys, offsets, side[pairs], pairs - lo) for side in (i, j)])
-        tagged.sort()
-        repeats = tagged[1:][tagged[1:] == tagged[:-1]] >> np.uint64(40)
-        out[pairs] = np.bincount(repeats.astype(np.int64), minlength=len(pairs))
+    step = max(1, cells // max(int(total.max(initial=1)), 1))
+    for lo in range(0, len(order), step):
+        pairs = order[lo:lo + step]
+        column = np.arange(int(total[pairs].max()))
+        first = column < left[pairs, None]
+        where = np.where(first, offsets[i[pairs], None] + column, offsets[j[pairs], None] + column - left[pairs, None])
+        rows = np.where(column < total[pairs, None], keys[np.minimum(where, len(keys) - 1)], np.uint64(2**64 - 1))
+        rows.sort(axis=1)
+        equal = (rows[:, 1:] == rows[:, :-1]) & (column[:-1] < total[pairs, None] - 1)
+        out[pairs] = equal.sum(axis=1)
     return out
-
-
-def _tagged(keys: np.ndarray, offsets: np.ndarray, docs: np.ndarray, tags: np.ndarray) -> np.ndarray:
-    counts = offsets[docs + 1] - offsets[docs]
-    where = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts - offsets[docs], counts)
-    return (np.repeat(tags.astype(np.uint64), counts) << np.uint64(40)) | keys[where]
 
 
 def _distinct(values: np.ndarray) -> np.ndarray:
@@ -208,12 +289,16 @@ def run_project(texts: list[str], settings: NearDupSettings) -> np.ndarray:
     return result.pairs[:, 0] * len(texts) + result.pairs[:, 1]
 
 
-def datasketch_shingles(texts: list[str], k: int) -> list[list[bytes]]:
-    """The project's character shingles, as the byte strings datasketch hashes."""
+def datasketch_shingles(texts: list[str], shingle: str, k: int) -> list[list[bytes]]:
+    """The project's shingles (case-folded character or word k-grams), as the byte strings datasketch hashes."""
     out = []
     for text in texts:
         text = text.casefold()
-        out.append([text[i:i + k].encode("utf-8") for i in range(max(len(text) - k + 1, 1))])
+        if shingle == "word":
+            words = text.replace("\0", " ").split()
+            out.append([" ".join(words[i:i + k]).encode("utf-8") for i in range(max(len(words) - k + 1, 1))])
+        else:
+            out.append([text[i:i + k].encode("utf-8") for i in range(max(len(text) - k + 1, 1))])
     return out
 
 
@@ -239,34 +324,46 @@ def scores(found: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     return hits / max(len(truth), 1), hits / len(found) if len(found) else 1.0
 
 
+CORPORA = {"edits": make_corpus, "fragments": make_fragment_corpus}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=20_000)
     parser.add_argument("--threshold", type=float, default=0.8)
     parser.add_argument("--num-perm", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shingle", choices=["word", "char", "both"], default="both",
+                        help="word 3-grams, char 5-grams, or both in one run")
+    parser.add_argument("--corpus", choices=sorted(CORPORA), default="edits",
+                        help="edits: edited copies of Zipf sentences; fragments: texts assembled from shared phrases")
     parser.add_argument("--skip-datasketch", action="store_true", help="time and score the project only")
     args = parser.parse_args(argv)
 
-    texts = make_corpus(args.docs, args.seed)
-    near = TextNearParams(threshold=args.threshold, group_threshold=args.threshold, num_perm=args.num_perm)
-    settings = NearDupSettings.from_params(near, seed=args.seed)
-    project = _phase(lambda: run_project(texts, settings))
-    truth = true_pairs(texts, settings.k, args.threshold)
-    report: dict[str, Any] = {
-        "docs": args.docs, "threshold": args.threshold, "num_perm": args.num_perm,
-        "bands_rows": [settings.bands, settings.rows], "true_pairs": len(truth),
-        "project": _scored(project, truth, args.docs),
-    }
-    if not args.skip_datasketch:
-        shingles, shingle_seconds, _ = timed(lambda: datasketch_shingles(texts, settings.k))
-        datasketch = _phase(lambda: run_datasketch(shingles, args.threshold, args.num_perm))
-        report["datasketch"] = {**_scored(datasketch, truth, args.docs),
-                                "shingle_seconds_untimed": round(shingle_seconds, 3)}
-        report["ratio"] = round(datasketch["seconds"] / project["seconds"], 2)  # docs/s, project over datasketch
+    texts = CORPORA[args.corpus](args.docs, args.seed)
+    report: dict[str, Any] = {"docs": args.docs, "corpus": args.corpus, "threshold": args.threshold, "num_perm": args.num_perm}
+    for shingle in ("word", "char") if args.shingle == "both" else (args.shingle,):
+        report[shingle] = compare(texts, shingle, args)
     report["memory"] = "RSS per phase: VmHWM reset via /proc/self/clear_refs (else ru_maxrss)"
     print(json.dumps(report))
     return 0
+
+
+def compare(texts: list[str], shingle: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Time and score the project (and datasketch) with one kind of shingle against exact ground truth."""
+    near = TextNearParams(threshold=args.threshold, group_threshold=args.threshold, num_perm=args.num_perm, shingle=shingle)
+    settings = NearDupSettings.from_params(near, seed=args.seed)
+    project = _phase(lambda: run_project(texts, settings))
+    exact = word_shingle_ids if shingle == "word" else packed_shingles
+    truth = true_pairs(*exact(texts, settings.k), args.threshold)
+    out: dict[str, Any] = {"size": settings.k, "bands_rows": [settings.bands, settings.rows],
+                           "true_pairs": len(truth), "project": _scored(project, truth, len(texts))}
+    if not args.skip_datasketch:
+        shingles, shingle_seconds, _ = timed(lambda: datasketch_shingles(texts, shingle, settings.k))
+        datasketch = _phase(lambda: run_datasketch(shingles, args.threshold, args.num_perm))
+        out["datasketch"] = {**_scored(datasketch, truth, len(texts)), "shingle_seconds_untimed": round(shingle_seconds, 3)}
+        out["ratio"] = round(datasketch["seconds"] / project["seconds"], 2)  # docs/s, project over datasketch
+    return out
 
 
 def _phase(fn: Callable[[], Any]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -11,8 +12,10 @@ from pipeline.params import TextNearParams
 from pipeline.steps.neardup import (
     LSH_WEIGHTS,
     NearDupSettings,
+    Shingles,
     calibrate,
     cluster_labels,
+    estimated_jaccard,
     exact_jaccard,
     minhash_signatures,
     near_duplicates,
@@ -233,3 +236,102 @@ def test_calibrate_reports_precision_recall_and_a_suggestion(corpus):
     assert suggested["bands"] * suggested["rows"] <= 128
     with pytest.raises(ValueError, match="at least one labelled pair"):
         calibrate([])
+
+
+# --- the reference shingler: the per-document implementation the hash values were fixed with ---
+
+def reference_shingle_hashes(texts: list[str], shingle: str, k: int) -> Shingles:
+    """The step's shingles as first written (Python case folding and splitting per text): the values to keep."""
+    folded = [text.casefold() for text in texts]
+    if shingle == "char":
+        pad = "\0" * k
+        lengths = np.fromiter(map(len, folded), dtype=np.int64, count=len(folded))
+        return _reference_kgrams(np.frombuffer((pad.join(folded) + pad).encode("utf-32-le"), dtype=np.uint32), lengths, k)
+    joined = "\0".join(" ".join(text.replace("\0", " ").split()) for text in folded)
+    codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+    gap = (codes == 32) | (codes == 0)
+    begin = ~gap & np.concatenate(([True], gap[:-1]))
+    begins = np.flatnonzero(begin)
+    if begins.size == 0:
+        tokens, counts = np.empty(0, np.uint32), np.zeros(len(folded), np.int64)
+    else:
+        position = np.arange(codes.size) - begins[np.maximum(np.cumsum(begin) - 1, 0)]
+        position[gap] = 0
+        weights = _reference_fmix32(np.arange(int(position.max()) + 1, dtype=np.uint32) * np.uint32(0x9E3779B9)
+                                    + np.uint32(0x7F4A7C15)) | np.uint32(1)
+        weighted = codes * weights[position]
+        weighted[gap] = 0
+        sums = np.add.reduceat(weighted, begins)
+        sizes = np.add.reduceat((~gap).astype(np.uint32), begins)
+        tokens = _reference_fmix32(sums ^ (sizes * np.uint32(0x9E3779B9)))
+        counts = np.bincount(np.cumsum(codes == 0)[begins], minlength=len(folded)).astype(np.int64)
+    docs = np.repeat(np.arange(len(counts)), counts)
+    padded = np.zeros(tokens.size + k * len(counts), dtype=np.uint32)
+    padded[np.arange(tokens.size) + docs * k] = tokens
+    return _reference_kgrams(padded, counts, k)
+
+
+def _reference_kgrams(padded: np.ndarray, lengths: np.ndarray, k: int) -> Shingles:
+    windows = padded.size - k + 1
+    h = padded[:windows].copy()
+    for t in range(1, k):
+        h *= np.uint32(0x01000193)
+        h += padded[t:t + windows]
+    counts = np.maximum(lengths - k + 1, 1)
+    blocks = np.column_stack((counts, lengths + k - counts)).ravel()
+    keep = np.repeat(np.tile(np.array([True, False]), len(lengths)), blocks)[:windows]
+    return Shingles(values=_reference_fmix32(h[keep]), offsets=np.concatenate(([0], np.cumsum(counts))))
+
+
+def _reference_fmix32(h: np.ndarray) -> np.ndarray:
+    h = h ^ (h >> np.uint32(16))
+    h *= np.uint32(0x85EBCA6B)
+    h ^= h >> np.uint32(13)
+    h *= np.uint32(0xC2B2AE35)
+    h ^= h >> np.uint32(16)
+    return h
+
+
+SPACES = [chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()]  # all that str.split() splits on
+PIECES = [
+    "Straße", "STRASSE", "İstanbul", "ΣΑΣ ΌΣΟΣ", "ǅ", "ﬁ", "ΐ", "ŉ", "\u212a", "e\u0301\u0302", "क्षि", "한국어",
+    "中文字", "العربية", "עִבְרִית", "Ελληνικά", "кириллица", "🙂", "👩\u200d👩\u200d👧", "🇫🇷", "𝔘𝔫𝔦", "\U0010ffff",
+    "\u200b", "\u180e", "\ufeff", "\u2060", "\x01", "\x1b", "\x7f", "ABC", "word", "Q", "x" * 3000, "ß" * 1500,
+    "\0", "\0\0", "",
+]
+
+
+def adversarial_texts(seed: int, *, ascii_only: bool) -> list[str]:
+    """Texts made of the pieces and every Python whitespace character, with empty and blank texts among them."""
+    pool = [p for p in PIECES + SPACES if p.isascii() or not ascii_only]
+    gen = np.random.default_rng(seed)
+    texts = ["".join(pool[i] for i in gen.integers(0, len(pool), size=gen.integers(0, 14))) for _ in range(400)]
+    blank = [s for s in SPACES if s.isascii() or not ascii_only]
+    return texts + ["", "".join(blank), "\0", " a ", "a", "".join(blank) + "x" * 5000 + "".join(blank)]
+
+
+@pytest.mark.parametrize("ascii_only", [False, True])
+@pytest.mark.parametrize("shingle", ["char", "word"])
+def test_shingle_hashes_keep_the_reference_values_on_adversarial_unicode(shingle, ascii_only):
+    texts = adversarial_texts(5, ascii_only=ascii_only)
+    for k in range(1, 6):
+        for batch in (texts, texts[:1], ["", " "], texts[-3:]):
+            expected, got = reference_shingle_hashes(batch, shingle, k), shingle_hashes(batch, shingle=shingle, size=k)
+            assert got.values.dtype == np.uint32 and got.offsets.dtype == np.int64
+            assert np.array_equal(got.offsets, expected.offsets), (shingle, k)
+            assert np.array_equal(got.values, expected.values), (shingle, k)
+        expected, sets = reference_shingle_hashes(texts, shingle, k), shingle_sets(texts, shingle=shingle, size=k)
+        unique = [np.unique(values) for values in np.split(expected.values, expected.offsets[1:-1])]
+        assert np.array_equal(sets.values, np.concatenate(unique))
+        assert sets.sizes().tolist() == [u.size for u in unique]
+
+
+@pytest.mark.parametrize("verify", ["exact", "estimate"])
+def test_verification_from_the_kept_sets_matches_verification_from_the_texts(corpus, verify):
+    texts, _ = corpus
+    result = near_duplicates(texts, settings(threshold=0.5, bands=64, rows=2, verify=verify, screen=None))
+    if verify == "exact":
+        expected = exact_jaccard(shingle_sets(texts), result.pairs)
+    else:  # signatures over every shingle, repeats included, as the estimate was first defined
+        expected = estimated_jaccard(minhash_signatures(shingle_hashes(texts)), result.pairs)
+    assert len(result.pairs) >= 10 and np.array_equal(result.jaccard, expected)

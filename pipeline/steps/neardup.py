@@ -2,12 +2,15 @@
 
 The whole step is vectorised with numpy over chunks of documents, so it needs no compiled code:
 
-1. Case-folded texts are laid end to end in one code-point buffer; k-grams of characters (or of
-   word hashes) are hashed to 32 bits with a polynomial over the buffer and a murmur finaliser.
+1. Texts are case-folded (pyarrow's ASCII kernels, `str.casefold` for the rest) and laid end to
+   end in one code-point buffer; words are split there as `str.split()` splits them; k-grams of
+   characters (or of word hashes) are hashed to 32 bits with a polynomial over the buffer and a
+   murmur finaliser. Each document's sorted unique shingles (its set) are kept.
 2. MinHash applies `num_perm` random affine bijections of the 32-bit space (`a * x + b mod 2**32`,
    `a` odd), drawn from `rng(seed, "minhash")`, and keeps the minimum per document
-   (`np.minimum.reduceat`). Every value depends on one document alone, so signatures do not
-   change with document order or chunk size.
+   (`np.minimum.reduceat`) over its set: the minimum over the set is the minimum over all its
+   shingles. Every value depends on one document alone, so signatures do not change with
+   document order or chunk size.
 3. LSH hashes each band of `rows` values to 64 bits; documents that share a band hash are
    candidate pairs.
 4. Candidates are screened band by band with a sketch (the low byte of every signature value): a pair
@@ -15,9 +18,9 @@ The whole step is vectorised with numpy over chunks of documents, so it needs no
    dropped before verification. On large corpora most candidates are chance collisions of
    unrelated texts (their number grows with the square of the corpus), so this keeps the
    expensive verification proportional to the real near duplicates.
-5. The rest are verified by the exact Jaccard of their shingle sets (or the signature estimate)
-   against the threshold, and union-find over the verified pairs gives the clusters, each named
-   by its smallest member index.
+5. The rest are verified by the exact Jaccard of their kept shingle sets (or the signature
+   estimate) against the threshold, and union-find over the verified pairs gives the clusters,
+   each named by its smallest member index.
 
 Shingle hashes are 32-bit, so "exact" Jaccard is exact up to hash collisions (about 2**-32 per
 pair of distinct shingles), as with datasketch's default 32-bit hashing.
@@ -30,6 +33,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from numpy.lib.stride_tricks import sliding_window_view
 
 from pipeline.params import TextNearParams
 from pipeline.seeding import rng
@@ -39,9 +45,13 @@ log = logging.getLogger(__name__)
 ShingleKind = Literal["char", "word"]
 VerifyKind = Literal["exact", "estimate"]
 DEFAULT_SIZE = {"char": 5, "word": 3}
-_MASK32 = np.uint64(0xFFFFFFFF)
 _BASE = np.uint32(0x01000193)  # odd polynomial base (the FNV prime)
 _BLOCK = 8_192  # shingles per MinHash block: 128 x 8k uint32 values stay in cache
+_CELLS = 1 << 18  # matrix cells per block of rows sorted at once (sets, intersections)
+_PAIRS = 1 << 14  # candidate pairs screened at once: their sketch rows stay in cache
+_PAD = np.uint32(0xFFFFFFFF)  # pads rows of sorted values: it sorts last
+# Where `str.split()` splits, per code point up to U+3000 (none lies past it), NUL included.
+_SPACE = np.array([c == 0 or chr(c).isspace() for c in range(0x3001)])
 
 
 LSH_WEIGHTS = (0.1, 0.9)  # (false positive, false negative) weights of the banding choice: verification follows, so favour recall
@@ -139,17 +149,17 @@ class NearDupResult:
 def shingle_hashes(texts: Sequence[str], *, shingle: ShingleKind = "char", size: int | None = None) -> Shingles:
     """Hashed k-grams per document, in text order, duplicates kept (what MinHash needs).
 
-    Texts are case-folded first. A text shorter than k gives one shingle of the whole text (the
-    empty text included), so every document has at least one shingle.
+    Texts are case-folded first (`str.casefold`); words are what `str.split()` gives, NUL also
+    separating them. A text shorter than k gives one shingle of the whole text (the empty text
+    included), so every document has at least one shingle.
     """
     k = size or DEFAULT_SIZE[shingle]
     if len(texts) == 0:
         return Shingles(values=np.empty(0, np.uint32), offsets=np.zeros(1, np.int64))
-    folded = [text.casefold() for text in texts]
     if shingle == "char":
-        return _kgrams(*_padded_chars(folded, k), k)
-    tokens, lengths = _word_tokens(folded)
-    return _kgrams(*_pad_tokens(tokens, lengths, k), k)
+        return _kgrams(*_folded_code_points(texts, pad=k), k)
+    words, counts = _word_tokens(*_folded_code_points(texts, pad=1))
+    return _kgrams(_padded(words, counts, k), counts, k)
 
 
 def shingle_sets(texts: Sequence[str], *, shingle: ShingleKind = "char", size: int | None = None) -> Shingles:
@@ -157,32 +167,84 @@ def shingle_sets(texts: Sequence[str], *, shingle: ShingleKind = "char", size: i
     return _unique_per_doc(shingle_hashes(texts, shingle=shingle, size=size))
 
 
-def _padded_chars(folded: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Code points of all texts, each followed by k zeros, and the text lengths."""
-    pad = "\0" * k
-    joined = pad.join(folded) + pad
-    lengths = np.fromiter(map(len, folded), dtype=np.int64, count=len(folded))
-    return np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32), lengths
+def _folded_code_points(texts: Sequence[str], *, pad: int) -> tuple[np.ndarray, np.ndarray]:
+    """Code points of the case-folded texts, each followed by `pad` NULs, and the texts' lengths.
+
+    The code points are uint8 when every text is ASCII (the bytes themselves), else uint32.
+    """
+    data, offsets, ascii = _folded_utf8(texts, pad)
+    if not ascii:
+        data, offsets = _decode_utf8(data, offsets)
+    return data, np.diff(offsets) - pad
 
 
-def _word_tokens(folded: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """A 32-bit hash per whitespace-separated word, and the word count of each text."""
-    joined = "\0".join(" ".join(text.replace("\0", " ").split()) for text in folded)
-    codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
-    gap = (codes == 32) | (codes == 0)
-    begin = ~gap & np.concatenate(([True], gap[:-1]))
-    begins = np.flatnonzero(begin)
-    if begins.size == 0:
-        return np.empty(0, np.uint32), np.zeros(len(folded), np.int64)
-    position = np.arange(codes.size) - begins[np.maximum(np.cumsum(begin) - 1, 0)]
-    position[gap] = 0
-    weighted = codes * _position_weights(int(position.max()) + 1)[position]
-    weighted[gap] = 0
-    sums = np.add.reduceat(weighted, begins)
-    lengths = np.add.reduceat((~gap).astype(np.uint32), begins)
-    words = _fmix32(sums ^ (lengths * np.uint32(0x9E3779B9)))
-    docs = np.cumsum(codes == 0)[begins]  # a text's index is the count of separators before it
-    return words, np.bincount(docs, minlength=len(folded)).astype(np.int64)
+def _folded_utf8(texts: Sequence[str], pad: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """UTF-8 of the case-folded texts, each followed by `pad` NULs, its offsets (n + 1), and whether all are ASCII.
+
+    pyarrow's ASCII kernels fold the ASCII texts (most of them) at C speed; `str.casefold` folds
+    the others, where it differs from lowering ("ß" -> "ss").
+    """
+    array = pa.array(texts, type=pa.large_string())
+    if array.null_count:
+        raise TypeError(f"Texts must be str; got None at index {pc.index(pc.is_null(array), True).as_py()}.")
+    ascii = pc.string_is_ascii(array).to_numpy(zero_copy_only=False)
+    folded = pc.ascii_lower(array)
+    others = np.flatnonzero(~ascii).tolist()
+    if others:
+        refolded = pa.array([texts[i].casefold() for i in others], type=pa.large_string())
+        folded = pc.replace_with_mask(folded, pa.array(~ascii), refolded)
+    nuls, nothing = pa.scalar("\0" * pad, pa.large_string()), pa.scalar("", pa.large_string())
+    padded = pc.binary_join_element_wise(folded, nuls, nothing)
+    _, offsets, data = padded.buffers()
+    offsets = np.frombuffer(offsets, np.int64)[padded.offset:padded.offset + len(padded) + 1]
+    data = np.frombuffer(data, np.uint8)[offsets[0]:offsets[-1]]
+    return data, offsets - offsets[0], not others
+
+
+def _decode_utf8(data: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """uint32 code points of valid UTF-8 `data`, and byte `offsets` as code point offsets."""
+    lead = (data & 0xC0) != 0x80  # continuation bytes are 10xxxxxx
+    starts = np.flatnonzero(lead)
+    codes = data[starts].astype(np.uint32)
+    wide = np.flatnonzero(codes >= 0x80)
+    first, at = codes[wide], starts[wide]
+    extra = 1 + (first >= 0xE0).astype(np.int8) + (first >= 0xF0)  # continuation bytes
+    value = first & np.array([0, 0x1F, 0x0F, 0x07], np.uint32)[extra]
+    for t in range(1, 4):
+        more = np.flatnonzero(extra >= t)
+        value[more] = (value[more] << 6) | (data[at[more] + t] & 0x3F)
+    codes[wide] = value
+    return codes, np.concatenate(([0], np.cumsum(lead)))[offsets]
+
+
+def _word_tokens(codes: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A 32-bit hash per word (a maximal run of non-space code points), and each text's word count.
+
+    `codes` holds each text followed by one NUL (a space), so no word runs across texts.
+    """
+    edges = np.flatnonzero(np.diff(_is_space(codes), prepend=True))  # word begins and ends, alternately
+    if edges.size == 0:
+        return np.empty(0, np.uint32), np.zeros(len(lengths), np.int64)
+    begins, sizes = edges[0::2], edges[1::2] - edges[0::2]
+    step = np.ones(codes.size, np.int32)
+    step[begins] = 1 - np.diff(begins, prepend=0)
+    position = np.cumsum(step, dtype=np.int32) - 1  # since the last word begin; past a word's end it does not matter
+    weighted = codes * np.take(_position_weights(int(sizes.max())), position, mode="clip")
+    # The sum and the finaliser run in 64 bits (numpy's reduceat widened uint32 sums when these
+    # hashes were fixed) and the low 32 bits are kept: published results depend on these values.
+    sums = np.add.reduceat(weighted, edges, dtype=np.uint64)[0::2]
+    words = _fmix32(sums ^ (sizes.astype(np.uint64) * np.uint64(0x9E3779B9))).astype(np.uint32)
+    bounds = np.concatenate(([0], np.cumsum(lengths + 1)))
+    return words, np.diff(np.searchsorted(begins, bounds))
+
+
+def _is_space(codes: np.ndarray) -> np.ndarray:
+    """Where `str.split()` splits, per code point, NUL included."""
+    space = codes <= 32
+    odd = codes < 32 if codes.dtype == np.uint8 else (codes < 32) | ((codes >= 0x85) & (codes <= 0x3000))
+    at = np.flatnonzero(odd)
+    space[at] = _SPACE[codes[at]]
+    return space
 
 
 def _position_weights(n: int) -> np.ndarray:
@@ -190,18 +252,17 @@ def _position_weights(n: int) -> np.ndarray:
     return _fmix32(np.arange(n, dtype=np.uint32) * np.uint32(0x9E3779B9) + np.uint32(0x7F4A7C15)) | np.uint32(1)
 
 
-def _pad_tokens(tokens: np.ndarray, lengths: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Tokens of each document followed by k zeros, as `_padded_chars` lays out characters."""
-    docs = np.repeat(np.arange(len(lengths)), lengths)
+def _padded(tokens: np.ndarray, lengths: np.ndarray, k: int) -> np.ndarray:
+    """uint32 tokens (code points or word hashes) of each document followed by k zeros."""
     padded = np.zeros(tokens.size + k * len(lengths), dtype=np.uint32)
-    padded[np.arange(tokens.size) + docs * k] = tokens
-    return padded, lengths
+    padded[np.arange(tokens.size) + k * np.repeat(np.arange(len(lengths)), lengths)] = tokens
+    return padded
 
 
 def _kgrams(padded: np.ndarray, lengths: np.ndarray, k: int) -> Shingles:
     """Hash every window of k tokens that starts inside a document (one window when shorter than k)."""
     windows = padded.size - k + 1
-    h = padded[:windows].copy()
+    h = padded[:windows].astype(np.uint32)
     for t in range(1, k):
         h *= _BASE
         h += padded[t:t + windows]
@@ -229,16 +290,61 @@ def _sorted_unique(values: np.ndarray) -> np.ndarray:
 
 
 def _unique_per_doc(shingles: Shingles) -> Shingles:
-    keys = _sorted_unique(_doc_keys(shingles))
-    counts = np.bincount((keys >> np.uint64(32)).astype(np.int64), minlength=len(shingles))
-    offsets = np.concatenate(([0], np.cumsum(counts)))
-    return Shingles(values=(keys & _MASK32).astype(np.uint32), offsets=offsets)
+    """Each document's values sorted, repeats dropped.
+
+    Documents are sorted as the rows of padded matrices of similar widths: numpy sorts many short
+    rows far faster than one long array of (document, value) keys. A row is a window of the values
+    starting at its document, the part past the document overwritten with padding.
+    """
+    sizes = shingles.sizes()
+    padded = np.concatenate((shingles.values, np.full(int(sizes.max(initial=1)), _PAD)))
+    kept, found = np.empty(len(sizes), np.int64), []
+    for width, docs in _row_blocks(sizes):
+        rows = sliding_window_view(padded, width)[shingles.offsets[docs]]
+        fresh = np.arange(width) < sizes[docs, None]
+        np.copyto(rows, _PAD, where=~fresh)
+        rows.sort(axis=1)
+        fresh[:, 1:] &= rows[:, 1:] != rows[:, :-1]
+        kept[docs] = fresh.sum(axis=1)
+        found.append((docs, rows[fresh]))
+    offsets = np.concatenate(([0], np.cumsum(kept)))
+    values = np.empty(offsets[-1], np.uint32)
+    for docs, distinct in found:
+        values[_ranges(offsets[docs], kept[docs])] = distinct
+    return Shingles(values=values, offsets=offsets)
 
 
-def _doc_keys(shingles: Shingles) -> np.ndarray:
-    """(document << 32) | value: sorted when the documents' values are."""
-    docs = np.repeat(np.arange(len(shingles), dtype=np.uint64), shingles.sizes())
-    return (docs << np.uint64(32)) | shingles.values.astype(np.uint64)
+def _row_blocks(sizes: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """(width, indices) blocks of rows: sizes rounded up to within 1/8 of a power of two, about `_CELLS` cells a block."""
+    step = np.left_shift(1, np.maximum(np.frexp(np.maximum(sizes, 1) - 1)[1] - 3, 0))
+    widths = -(-sizes // step) * step
+    order = np.argsort(widths, kind="stable")
+    starts = np.flatnonzero(np.diff(widths[order], prepend=-1))
+    for start, end in zip(starts.tolist(), [*starts[1:].tolist(), len(order)]):
+        width = max(int(widths[order[start]]), 1)
+        for block in np.array_split(order[start:end], -(-(end - start) * width // _CELLS)):
+            yield width, block
+
+
+def _sorted_rows(values: np.ndarray, starts: np.ndarray, counts: np.ndarray, width: int) -> np.ndarray:
+    """Rows holding the values of two ranges (`starts`, `counts`: one column per range), each row sorted.
+
+    Rows are padded with 2**32 - 1, which sorts last, so a row's own values come first.
+    """
+    rows = np.full((len(counts), width), _PAD)
+    within = _ranges(np.arange(len(counts)) * width, counts.sum(axis=1))
+    rows.ravel()[within] = np.take(values, _ranges(starts.ravel(), counts.ravel()))
+    rows.sort(axis=1)
+    return rows
+
+
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The indices starts[i], ..., starts[i] + counts[i] - 1 for every i, end to end (int32 where they fit: faster)."""
+    first = np.cumsum(counts) - counts
+    total = int(first[-1] + counts[-1]) if len(counts) else 0
+    small = total < 2**31 and (total == 0 or int((starts + counts).max()) < 2**31)
+    dtype = np.int32 if small else np.int64
+    return np.arange(total, dtype=dtype) - np.repeat((first - starts).astype(dtype), counts)
 
 
 # --- MinHash --------------------------------------------------------------------------------
@@ -365,26 +471,25 @@ def exact_jaccard(sets: Shingles, pairs: np.ndarray) -> np.ndarray:
     if len(pairs) == 0:
         return np.empty(0, np.float64)
     sizes = sets.sizes()
-    small, large = pairs.T.copy()
-    swap = sizes[small] > sizes[large]
-    small[swap], large[swap] = large[swap], small[swap]
-    order = np.lexsort((small, large))  # queries grouped by the set they search: cache friendly
-    inter = np.empty(len(pairs), np.int64)
-    inter[order] = _intersections(sets, small[order], large[order])
+    inter = _intersections(sets, pairs)
     union = sizes[pairs[:, 0]] + sizes[pairs[:, 1]] - inter
     return inter / union
 
 
-def _intersections(sets: Shingles, small: np.ndarray, large: np.ndarray) -> np.ndarray:
-    """|set(small) & set(large)| per pair, by searching small's values among large's keys."""
-    keys = _doc_keys(sets)
-    counts = sets.sizes()[small]
-    first = np.cumsum(counts) - counts
-    where = np.arange(int(counts.sum())) - np.repeat(first - sets.offsets[small], counts)
-    queries = (np.repeat(large.astype(np.uint64), counts) << np.uint64(32)) | sets.values[where].astype(np.uint64)
-    found = np.searchsorted(keys, queries)
-    hit = keys[np.minimum(found, keys.size - 1)] == queries
-    return np.add.reduceat(hit.astype(np.int64), first)
+def _intersections(sets: Shingles, pairs: np.ndarray) -> np.ndarray:
+    """|set(i) & set(j)| per pair: both sets in one row, rows sorted, equal neighbours counted.
+
+    A set holds each value once, so a value appears twice in a row exactly when both sets hold it.
+    """
+    counts = sets.sizes()[pairs]
+    total = counts.sum(axis=1)
+    inter = np.empty(len(pairs), np.int64)
+    for width, block in _row_blocks(total):
+        rows = _sorted_rows(sets.values, sets.offsets[pairs[block]], counts[block], width)
+        equal = rows[:, 1:] == rows[:, :-1]
+        equal &= np.arange(width - 1) < total[block, None] - 1
+        inter[block] = equal.sum(axis=1)
+    return inter
 
 
 def cluster_labels(n: int, pairs: np.ndarray) -> np.ndarray:
@@ -420,6 +525,11 @@ def clusters_from_labels(labels: np.ndarray) -> list[list[int]]:
 def near_duplicates(texts: Sequence[str], settings: NearDupSettings | None = None) -> NearDupResult:
     """Find near-duplicate texts: MinHash + LSH candidates, verified, chained into clusters.
 
+    Each text is shingled once: its sorted unique shingle set gives its MinHash signature (the
+    minimum over a set is the minimum over its multiset) and is kept for verification, about
+    4 bytes per distinct shingle plus 8 per text, besides the band keys (8 bytes per band and
+    text) and the sketch (one byte per signature value in use).
+
     Args:
         texts: the (already normalised) texts; indices in the result refer to this order.
         settings: how to shingle, hash, band and verify; defaults to `NearDupSettings()`.
@@ -430,11 +540,11 @@ def near_duplicates(texts: Sequence[str], settings: NearDupSettings | None = Non
     settings = settings or NearDupSettings.from_params(TextNearParams())
     texts = list(texts)
     bands, rows = settings.bands, settings.rows
-    keys, sketch = _all_band_keys(texts, settings, bands, rows)
+    keys, sketch, sets = _all_band_keys(texts, settings, bands, rows)
     keep = None if settings.screen is None else _screen(sketch, bands * rows, settings.threshold, settings.screen)
     candidates = candidate_pairs(keys, keep)
     del keys, sketch
-    similarity = _verify(texts, candidates, settings)
+    similarity = _verify(sets, candidates, settings)
     keep = similarity >= settings.threshold
     pairs = candidates[keep]
     log.debug("near duplicates: %d candidates, %d verified pairs", len(candidates), len(pairs))
@@ -446,8 +556,9 @@ def _chunks(n: int, size: int) -> Iterator[slice]:
     return (slice(start, min(start + size, n)) for start in range(0, n, size))
 
 
-def _all_band_keys(texts: Sequence[str], settings: NearDupSettings, bands: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """(bands, n) band keys and a sketch: per text, the low byte of each MinHash value in use.
+def _all_band_keys(texts: Sequence[str], settings: NearDupSettings, bands: int,
+                   rows: int) -> tuple[np.ndarray, np.ndarray, Shingles]:
+    """(bands, n) band keys, a sketch (per text, the low byte of each MinHash value in use) and the shingle sets.
 
     Texts are shingled and hashed `chunk_size` at a time. The sketch's rows are zero-padded to
     whole words, so it is (n, ceil(bands * rows / 8)) uint64.
@@ -456,12 +567,28 @@ def _all_band_keys(texts: Sequence[str], settings: NearDupSettings, bands: int, 
     width = bands * rows
     keys = np.empty((bands, len(texts)), dtype=np.uint64)
     sketch = np.zeros((len(texts), -(-width // 8) * 8), dtype=np.uint8)
+    sets = []
     for part in _chunks(len(texts), settings.chunk_size):
-        shingles = shingle_hashes(texts[part], shingle=settings.shingle, size=settings.k)
-        columns = _minhash_columns(shingles, a[:width], b[:width])
+        sets.append(shingle_sets(texts[part], shingle=settings.shingle, size=settings.k))
+        columns = _minhash_columns(sets[-1], a[:width], b[:width])
         keys[:, part] = _band_keys_columns(columns, bands, rows)
         sketch[part, :width] = columns.T.astype(np.uint8)
-    return keys, sketch.view(np.uint64)
+    return keys, sketch.view(np.uint64), _concatenated(sets)
+
+
+def _concatenated(parts: list[Shingles]) -> Shingles:
+    """The documents of `parts`, one after another."""
+    if not parts:
+        return Shingles(values=np.empty(0, np.uint32), offsets=np.zeros(1, np.int64))
+    sizes = np.concatenate([part.sizes() for part in parts])
+    return Shingles(values=np.concatenate([part.values for part in parts]), offsets=np.concatenate(([0], np.cumsum(sizes))))
+
+
+def _subset(shingles: Shingles, docs: np.ndarray) -> Shingles:
+    """The documents `docs` of `shingles`, in that order."""
+    sizes = shingles.sizes()[docs]
+    values = np.take(shingles.values, _ranges(shingles.offsets[docs], sizes))
+    return Shingles(values=values, offsets=np.concatenate(([0], np.cumsum(sizes))))
 
 
 def _screen(sketch: np.ndarray, width: int, threshold: float, sigmas: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
@@ -474,38 +601,46 @@ def _screen(sketch: np.ndarray, width: int, threshold: float, sigmas: float) -> 
     cutoff = threshold - sigmas * np.sqrt(threshold * (1 - threshold) / width)
     needed = int(np.ceil(width * (cutoff + (1 - cutoff) / 256) - 1e-9)) if cutoff > 0 else 0
     most_differing = width - needed  # the zero padding never differs
-    low7, high = np.uint64(0x7F7F7F7F7F7F7F7F), np.uint64(0x8080808080808080)
 
     def keep(left: np.ndarray, right: np.ndarray) -> np.ndarray:
         mask = np.empty(left.size, dtype=bool)
-        for part in _chunks(left.size, 1 << 18):
-            x = sketch[left[part]]
-            x ^= sketch[right[part]]
-            nonzero = x & low7
-            nonzero += low7
-            nonzero |= x
-            nonzero &= high  # the top bit of each byte is set where the byte is not zero
-            mask[part] = np.bitwise_count(nonzero).sum(axis=1, dtype=np.int64) <= most_differing
+        x, y = np.empty((2, min(left.size, _PAIRS), sketch.shape[1]), np.uint64)  # reused, cache-sized
+        for part in _chunks(left.size, _PAIRS):
+            mask[part] = _differing_bytes(sketch, left[part], right[part], x, y) <= most_differing
         return mask
 
     return keep
 
 
-def _verify(texts: Sequence[str], pairs: np.ndarray, settings: NearDupSettings) -> np.ndarray:
-    """Similarity of each candidate pair, re-shingling only the texts involved, a chunk at a time."""
+def _differing_bytes(sketch: np.ndarray, left: np.ndarray, right: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per pair, how many bytes of the two sketch rows differ; x and y are scratch rows."""
+    low7, high = np.uint64(0x7F7F7F7F7F7F7F7F), np.uint64(0x8080808080808080)
+    x, y = x[:left.size], y[:left.size]
+    np.take(sketch, left, axis=0, out=x)
+    np.take(sketch, right, axis=0, out=y)
+    x ^= y
+    np.bitwise_and(x, low7, out=y)
+    y += low7
+    y |= x
+    y &= high  # the top bit of each byte is set where the byte is not zero
+    return np.bitwise_count(y).sum(axis=1, dtype=np.int64)
+
+
+def _verify(sets: Shingles, pairs: np.ndarray, settings: NearDupSettings) -> np.ndarray:
+    """Similarity of each candidate pair from the kept shingle sets, a chunk of pairs at a time."""
     similarity = np.empty(len(pairs), dtype=np.float64)
     for part in _chunks(len(pairs), max(settings.chunk_size // 2, 1)):
-        docs = _sorted_unique(pairs[part].ravel())
-        subset = [texts[i] for i in docs.tolist()]
-        similarity[part] = _similarity(subset, np.searchsorted(docs, pairs[part]), settings)
+        similarity[part] = _similarity(sets, pairs[part], settings)
     return similarity
 
 
-def _similarity(texts: list[str], pairs: np.ndarray, settings: NearDupSettings) -> np.ndarray:
+def _similarity(sets: Shingles, pairs: np.ndarray, settings: NearDupSettings) -> np.ndarray:
+    """Exact Jaccard of the pairs' shingle sets, or the estimate from their full signatures."""
     if settings.verify == "exact":
-        return exact_jaccard(shingle_sets(texts, shingle=settings.shingle, size=settings.k), pairs)
-    shingles = shingle_hashes(texts, shingle=settings.shingle, size=settings.k)
-    return estimated_jaccard(minhash_signatures(shingles, num_perm=settings.num_perm, seed=settings.seed), pairs)
+        return exact_jaccard(sets, pairs)
+    docs = _sorted_unique(pairs.ravel())
+    signatures = minhash_signatures(_subset(sets, docs), num_perm=settings.num_perm, seed=settings.seed)
+    return estimated_jaccard(signatures, np.searchsorted(docs, pairs))
 
 
 # --- calibration ----------------------------------------------------------------------------
@@ -530,10 +665,10 @@ def calibrate(labelled: Iterable[tuple[str, str, bool]], settings: NearDupSettin
     truth = np.array([bool(r[2]) for r in items])
     texts = [r[0] for r in items] + [r[1] for r in items]
     pairs = np.column_stack((np.arange(len(items)), np.arange(len(items)) + len(items)))
-    shingles = shingle_hashes(texts, shingle=settings.shingle, size=settings.k)
-    signatures = minhash_signatures(shingles, num_perm=settings.num_perm, seed=settings.seed)
+    sets = shingle_sets(texts, shingle=settings.shingle, size=settings.k)
+    signatures = minhash_signatures(sets, num_perm=settings.num_perm, seed=settings.seed)
     equal = signatures[pairs[:, 0]] == signatures[pairs[:, 1]]
-    verified = _similarity(texts, pairs, settings) >= settings.threshold
+    verified = _similarity(sets, pairs, settings) >= settings.threshold
     scores = _banding_scores(equal, verified, truth)
     bands, rows = settings.bands, settings.rows
     return {
