@@ -3,9 +3,9 @@ shuffles that dedup and the leakage certificate share.
 
 `signed` is a table materialized by key (`Engine.materialize(key="key")`) with each record's
 signature (`steps.dedup.signatures`): MinHash values and shingle sets for texts, perceptual
-hashes for images. Text candidates meet in a shuffle on (band, band hash), are deduplicated in a
-shuffle on the pair, screened by their sketches and verified by exact Jaccard (or the MinHash
-estimate), each record's data brought to the pair by routing the pair to its partition. Image
+hashes for images. Text candidates meet in a shuffle on (band, band hash), where their sketches
+screen them, are deduplicated in a shuffle on the pair and verified by exact Jaccard (or the
+MinHash estimate), each record's data brought to the pair by routing the pair to its partition. Image
 candidates meet in a shuffle on multi-index hash blocks and are verified on the whole hash.
 """
 from __future__ import annotations
@@ -20,21 +20,26 @@ from pipeline.steps import candidates
 from pipeline.steps.neardup import NearDupSettings
 
 PAIRS = pa.schema([("a", pa.uint64()), ("b", pa.uint64())])
+BANDS_PER_SHUFFLE = 8
 VERIFIED = {"text": pa.schema([*PAIRS, ("similarity", pa.float64())]), "image": pa.schema([*PAIRS, ("distance", pa.int64())])}
 
 
 def text_pairs(engine: Engine, signed: Partitioned, settings: NearDupSettings) -> Partitioned:
-    """Verified text pairs (`a` < `b`, `similarity`) among `signed` for one pass's `settings`."""
+    """Verified text pairs (`a` < `b`, `similarity`) among `signed` for one pass's `settings`.
+
+    Bands go through the shuffle `BANDS_PER_SHUFFLE` at a time (as NeMo Curator's
+    buckets_per_shuffle), so each shuffle moves a bounded share of the rows.
+    """
     minhash = engine.columns(signed, ["key", "minhash"])
-    rows = engine.map(minhash, functools.partial(candidates.band_rows, settings=settings),
-                      meta=candidates.band_rows(empty(signed), settings))
-    found = engine.group(rows, ["band", "bucket"], candidates.bucket_pairs, order=["band", "bucket", "key"], meta=empty(PAIRS))
-    unique = engine.group(found, ["a", "b"], _unique, order=["a", "b"], meta=empty(PAIRS))
-    if settings.screen is not None:
-        sketches = engine.map(minhash, functools.partial(candidates.sketches, settings=settings),
-                              meta=candidates.sketches(empty(signed), settings))
-        unique = attach(engine, attach(engine, unique, "a", sketches, signed), "b", sketches, signed)
-        unique = engine.map(unique, functools.partial(candidates.screen_pairs, settings=settings), meta=empty(PAIRS))
+    found = []
+    for start in range(0, settings.bands, BANDS_PER_SHUFFLE):
+        bands = range(start, min(start + BANDS_PER_SHUFFLE, settings.bands))
+        rows = engine.map(minhash, functools.partial(candidates.band_rows, settings=settings, bands=bands),
+                          meta=candidates.band_rows(empty(signed), settings, bands))
+        pairs = engine.group(rows, ["band", "bucket"], functools.partial(candidates.bucket_pairs, settings=settings),
+                             order=["band", "bucket", "key"], meta=empty(PAIRS))
+        found.append(engine.materialize(pairs, schema=PAIRS))
+    unique = engine.group(engine.concat(found), ["a", "b"], _unique, order=["a", "b"], meta=empty(PAIRS))
     evidence = engine.columns(signed, ["key", "shingles" if settings.verify == "exact" else "minhash"])
     both = attach(engine, attach(engine, unique, "a", evidence, signed), "b", evidence, signed)
     verified = engine.map(both, functools.partial(candidates.jaccard_pairs, settings=settings), meta=empty(VERIFIED["text"]))

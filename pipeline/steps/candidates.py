@@ -6,14 +6,15 @@ as pandas-in, pandas-out steps that the dedup stage chains with shuffles:
 1. `text_signatures` / `image_signatures`: each record's signature, computed once: MinHash values
    and the sorted shingle set (texts), or the perceptual hash (images). Records are named by
    `key`, their id read as an unsigned 64-bit number (ids are 16 hex digits, so keys sort as ids do).
-2. `band_rows` (texts): one row per record and LSH band with the band's hash; rows with equal
-   (band, bucket) meet in one partition, where `bucket_pairs` lists every pair of each bucket.
+2. `band_rows` (texts): one row per record and LSH band with the band's hash and the record's
+   sketch; rows with equal (band, bucket) meet in one partition, where `bucket_pairs` lists every
+   pair of each bucket whose sketches (the low byte of each MinHash value) are not far below the
+   threshold: most candidates of a large corpus are chance collisions, and they die here.
    `chunk_rows` and `chunk_pairs` (images) do the same with multi-index hash blocks: the 64 bits
    are cut into max_distance + 1 chunks, and two hashes within max_distance bits agree exactly on
    at least one chunk (pigeonhole); a pair is kept in the first chunk it agrees on, so once.
-3. `screen_pairs` drops text candidates whose sketch (the low byte of each MinHash value) is far
-   below the threshold, and `jaccard_pairs` verifies the rest on the shingle sets; image pairs are
-   verified on the full hash as they are found.
+3. `jaccard_pairs` verifies the text candidates on the shingle sets; image pairs are verified on
+   the full hash as they are found.
 
 Every result is a function of the records alone, so partitions and workers never change it.
 """
@@ -63,40 +64,40 @@ def image_signatures(records: pd.DataFrame, params: DedupParams) -> pd.DataFrame
 
 # --- texts: LSH -----------------------------------------------------------------------------
 
-def band_rows(signatures: pd.DataFrame, settings: NearDupSettings) -> pd.DataFrame:
-    """One row per record and band: `band`, `bucket` (the band's 64-bit hash) and `key`."""
+def band_rows(signatures: pd.DataFrame, settings: NearDupSettings, bands: range | None = None) -> pd.DataFrame:
+    """One row per record and band (of `bands`, default all): `band`, `bucket` (the band's 64-bit
+    hash), `key`, and the record's sketch (the low byte of each MinHash value the banding uses) as
+    words `s0`, `s1`, ..., so that a bucket's pairs are screened where they are found."""
+    bands = bands if bands is not None else range(settings.bands)
     columns = _minhash_columns(signatures, settings.bands * settings.rows)
-    buckets = _band_keys_columns(columns, settings.bands, settings.rows)
+    buckets = _band_keys_columns(columns, settings.bands, settings.rows)[bands.start:bands.stop]
+    words = _sketch_words(columns)
     n = len(signatures)
-    return pd.DataFrame({
-        "band": np.repeat(np.arange(settings.bands, dtype=np.int64), n),
-        "bucket": buckets.reshape(-1),
-        "key": np.tile(signatures["key"].to_numpy(np.uint64), settings.bands),
-    })
+    frame = {"band": np.repeat(np.arange(bands.start, bands.stop, dtype=np.int64), n), "bucket": buckets.reshape(-1),
+             "key": np.tile(signatures["key"].to_numpy(np.uint64), len(bands))}
+    frame.update({f"s{i}": np.tile(words[:, i], len(bands)) for i in range(words.shape[1])})
+    return pd.DataFrame(frame)
 
 
-def bucket_pairs(rows: pd.DataFrame) -> pd.DataFrame:
-    """Every pair (a < b) of keys sharing a (band, bucket), from rows sorted by band, bucket, key."""
-    return _pairs_within(_runs(rows["band"].to_numpy(), rows["bucket"].to_numpy()), rows["key"].to_numpy(np.uint64))
+def bucket_pairs(rows: pd.DataFrame, settings: NearDupSettings) -> pd.DataFrame:
+    """Every pair (a < b) of keys sharing a (band, bucket), from rows sorted by band, bucket, key,
+    but those whose sketches say they are far below the threshold (`settings.screen`)."""
+    keys = rows["key"].to_numpy(np.uint64)
+    group = _runs(rows["band"].to_numpy(), rows["bucket"].to_numpy())
+    if settings.screen is None:
+        return _pairs_within(group, keys)
+    words = np.ascontiguousarray(rows[[c for c in rows.columns if c.startswith("s") and c[1:].isdigit()]].to_numpy(np.uint64))
+    keep = _screen(words, settings.bands * settings.rows, settings.threshold, settings.screen)
+    parts = [_pairs_frame(keys[left[m]], keys[right[m]]) for left, right in _pair_positions(group) if (m := keep(left, right)).any()]
+    return pd.concat(parts, ignore_index=True) if parts else _pairs_frame(np.empty(0, np.uint64), np.empty(0, np.uint64))
 
 
-def sketches(signatures: pd.DataFrame, settings: NearDupSettings) -> pd.DataFrame:
-    """`key` and `sketch`: the low byte of each MinHash value the banding uses, zero-padded to whole words."""
-    width = settings.bands * settings.rows
-    low = _minhash_columns(signatures, width).T.astype(np.uint8)
-    padded = np.zeros((len(signatures), -(-width // 8) * 8), dtype=np.uint8)
-    padded[:, :width] = low
-    return pd.DataFrame({"key": signatures["key"].to_numpy(np.uint64), "sketch": [row.tobytes() for row in padded]})
-
-
-def screen_pairs(pairs: pd.DataFrame, settings: NearDupSettings) -> pd.DataFrame:
-    """The candidates (`a`, `b`, `sketch_a`, `sketch_b`) whose sketches agree enough to be verified."""
-    if settings.screen is None or not len(pairs):
-        return pairs[["a", "b"]]
-    both = np.frombuffer(b"".join([*pairs["sketch_a"], *pairs["sketch_b"]]), dtype=np.uint64).reshape(2 * len(pairs), -1)
-    m = len(pairs)
-    keep = _screen(both, settings.bands * settings.rows, settings.threshold, settings.screen)(np.arange(m), np.arange(m, 2 * m))
-    return pairs.loc[keep, ["a", "b"]]
+def _sketch_words(columns: np.ndarray) -> np.ndarray:
+    """(n, words) uint64: the low byte of each of the (width, n) MinHash values, zero-padded to whole words."""
+    width, n = columns.shape
+    padded = np.zeros((n, -(-width // 8) * 8), dtype=np.uint8)
+    padded[:, :width] = columns.T.astype(np.uint8)
+    return padded.view(np.uint64)
 
 
 def jaccard_pairs(pairs: pd.DataFrame, settings: NearDupSettings) -> pd.DataFrame:
@@ -188,10 +189,12 @@ def _runs(first: np.ndarray, second: np.ndarray) -> np.ndarray:
 
 def _pairs_within(group: np.ndarray, keys: np.ndarray) -> pd.DataFrame:
     """(a, b) for every pair of rows in the same group (rows sorted by group, then key)."""
-    parts = [pd.DataFrame({"a": keys[left], "b": keys[right]}) for left, right in _pair_positions(group)]
-    if not parts:
-        return pd.DataFrame({"a": np.empty(0, np.uint64), "b": np.empty(0, np.uint64)})
-    return pd.concat(parts, ignore_index=True)
+    parts = [_pairs_frame(keys[left], keys[right]) for left, right in _pair_positions(group)]
+    return pd.concat(parts, ignore_index=True) if parts else _pairs_frame(np.empty(0, np.uint64), np.empty(0, np.uint64))
+
+
+def _pairs_frame(a: np.ndarray, b: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({"a": a.astype(np.uint64), "b": b.astype(np.uint64)})
 
 
 def _pair_positions(group: np.ndarray):
