@@ -33,6 +33,6 @@ def open_engine(params: EngineParams, beside: Path, stage: str) -> Iterator[Engi
     scratch = Path(tempfile.mkdtemp(prefix=f".{stage}-scratch-", dir=beside))
     try:
         with open_session(params, scratch) as session:
-            yield Engine(params, session, scratch)
+            yield Engine(params, session, scratch, stage)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

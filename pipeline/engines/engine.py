@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from dask.callbacks import Callback
+from tqdm import tqdm
 
 from pipeline import io
 from pipeline.engines.session import Session
@@ -62,6 +65,7 @@ class Engine:
     params: EngineParams
     session: Session
     scratch: Path
+    stage: str = ""
     _spilled: int = 0
 
     def partition_rows(self, modality: str, total: int | None = None) -> int:
@@ -207,9 +211,20 @@ class Engine:
     # --- internals --------------------------------------------------------------------------
 
     def _compute(self, tasks: list) -> list:
+        """The results of `tasks`, in order, with a progress bar on a terminal (tqdm: off in CI logs)."""
         if not tasks:
             return []
-        return list(dask.compute(*tasks))
+        desc = f"{self.stage} {_caller()}"
+        if self.session.distributed:
+            from distributed import as_completed
+
+            futures = self.session.client.compute(tasks)
+            with tqdm(total=len(futures), desc=desc, unit="part", disable=None, leave=False) as bar:
+                for _ in as_completed(futures):
+                    bar.update(1)
+            return self.session.client.gather(futures)
+        with _TaskBar(desc):
+            return list(dask.compute(*tasks))
 
     def _spill_path(self, kind: str) -> Path:
         self._spilled += 1
@@ -222,6 +237,29 @@ class Engine:
 
 
 ROUTE = "_partition"
+
+
+class _TaskBar(Callback):
+    """A tqdm bar over the tasks of one local compute."""
+
+    def __init__(self, desc: str) -> None:
+        super().__init__()
+        self._desc, self._bar = desc, None
+
+    def _start(self, dsk) -> None:
+        self._bar = tqdm(total=len(dsk), desc=self._desc, unit="task", disable=None, leave=False)
+
+    def _posttask(self, key, result, dsk, state, worker_id) -> None:
+        self._bar.update(1)
+
+    def _finish(self, dsk, state, errored) -> None:
+        self._bar.close()
+
+
+def _caller() -> str:
+    """The engine method the current compute serves (for the progress bar's label)."""
+    frame = sys._getframe(2)
+    return frame.f_code.co_name.strip("_")
 
 
 def _spill_table(data: pd.DataFrame, path: Path, schema: pa.Schema, key: str | None) -> int | None:
