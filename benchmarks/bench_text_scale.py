@@ -47,8 +47,9 @@ TARGETS = {"max_peak_rss_gib_at_largest": 4.0, "max_time_ratio_for_10x_docs": 12
 
 # --- corpus ---------------------------------------------------------------------------------
 
-def make_rows(docs: int, seed: int) -> tuple[list[tuple[str, str]], dict[str, int]]:
-    """(text, label) rows: originals, exact copies, near copies and rows needing repair."""
+def make_rows(docs: int, seed: int, near_rows: list[int] | None = None) -> tuple[list[tuple[str, str]], dict[str, int]]:
+    """(text, label) rows: originals, exact copies, near copies and rows needing repair. The row
+    numbers (0-based) of the near copies go into `near_rows` when it is given."""
     gen = rng(seed, "bench-text-scale")
     vocab = _vocabulary(gen, 30_000)
     weights = 1.0 / np.arange(1, len(vocab) + 1) ** 0.9
@@ -67,6 +68,8 @@ def make_rows(docs: int, seed: int) -> tuple[list[tuple[str, str]], dict[str, in
     texts += [_edit(texts[s], vocab, gen) for s in sources[n_exact:].tolist()]
     order = gen.permutation(docs)
     rows = [(texts[i], LABELS[labels[i]]) for i in order.tolist()]
+    if near_rows is not None:
+        near_rows.extend(np.flatnonzero(order >= n_orig + n_exact).tolist())
     planted = {"originals": n_orig, "exact_copies": n_exact, "near_copies": n_near, "needing_repair": int(dirty.sum())}
     return rows, planted
 
