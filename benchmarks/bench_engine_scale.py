@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -40,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_text_scale import LABELS, make_rows, write_corpus  # noqa: E402
-from measure import measured  # noqa: E402
+from measure import child_json, measured  # noqa: E402
 
 STAGES = ("clean", "normalise", "dedup", "split")
 TARGETS = {"peak_rss_ratio_5m_over_1m": 1.5, "time_ratio_5m_over_1m": 5.5, "dask_worker_peak_gib": 3.0}
@@ -175,12 +174,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _child(docs: int, seed: int, kind: str, partition_rows: int) -> dict[str, Any]:
-    command = [sys.executable, str(Path(__file__).resolve()), "--single", "--docs", str(docs), "--seed", str(seed),
-               "--engine", kind, "--partition-rows", str(partition_rows)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"{kind} at {docs} failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return child_json(__file__, ["--single", "--docs", str(docs), "--seed", str(seed), "--engine", kind,
+                                 "--partition-rows", str(partition_rows)])
 
 
 if __name__ == "__main__":

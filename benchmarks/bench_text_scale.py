@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -37,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.seeding import rng  # noqa: E402
-from measure import measured, status_kib  # noqa: E402
+from measure import child_json, measured, status_kib  # noqa: E402
 
 LABELS = ["billing", "shipping", "technical"]
 LETTERS = list("abcdefghijklmnopqrstuvwxyz")
@@ -211,11 +210,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _child(docs: int, seed: int) -> dict[str, Any]:
     """Run one size in a fresh interpreter, so its peak memory is its own."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--single", "--docs", str(docs), "--seed", str(seed)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"size {docs} failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return child_json(__file__, ["--single", "--docs", str(docs), "--seed", str(seed)])
 
 
 if __name__ == "__main__":

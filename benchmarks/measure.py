@@ -52,3 +52,16 @@ def measured(fn: Callable[[], Any]) -> tuple[Any, float, float, float]:
     seconds = time.perf_counter() - start
     peak = status_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return result, seconds, round(peak / 1024, 1), round((peak - before) / 1024, 1)
+
+
+def child_json(script: str | Path, args: list[str]) -> dict[str, Any]:
+    """Run `script args` in a fresh interpreter (so its peak memory is its own) and parse the JSON of
+    its last line; a failure exits with the child's error output."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(Path(script).resolve()), *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{Path(script).name} {' '.join(args)} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
