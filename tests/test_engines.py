@@ -68,6 +68,24 @@ def run_chain(root: Path, engine: dict) -> dict[str, str]:
     return {name: digest(d / name) if (d / name).is_dir() else hashlib.sha256((d / name).read_bytes()).hexdigest() for name in names}
 
 
+@pytest.mark.parametrize(("engine", "modality", "total", "rows"), [
+    ({}, "text", 10_000_000, 100_000),                                     # one process: partition_rows
+    ({}, "image", None, 3_125),                                            # images: a thirty-second of it
+    ({"workers": 2}, "text", 1_000_000, 100_000),                          # enough for both workers anyway
+    ({"workers": 2}, "text", 200_000, 25_000),                             # four partitions per worker
+    ({"workers": 2}, "text", 500, 2_000),                                  # a small set stays whole
+    ({"workers": 2, "partition_rows": 16}, "text", 500, 16),               # the user's size always holds
+    ({"kind": "dask", "dask": {"workers": 4}}, "image", 100_000, 3_125),
+    ({"kind": "dask", "dask": {"workers": 4}}, "image", 300, 62),
+])
+def test_partition_rows_split_for_the_workers_but_not_a_small_set(tmp_path, engine, modality, total, rows):
+    from pipeline.engines.engine import Engine
+    from pipeline.params import EngineParams
+
+    chosen = Engine(EngineParams(**engine), session.Session(None, "test"), tmp_path).partition_rows(modality, total)
+    assert chosen == rows
+
+
 @pytest.fixture
 def corpus_dir(tmp_path: Path) -> Path:
     write_corpus(tmp_path)

@@ -40,6 +40,7 @@ from pipeline.sources import RAW_SCHEMA, source_chunks
 log = logging.getLogger(__name__)
 IMAGE_PARTITION_DIVISOR = 32  # an image costs tens of times a short text, in memory and in time
 PARTITIONS_PER_WORKER = 4  # with fewer, the last partitions leave workers idle while one finishes
+MIN_SPLIT_ROWS = 2_000  # texts (images: a thirty-second): below it a partition's fixed cost outweighs its work
 Step = Callable[[pd.DataFrame], Processed]
 
 
@@ -70,13 +71,18 @@ class Engine:
 
     def partition_rows(self, modality: str, total: int | None = None) -> int:
         """Records per partition: `partition_rows`, or a thirty-second of it for images; and, with
-        several workers and `total` records known, small enough that each worker gets a few."""
-        rows = self.params.partition_rows
-        rows = rows if modality == "text" else max(1, rows // IMAGE_PARTITION_DIVISOR)
+        several workers and `total` records known, small enough that each worker gets a few, though
+        not below `MIN_SPLIT_ROWS` (a small set is not worth cutting into pieces)."""
+        rows = self._scaled(self.params.partition_rows, modality)
         workers = self.params.workers if self.params.kind == "local" else self.params.dask.workers
         if total is not None and workers > 1:
-            rows = min(rows, max(1, -(-total // (workers * PARTITIONS_PER_WORKER))))
+            per_worker = -(-total // (workers * PARTITIONS_PER_WORKER))
+            rows = min(rows, max(self._scaled(MIN_SPLIT_ROWS, modality), per_worker))
         return rows
+
+    @staticmethod
+    def _scaled(rows: int, modality: str) -> int:
+        return rows if modality == "text" else max(1, rows // IMAGE_PARTITION_DIVISOR)
 
     # --- reading ----------------------------------------------------------------------------
 
