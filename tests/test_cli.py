@@ -28,6 +28,7 @@ def test_every_stage_has_help(stage, capsys):
     assert f"pipeline.stages.{stage}" in out and "--params" in out
 
 
+@pytest.mark.slow  # a fresh interpreter importing the stage; dvc repro in the e2e tests runs the same entry
 def test_stage_help_as_a_real_process():
     """The module entry point works from a shell, as dvc.yaml calls it."""
     result = subprocess.run([sys.executable, "-m", "pipeline.stages.split", "--help"], cwd=ROOT, capture_output=True, text=True)

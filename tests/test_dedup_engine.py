@@ -122,6 +122,7 @@ def test_partitioned_dedup_equals_the_whole_set_at_once(tmp_path, modality, dedu
     assert any(r["reason"] == "near_duplicate" for r in want_ledger) or dedup.get("near") is False
 
 
+@pytest.mark.slow
 def test_distributed_components_give_the_same_clusters(tmp_path, monkeypatch):
     """With no edges gathered (large-star / small-star rounds only), the outputs do not change."""
     records = text_corpus(seed=9)

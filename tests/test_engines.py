@@ -111,7 +111,7 @@ def test_a_dask_cluster_gives_the_bytes_of_the_local_engine(corpus_dir, tmp_path
 
 
 def test_an_unreachable_scheduler_fails_in_seconds_naming_it(corpus_dir, caplog, monkeypatch):
-    monkeypatch.setattr(session, "CONNECT_TIMEOUT", "2s")
+    monkeypatch.setattr(session, "CONNECT_TIMEOUT", "1s")
     params = write_params(corpus_dir / "params.yaml", {"t": {"modality": "text", "source": "corpus.tsv", "format": "tsv"}},
                           engine={"kind": "dask", "dask": {"scheduler_address": "tcp://127.0.0.1:9"}})
     started = time.perf_counter()

@@ -146,6 +146,7 @@ def test_classifier_for_reads_the_params_section():
     assert model.inputs(IMAGES)["x"].shape == (4, 3, 32, 32)  # nothing frozen: the pixels themselves
 
 
+@pytest.mark.slow  # exports and runs two graphs
 def test_onnx_export_matches_torch_on_other_batches(text_model, image_model, tmp_path):
     """The exported graph has dynamic batch and length axes: another batch gives torch's logits too."""
     ort = pytest.importorskip("onnxruntime")

@@ -99,6 +99,7 @@ def _browser(exe: str, tmp_path: Path, *args: str) -> subprocess.CompletedProces
     return subprocess.run([exe, *flags, *args], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # starts a browser
 def test_page_renders_in_headless_chromium(tmp_path):
     """The page renders offline: the screenshot is not blank and the DOM holds every section and chart."""
     exe = _chromium()
