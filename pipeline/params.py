@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline.errors import ParamsError
 
 TEXT_FORMATS = ("csv", "tsv", "jsonl", "parquet")
+SOURCE_SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                      "dev": "val", "test": "test", "testing": "test"}  # a source's split name -> ours
 IMAGE_FORMATS = ("image_folder", "image_manifest")
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -43,7 +45,11 @@ class DatasetParams(Section):
     """One corpus: where it is, how to read it, and what its labels are."""
 
     modality: Literal["text", "image"]
-    source: str = Field(description="File (tabular) or folder (image folder), relative to the project root.")
+    source: str = Field(description="File (tabular), folder (image folder, or what `files` are in), relative to the "
+                                    "project root; or an fsspec URL (s3://bucket/corpus) for the text formats.")
+    files: str | list[str] | dict[str, str | list[str]] | None = Field(
+        None, description="Text formats: the files of the `source` folder to read, relative to it: a glob, a list of "
+                          "files or globs, or a mapping split -> files (with source_split keep, the split of their records).")
     format: Literal["csv", "tsv", "jsonl", "parquet", "image_folder", "image_manifest"]
     columns: Columns = Columns()
     header: bool = Field(True, description="CSV/TSV: the first line holds column names.")
@@ -73,6 +79,32 @@ class DatasetParams(Section):
             raise ValueError("unknown_label 'map' needs `labels` and a `fallback_label` that is one of them")
         return self
 
+    @field_validator("files")
+    @classmethod
+    def _files_stay_inside(cls, value: str | list[str] | dict[str, str | list[str]] | None):
+        for split, pattern in file_patterns(value):
+            if split is not None and split.strip().lower() not in SOURCE_SPLIT_NAMES:
+                raise ValueError(f"split {split!r} is not one of {sorted(SOURCE_SPLIT_NAMES)}")
+            parts = pattern.replace("\\", "/").split("/")
+            if not pattern.strip() or pattern.startswith(("/", "\\")) or ":" in parts[0] or ".." in parts:
+                raise ValueError(f"{pattern!r} must be a non-empty path inside `source`, without '..'")
+        if value is not None and not file_patterns(value):
+            raise ValueError("lists no file")
+        return value
+
+    @model_validator(mode="after")
+    def _files_fit_format(self) -> DatasetParams:
+        if self.files is not None and self.format not in TEXT_FORMATS:
+            raise ValueError(f"files is for the text formats {list(TEXT_FORMATS)}; an {self.format} gives its own files")
+        mapped = isinstance(self.files, dict)
+        if self.source_split == "keep" and mapped and self.columns.split:
+            raise ValueError("source_split keep: the files mapping and columns.split both give the split; use one")
+        if self.source_split == "keep" and self.format != "image_folder" and not mapped and not self.columns.split:
+            raise ValueError("source_split keep needs where the split is: columns.split, or files as a mapping split -> files")
+        if self.source_split == "keep" and self.format == "image_folder" and self.folder_layout != "split/label":
+            raise ValueError("source_split keep on an image folder needs folder_layout split/label")
+        return self
+
     @field_validator("encoding")
     @classmethod
     def _known_encoding(cls, value: str) -> str:
@@ -90,6 +122,15 @@ class DatasetParams(Section):
         if value is not None and (len(set(value)) != len(value) or len(value) < 2):
             raise ValueError("must list at least two distinct labels")
         return value
+
+
+def file_patterns(files: str | list[str] | dict[str, str | list[str]] | None) -> list[tuple[str | None, str]]:
+    """(split or None, pattern) for each entry of a dataset's `files`, in the order given."""
+    if files is None:
+        return []
+    if isinstance(files, dict):
+        return [(split, p) for split, patterns in files.items() for p in ([patterns] if isinstance(patterns, str) else patterns)]
+    return [(None, p) for p in ([files] if isinstance(files, str) else files)]
 
 
 # --- stages ---------------------------------------------------------------------------------

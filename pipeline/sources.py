@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
+import glob
 import io
 import json
 import os
@@ -18,13 +19,14 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import SourceError
-from pipeline.params import DatasetParams
+from pipeline.params import DatasetParams, file_patterns
 from pipeline.records import make_id
 
 RAW_COLUMNS = ["id", "label", "text", "image", "source", "source_row", "source_split", "reject", "detail"]
@@ -53,35 +55,170 @@ def read_source(dataset: DatasetParams, root: Path = Path(".")) -> pd.DataFrame:
     """All rows or files of `dataset` as a raw frame (columns RAW_COLUMNS), in source order."""
     chunks = list(source_chunks(dataset, root, rows=1 << 62))
     frame = pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
-    frame.attrs = chunks[0].attrs
+    frame.attrs = source_attrs([c.attrs for c in chunks])
     return frame
 
 
 def source_chunks(dataset: DatasetParams, root: Path = Path("."), *, rows: int) -> Iterator[pd.DataFrame]:
-    """The rows or files of `dataset` as raw frames of at most `rows` rows each, in source order (at
-    least one frame, maybe empty). A detected encoding is in each frame's `attrs["encoding"]`."""
+    """The rows or files of `dataset` as raw frames of at most `rows` rows each, file by file in
+    source order (at least one frame, maybe empty). Each frame's `attrs` name its `file` and, when
+    detected, its `encoding`."""
+    emitted = False
+    for name, raws, attrs in _streams(dataset, root):
+        for batch in _batches(raws, rows):
+            yield _raw_frame(batch, {"file": name, **attrs})
+            emitted = True
+    if not emitted:
+        yield _raw_frame([], {"file": dataset.source})
+
+
+def source_attrs(chunks: list[dict[str, str]]) -> dict[str, str]:
+    """What reading found, from its frames' `attrs`, for the metrics: the detected `encoding` (per
+    file where they differ)."""
+    found = {attrs["file"]: attrs["encoding"] for attrs in chunks if "encoding" in attrs}
+    if not found:
+        return {}
+    if len(set(found.values())) == 1:
+        return {"encoding": next(iter(found.values()))}
+    return {"encoding": ", ".join(f"{enc} ({name})" for name, enc in found.items())}
+
+
+def _streams(dataset: DatasetParams, root: Path) -> Iterator[tuple[str, Iterator[Raw], dict[str, str]]]:
+    """(name, raw records, attrs) per file of the source (an image folder is one stream)."""
+    if dataset.format in ("image_folder", "image_manifest"):
+        path = _local_source(dataset, root)
+        reader = _read_image_folder if dataset.format == "image_folder" else _read_image_manifest
+        if dataset.encoding == "auto" and path.is_file():
+            detected = detect_encoding(path.read_bytes())
+            yield dataset.source, reader(path, dataset.model_copy(update={"encoding": detected})), {"encoding": detected}
+        else:
+            yield dataset.source, reader(path, dataset), {}
+        return
+    reader = {"csv": _read_delimited, "tsv": _read_delimited, "jsonl": _read_jsonl, "parquet": _read_parquet}[dataset.format]
+    for file in source_files(dataset, root):
+        options, attrs = dataset, {}
+        if dataset.encoding == "auto" and dataset.format != "parquet":
+            attrs["encoding"] = detect_encoding(file.read_bytes())
+            options = dataset.model_copy(update={"encoding": attrs["encoding"]})
+        yield file.name, _with_split(reader(file, options), file.split), attrs
+
+
+def _with_split(raws: Iterator[Raw], split: str | None) -> Iterator[Raw]:
+    for raw in raws:
+        if split is not None:
+            raw.source_split = split
+        yield raw
+
+
+# --- which files ----------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class SourceFile:
+    """One file of a source: where it is (a path or an fsspec URL), its name in ids and messages
+    (relative to the source folder), and the split its records get (from a files mapping)."""
+
+    location: str
+    name: str
+    split: str | None = None
+
+    def read_bytes(self) -> bytes:
+        if not is_url(self.location):
+            return Path(self.location).read_bytes()
+        with _filesystem(self.location)[0].open(self.location, "rb") as handle:
+            return handle.read()
+
+    def open(self) -> BinaryIO:
+        if not is_url(self.location):
+            return open(self.location, "rb")  # noqa: SIM115 (the caller closes it)
+        return _filesystem(self.location)[0].open(self.location, "rb")
+
+
+def is_url(source: str) -> bool:
+    return "://" in source
+
+
+def source_files(dataset: DatasetParams, root: Path = Path(".")) -> list[SourceFile]:
+    """The files a text source reads, in order: the source file itself, a parquet folder's files,
+    or what `files` picks inside the source folder (globs sorted); a file picked twice is an error."""
+    if dataset.files is None:
+        return _whole_source(dataset, root)
+    lister = _url_lister(dataset.source) if is_url(dataset.source) else _local_lister(dataset, root)
+    keep = dataset.source_split == "keep"
+    chosen: dict[str, tuple[SourceFile, str]] = {}
+    for split, pattern in file_patterns(dataset.files):
+        found = lister(pattern)
+        if not found:
+            raise SourceError(f"files: {pattern!r} matches no file in {dataset.source}")
+        for location, name in found:
+            if name in chosen:
+                raise SourceError(f"files: {name} is picked by both {chosen[name][1]!r} and {pattern!r}; pick each file once")
+            chosen[name] = SourceFile(location, name, split if keep else None), pattern
+    return [file for file, _ in chosen.values()]
+
+
+def _whole_source(dataset: DatasetParams, root: Path) -> list[SourceFile]:
+    if is_url(dataset.source):
+        fs, path = _filesystem(dataset.source)
+        if not fs.exists(path):
+            raise SourceError(f"source {dataset.source!r} does not exist")
+        if fs.isdir(path):
+            return [SourceFile(location, name) for location, name in _url_lister(dataset.source)("*.parquet")]
+        return [SourceFile(dataset.source, posixpath.basename(path))]
+    path = _local_source(dataset, root)
+    if path.is_dir():
+        if dataset.format != "parquet":
+            raise SourceError(f"source {dataset.source!r} is a folder; name its files with `files` (a glob, a list or a split mapping)")
+        return [SourceFile(str(file), file.name) for file in sorted(path.glob("*.parquet"))]
+    return [SourceFile(str(path), path.name)]
+
+
+def _local_source(dataset: DatasetParams, root: Path) -> Path:
     path = root / dataset.source
     if not path.exists():
         raise SourceError(f"source {dataset.source!r} does not exist (resolved to {path})")
-    reader = {
-        "csv": _read_delimited,
-        "tsv": _read_delimited,
-        "jsonl": _read_jsonl,
-        "parquet": _read_parquet,
-        "image_folder": _read_image_folder,
-        "image_manifest": _read_image_manifest,
-    }[dataset.format]
-    detected = None
-    if dataset.encoding == "auto" and path.is_file() and dataset.format != "parquet":
-        detected = detect_encoding(path.read_bytes())
-        dataset = dataset.model_copy(update={"encoding": detected})
-    attrs = {"encoding": detected} if detected else {}
-    emitted = False
-    for batch in _batches(reader(path, dataset), rows):
-        yield _raw_frame(batch, attrs)
-        emitted = True
-    if not emitted:
-        yield _raw_frame([], attrs)
+    return path
+
+
+def _local_lister(dataset: DatasetParams, root: Path):
+    folder = _local_source(dataset, root)
+    if not folder.is_dir():
+        raise SourceError(f"source {dataset.source!r} must be the folder its `files` are in")
+    inside = folder.resolve()
+
+    def matches(pattern: str) -> list[tuple[str, str]]:
+        if glob.has_magic(pattern):
+            files = sorted(p for p in folder.glob(pattern) if p.is_file())
+        else:
+            files = [folder / pattern] if (folder / pattern).is_file() else []
+        for file in files:
+            if not file.resolve().is_relative_to(inside):
+                raise SourceError(f"files: {file.relative_to(folder).as_posix()} resolves outside {dataset.source}; not read")
+        return [(str(file), file.relative_to(folder).as_posix()) for file in files]
+
+    return matches
+
+
+def _url_lister(source: str):
+    fs, base = _filesystem(source)
+    base = base.rstrip("/")
+
+    def matches(pattern: str) -> list[tuple[str, str]]:
+        full = f"{base}/{pattern}"
+        paths = sorted(fs.glob(full)) if glob.has_magic(pattern) else [full]
+        files = [p for p in paths if fs.isfile(p)]
+        return [(fs.unstrip_protocol(p), p[len(base) + 1:]) for p in files]
+
+    return matches
+
+
+def _filesystem(url: str):
+    """The fsspec filesystem for `url` and the path within it; a clear error if its package is missing."""
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as exc:
+        raise SourceError(f"cannot open {url}: {exc}") from None
 
 
 def _batches(items: Iterator[Raw], size: int) -> Iterator[list[Raw]]:
@@ -116,7 +253,7 @@ def _raw_frame(rows: list[Raw], attrs: dict[str, str]) -> pd.DataFrame:
 
 # --- text formats ---------------------------------------------------------------------------
 
-def _decode(path: Path, encoding: str) -> str:
+def _decode(path: Path | SourceFile, encoding: str) -> str:
     """File text with a BOM removed; undecodable bytes kept as surrogates so their rows can be rejected."""
     codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
     return path.read_bytes().decode(codec, errors="surrogateescape")
@@ -151,7 +288,7 @@ def _has_surrogates(text: str) -> bool:
     return not text.isascii() and SURROGATES.search(text) is not None
 
 
-def _read_delimited(path: Path, dataset: DatasetParams) -> Iterator[Raw]:
+def _read_delimited(path: SourceFile, dataset: DatasetParams) -> Iterator[Raw]:
     text = _decode(path, dataset.encoding)
     if dataset.format == "tsv":
         reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -229,7 +366,7 @@ def _values_to_raw(source: str, row: int, values: dict[str, object], order: list
     return Raw(source, row, label=values.get(label_col), text=values.get(text_col), source_split=None if split is None else str(split))
 
 
-def _read_jsonl(path: Path, dataset: DatasetParams) -> Iterator[Raw]:
+def _read_jsonl(path: SourceFile, dataset: DatasetParams) -> Iterator[Raw]:
     order = _text_columns(dataset)
     # Split on "\n" only: str.splitlines() also breaks at U+2028/U+2029/U+0085, which JSON
     # writers leave unescaped inside strings.
@@ -248,17 +385,16 @@ def _read_jsonl(path: Path, dataset: DatasetParams) -> Iterator[Raw]:
         yield _values_to_raw(path.name, number, {c: obj.get(c) for c in order}, order)
 
 
-def _read_parquet(path: Path, dataset: DatasetParams) -> Iterator[Raw]:
+def _read_parquet(file: SourceFile, dataset: DatasetParams) -> Iterator[Raw]:
     order = _text_columns(dataset)
-    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
-    for file in files:
-        names = pq.read_schema(file).names
+    with file.open() as handle:
+        names = pq.read_schema(handle).names
         missing = [c for c in order if c not in names]
         if missing:
             raise SourceError(f"{file.name}: columns {missing} not in {names}")
-        table = pq.read_table(file, columns=order).to_pydict()
-        for i in range(len(table[order[0]])):
-            yield _values_to_raw(file.name, i + 1, {c: table[c][i] for c in order}, order)
+        table = pq.read_table(handle, columns=order).to_pydict()
+    for i in range(len(table[order[0]])):
+        yield _values_to_raw(file.name, i + 1, {c: table[c][i] for c in order}, order)
 
 
 # --- image formats --------------------------------------------------------------------------

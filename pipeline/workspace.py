@@ -42,7 +42,8 @@ def overlay_params(project: Path, overlay: Path, workdir: Path) -> dict[str, Any
     extra = yaml.safe_load(overlay.read_text()) or {}
     merged = merge(base, extra)
     for entry in merged.get("datasets", {}).values():
-        entry["source"] = _reroot(Path(entry["source"]), project, workdir)
+        if "://" not in str(entry["source"]):  # a URL is the same from anywhere
+            entry["source"] = _reroot(Path(entry["source"]), project, workdir)
     try:
         Params.model_validate(merged)
     except Exception as exc:  # pydantic.ValidationError

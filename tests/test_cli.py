@@ -53,12 +53,14 @@ def test_overlay_sources_are_rerooted_at_the_workspace(tmp_path):
     (like the demo corpora, which the workspace generates itself) stays project-relative."""
     overlay = tmp_path / "o.yaml"
     datasets = {"out": {"modality": "text", "source": "../elsewhere/x.tsv", "format": "tsv"},
-                "in": {"modality": "text", "source": "data/raw/demo_text/corpus.tsv", "format": "tsv"}}
+                "in": {"modality": "text", "source": "data/raw/demo_text/corpus.tsv", "format": "tsv"},
+                "url": {"modality": "text", "source": "s3://bucket/corpus", "files": "*.tsv", "format": "tsv"}}
     overlay.write_text(yaml.safe_dump({"datasets": datasets}))
     workdir = tmp_path / "ws"
     params = overlay_params(ROOT, overlay, workdir)
     assert (workdir / params["datasets"]["out"]["source"]).resolve() == (ROOT / "../elsewhere/x.tsv").resolve()
     assert params["datasets"]["in"]["source"] == "data/raw/demo_text/corpus.tsv"
+    assert params["datasets"]["url"]["source"] == "s3://bucket/corpus"
 
 
 def test_bad_overlay_is_a_params_error(tmp_path):

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import write_params
@@ -48,10 +49,12 @@ def digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def run_chain(root: Path, engine: dict) -> dict[str, str]:
+TSV = {"modality": "text", "source": "corpus.tsv", "format": "tsv"}
+
+
+def run_chain(root: Path, engine: dict, dataset: dict = TSV) -> dict[str, str]:
     """clean, normalise, dedup and split of the corpus under `engine`; the digest of each output."""
-    params = write_params(root / "params.yaml", {"t": {"modality": "text", "source": "corpus.tsv", "format": "tsv"}},
-                          engine=engine)
+    params = write_params(root / "params.yaml", {"t": dataset}, engine=engine)
     d = root / "data"
     common = ["--dataset", "t", "--params", str(params)]
     assert clean.main([*common, "--root", str(root), "--output", str(d / "clean.parquet"),
@@ -90,6 +93,36 @@ def test_partition_rows_split_for_the_workers_but_not_a_small_set(tmp_path, engi
 def corpus_dir(tmp_path: Path) -> Path:
     write_corpus(tmp_path)
     return tmp_path
+
+
+def split_files(root: Path) -> dict:
+    """A corpus as a public corpus ships: train.tsv and test.tsv in a folder; its dataset params."""
+    write_corpus(root, rows=120)
+    lines = (root / "corpus.tsv").read_text().splitlines()
+    folder = root / "shipped"
+    folder.mkdir()
+    (folder / "train.tsv").write_text("\n".join(lines[:91]) + "\n")
+    (folder / "test.tsv").write_text("\n".join(lines[:1] + lines[91:]) + "\n")
+    return {**TSV, "source": "shipped", "files": {"train": "train.tsv", "test": "test.tsv"}, "source_split": "keep"}
+
+
+@pytest.mark.slow  # four stages; the readers' tests (test_sources.py) cover the picking fast
+def test_shipped_split_files_keep_their_split_through_the_chain(tmp_path):
+    """test.tsv's records end in test, val is cut from train.tsv alone, and a bad row is named by
+    its file and line (each file is read on its own, in partitions)."""
+    from pipeline.io import read_records
+
+    run_chain(tmp_path, {"partition_rows": 40}, split_files(tmp_path))
+    d = tmp_path / "data"
+    clean = read_records(d / "clean.parquet")
+    assert set(clean.groupby("source_split")["source"].unique().map(tuple)) == {("train.tsv",), ("test.tsv",)}
+    final = pd.concat([read_records(p).assign(split=p.name.removesuffix(".parquet")) for p in (d / "split").glob("*.parquet")])
+    assert set(final.loc[final["source"] == "test.tsv", "split"]) == {"test"}
+    assert set(final.loc[final["source"] == "train.tsv", "split"]) == {"train", "val"}
+    assert json.loads((d / "split.json").read_text())["source_split"] is True
+    ledger = pd.read_parquet(d / "ledger" / "clean.parquet")
+    ragged = ledger.loc[ledger["reason"] == "ragged_row", "detail"]
+    assert {detail.split(":")[0] for detail in ragged} == {"train.tsv", "test.tsv"}
 
 
 @pytest.mark.parametrize("rows", [64, pytest.param(7, marks=pytest.mark.slow)])

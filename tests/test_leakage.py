@@ -48,7 +48,7 @@ def _run_split(tmp_path, source_leakage: str, names: list[str]) -> tuple[int, di
     rows = [("a", TEXT), ("a", TEXT + " yesterday")] + [(("a", "b")[i % 2], f"distinct message number {i} about {i * 7} things") for i in range(20)]
     records = text_records(rows).assign(source_split=names + ["train"] * 20)
     write_records(records, tmp_path / "dedup.parquet")
-    datasets = {"t": {"modality": "text", "source": "x.tsv", "format": "tsv", "source_split": "keep"}}
+    datasets = {"t": {"modality": "text", "source": "x.tsv", "format": "tsv", "source_split": "keep", "columns": {"split": "split"}}}
     params = write_params(tmp_path / "params.yaml", datasets, split={"source_leakage": source_leakage})
     code = split.main(["--dataset", "t", "--params", str(params), "--input", str(tmp_path / "dedup.parquet"),
                        "--output", str(tmp_path / "split"), "--leakage", str(tmp_path / "leakage.json"),
@@ -90,7 +90,7 @@ def test_the_partitioned_certificate_lists_what_the_whole_set_search_finds(tmp_p
     names = ["train"] * 30 + ["test"] * 18
     records = text_records(rows).assign(source_split=names)
     write_records(records, tmp_path / "dedup.parquet")
-    datasets = {"t": {"modality": "text", "source": "x.tsv", "format": "tsv", "source_split": "keep"}}
+    datasets = {"t": {"modality": "text", "source": "x.tsv", "format": "tsv", "source_split": "keep", "columns": {"split": "split"}}}
     params = write_params(tmp_path / "params.yaml", datasets, engine={"partition_rows": partition_rows})
     assert split.main(["--dataset", "t", "--params", str(params), "--input", str(tmp_path / "dedup.parquet"),
                        "--output", str(tmp_path / "split"), "--leakage", str(tmp_path / "leakage.json"),

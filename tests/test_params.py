@@ -168,3 +168,19 @@ def test_engine_params_check_the_cluster_settings():
         make_params(engine={"dask": {"scheduler_address": "localhost:8786"}})
     with pytest.raises(ValueError, match="kind"):
         make_params(engine={"kind": "ray"})
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"files": {"trian": "a.tsv"}}, "split 'trian' is not one of"),
+    ({"files": "../elsewhere/*.tsv"}, "must be a non-empty path inside `source`, without '..'"),
+    ({"files": ["/etc/passwd"]}, "must be a non-empty path inside `source`"),
+    ({"files": []}, "lists no file"),
+    ({"files": {"train": "a.tsv"}, "source_split": "keep", "columns": {"split": "part"}}, "use one"),
+    ({"source_split": "keep"}, "source_split keep needs where the split is"),
+])
+def test_files_and_split_params_are_checked_before_anything_runs(tmp_path, extra, message):
+    assert message in load_error(tmp_path / "params.yaml", {"t": {**TEXT, **extra}})
+
+
+def test_files_are_for_the_text_formats(tmp_path):
+    assert "files is for the text formats" in load_error(tmp_path / "params.yaml", {"i": {**IMAGES, "files": "*.png"}})

@@ -1,9 +1,11 @@
 """Readers of the input formats: every row or file is a raw record or a rejection with a reason."""
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -437,6 +439,116 @@ def test_image_manifest_missing_column_raises_source_error(tmp_path):
     (tmp_path / "manifest.csv").write_text("file,label\ncat/a.png,cat\n")
     with pytest.raises(SourceError, match=r"manifest\.csv.*'path'"):
         read_source(ds, tmp_path)
+
+
+# --- several files: globs, lists, split mappings, fsspec URLs --------------------------------
+
+def write_csvs(folder: Path, files: dict[str, list[tuple[str, str]]]) -> None:
+    for name, rows in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in rows), encoding="utf-8")
+
+
+def test_a_split_mapping_gives_each_file_its_split(tmp_path):
+    """The train.csv + test.csv of a public corpus, read as they ship, with their split kept."""
+    write_csvs(tmp_path / "corpus", {"train.csv": [("a", "x"), ("b", "y")], "test.csv": [("c", "x")]})
+    ds = dataset("corpus", "csv", files={"train": "train.csv", "test": "test.csv"}, source_split="keep")
+    frame = read_source(ds, tmp_path)
+    assert frame[["source", "source_row", "text", "source_split"]].values.tolist() == [
+        ["train.csv", 2, "a", "train"], ["train.csv", 3, "b", "train"], ["test.csv", 2, "c", "test"]]
+    assert frame["id"].is_unique
+
+
+def test_a_split_mapping_is_only_files_when_the_split_is_ignored(tmp_path):
+    write_csvs(tmp_path / "corpus", {"train.csv": [("a", "x")], "test.csv": [("c", "x")]})
+    ds = dataset("corpus", "csv", files={"train": "train.csv", "test": "test.csv"})
+    assert read_source(ds, tmp_path)["source_split"].isna().all()
+
+
+def test_a_glob_reads_its_files_in_name_order_and_ids_tell_same_names_apart(tmp_path):
+    write_csvs(tmp_path / "corpus", {"2024/part-1.csv": [("late", "x")], "2023/part-1.csv": [("early", "x")],
+                                     "2023/part-0.csv": [("first", "y")], "notes.txt": [("no", "x")]})
+    frame = read_source(dataset("corpus", "csv", files="*/part-*.csv"), tmp_path)
+    assert frame[["source", "text"]].values.tolist() == [
+        ["2023/part-0.csv", "first"], ["2023/part-1.csv", "early"], ["2024/part-1.csv", "late"]]
+    assert frame["id"].is_unique  # same file name and row in two folders, two records
+
+
+def test_a_list_of_files_and_globs_reads_in_the_order_given(tmp_path):
+    write_csvs(tmp_path / "c", {"b.csv": [("b", "x")], "a1.csv": [("a1", "x")], "a2.csv": [("a2", "y")]})
+    frame = read_source(dataset("c", "csv", files=["b.csv", "a*.csv"]), tmp_path)
+    assert frame["text"].tolist() == ["b", "a1", "a2"]
+
+
+@pytest.mark.parametrize("files, message", [
+    (["a.csv", "*.csv"], "a.csv is picked by both 'a.csv' and '*.csv'"),
+    ({"train": "a.csv", "test": "a.csv"}, "a.csv is picked by both"),
+    ("*.jsonl", "'*.jsonl' matches no file in c"),
+    ("missing.csv", "'missing.csv' matches no file in c"),
+])
+def test_a_file_picked_twice_or_a_pattern_matching_nothing_stops_the_read(tmp_path, files, message):
+    write_csvs(tmp_path / "c", {"a.csv": [("a", "x")]})
+    with pytest.raises(SourceError, match=re.escape(message)):
+        read_source(dataset("c", "csv", files=files), tmp_path)
+
+
+def test_files_need_a_source_folder_and_a_folder_needs_files(tmp_path):
+    write_csvs(tmp_path, {"a.csv": [("a", "x")]})
+    with pytest.raises(SourceError, match="must be the folder its `files` are in"):
+        read_source(dataset("a.csv", "csv", files="*.csv"), tmp_path)
+    with pytest.raises(SourceError, match="is a folder; name its files with `files`"):
+        read_source(dataset(".", "csv"), tmp_path)
+
+
+def test_a_picked_file_linking_out_of_the_source_folder_is_refused(tmp_path):
+    write_csvs(tmp_path, {"secret.csv": [("s", "x")], "c/a.csv": [("a", "x")]})
+    os.symlink(tmp_path / "secret.csv", tmp_path / "c" / "b.csv")
+    with pytest.raises(SourceError, match="b.csv resolves outside c"):
+        read_source(dataset("c", "csv", files="*.csv"), tmp_path)
+
+
+def test_each_file_is_decoded_in_its_own_detected_encoding(tmp_path):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "a.csv").write_bytes("text,label\ncafé crème,x\n".encode("utf-8"))
+    (tmp_path / "c" / "b.csv").write_bytes("text,label\nnaïve façade,y\n".encode("utf-16"))  # with its BOM
+    frame = read_source(dataset("c", "csv", files="*.csv", encoding="auto"), tmp_path)
+    assert frame["text"].tolist() == ["café crème", "naïve façade"]
+    assert frame.attrs["encoding"] == "utf-8 (a.csv), utf-16 (b.csv)"
+
+
+def test_parquet_and_jsonl_files_by_split(tmp_path):
+    (tmp_path / "c").mkdir()
+    pq.write_table(pa.table({"text": ["p"], "label": ["x"]}), tmp_path / "c" / "train.parquet")
+    (tmp_path / "c" / "dev.jsonl").write_text(json.dumps({"text": "j", "label": "y"}) + "\n")
+    train = read_source(dataset("c", "parquet", files={"train": "*.parquet"}, source_split="keep"), tmp_path)
+    dev = read_source(dataset("c", "jsonl", files={"dev": "dev.jsonl"}, source_split="keep"), tmp_path)
+    assert train[["text", "source_split"]].values.tolist() == [["p", "train"]]
+    assert dev[["text", "source", "source_split"]].values.tolist() == [["j", "dev.jsonl", "dev"]]
+
+
+def test_an_fsspec_url_reads_like_a_folder(tmp_path):
+    """fsspec's in-memory filesystem stands for s3:// or gs://: the same code path, no network."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe({"/corpus-test/train/part-0.csv": b"text,label\nfrom memory,x\n", "/corpus-test/test.csv": b"text,label\nheld out,y\n"})
+    try:
+        ds = dataset("memory://corpus-test", "csv", files={"train": "train/*.csv", "test": "test.csv"}, source_split="keep")
+        frame = read_source(ds, tmp_path)
+        assert frame[["source", "text", "source_split"]].values.tolist() == [
+            ["train/part-0.csv", "from memory", "train"], ["test.csv", "held out", "test"]]
+        alone = read_source(dataset("memory://corpus-test/test.csv", "csv"), tmp_path)
+        assert alone[["source", "text"]].values.tolist() == [["test.csv", "held out"]]
+    finally:
+        fs.rm("/corpus-test", recursive=True)
+
+
+def test_a_url_whose_filesystem_package_is_missing_says_so(tmp_path):
+    pytest.importorskip("fsspec")
+    if importlib.util.find_spec("gcsfs") is not None:
+        pytest.skip("gcsfs is installed here")
+    with pytest.raises(SourceError, match="cannot open gs://bucket/corpus.*gcsfs"):
+        read_source(dataset("gs://bucket/corpus", "csv", files="*.csv"), tmp_path)
 
 
 # --- ids and read-only ----------------------------------------------------------------------

@@ -35,7 +35,7 @@ from pipeline.engines.session import Session
 from pipeline.errors import UserError
 from pipeline.ledger import FATES_SCHEMA, Processed
 from pipeline.params import DatasetParams, EngineParams
-from pipeline.sources import RAW_SCHEMA, source_chunks
+from pipeline.sources import RAW_SCHEMA, source_attrs, source_chunks
 
 log = logging.getLogger(__name__)
 IMAGE_PARTITION_DIVISOR = 32  # an image costs tens of times a short text, in memory and in time
@@ -100,13 +100,15 @@ class Engine:
         for the workers.
         """
         rows = self.partition_rows(dataset.modality)
-        paths, labels, total, attrs = [], [], 0, {}
+        paths, labels, found, read = [], [], [], Counter()
         for chunk in source_chunks(dataset, root, rows=rows):
             paths.append(io.write_spill(chunk, self._spill_path("source"), schema=RAW_SCHEMA, sort=False))
-            labels.append(f"{dataset.source} rows {total + 1}-{total + len(chunk)}")
-            total, attrs = total + len(chunk), chunk.attrs
+            file = chunk.attrs["file"]
+            labels.append(f"{file} rows {read[file] + 1}-{read[file] + len(chunk)}")
+            read[file] += len(chunk)
+            found.append(dict(chunk.attrs))
         meta = RAW_SCHEMA.empty_table().to_pandas()
-        return self._spill_reader(paths, tuple(labels), meta=meta), total, dict(attrs)
+        return self._spill_reader(paths, tuple(labels), meta=meta), sum(read.values()), source_attrs(found)
 
     def from_frame(self, frame: pd.DataFrame, schema: pa.Schema) -> Partitioned:
         """A table this process holds, as one partition the workers can read."""

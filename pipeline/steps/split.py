@@ -14,12 +14,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import SplitError
-from pipeline.params import SplitParams
+from pipeline.params import SOURCE_SPLIT_NAMES, SplitParams
 from pipeline.seeding import derive_seed
 
 SPLITS = ("train", "val", "test")
-SOURCE_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-                  "dev": "val", "test": "test", "testing": "test"}
 
 
 @dataclass(slots=True)
@@ -222,10 +220,10 @@ def _source_names(raw: pd.Series) -> pd.Series:
     absent = int(raw.isna().sum())
     if absent:
         raise SplitError(f"{absent} record(s) have no source split; every record needs one when source_split is 'keep'")
-    names = raw.map(lambda s: SOURCE_ALIASES.get(str(s).strip().lower()))
+    names = raw.map(lambda s: SOURCE_SPLIT_NAMES.get(str(s).strip().lower()))
     unknown = sorted(set(raw[names.isna()].astype(str)))
     if unknown:
-        raise SplitError(f"unknown source split name(s) {unknown}; expected one of {sorted(SOURCE_ALIASES)}")
+        raise SplitError(f"unknown source split name(s) {unknown}; expected one of {sorted(SOURCE_SPLIT_NAMES)}")
     if "train" not in set(names):
         raise SplitError("the source has no train split; keep its split only when it ships one")
     return names
