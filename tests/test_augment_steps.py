@@ -6,6 +6,7 @@ import json
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -168,6 +169,23 @@ def test_targets_spread_variants_evenly_to_reach_each_class_target():
     reordered = train.iloc[::-1]
     assert variant_counts(reordered, TextAugmentParams(targets={"b": 11}), seed=1).sort_index().equals(
         variant_counts(train, TextAugmentParams(targets={"b": 11}), seed=1).sort_index())
+
+
+@pytest.mark.parametrize("pieces", [1, 3, 7])
+def test_a_plan_from_partitions_gives_each_record_what_the_whole_set_gives_it(pieces):
+    """Class counts and each partition's first records in the seed's order are all the plan needs."""
+    from pipeline.params import TextAugmentParams
+    from pipeline.steps.augment import first_in_order, partition_counts, shortfalls, variant_counts, variant_plan
+
+    train = text_records([("a", f"a{i}") for i in range(13)] + [("b", f"b{i}") for i in range(5)] + [("c", "c0")])
+    params = TextAugmentParams(targets={"a": 20, "b": 12, "c": 4})
+    whole = variant_counts(train, params, seed=3)
+    parts = [train.iloc[i::pieces] for i in range(pieces)]
+    class_counts = train["label"].value_counts().to_dict()
+    extras = {label: extra for label, (_, extra) in shortfalls(class_counts, params).items() if extra}
+    plan = variant_plan(class_counts, pd.concat([first_in_order(p, extras, 3) for p in parts]), params)
+    assert pd.concat([partition_counts(p, plan, 3) for p in parts]).sort_index().equals(whole.sort_index())
+    assert whole.groupby(train["label"]).sum().to_dict() == {"a": 7, "b": 7, "c": 3}
 
 
 def test_without_targets_every_listed_class_gets_variants_per_record():

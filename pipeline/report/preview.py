@@ -21,6 +21,15 @@ def pick_examples(originals: pd.DataFrame, variants: pd.DataFrame) -> list[tuple
     return examples
 
 
+def preview_candidates(variants: pd.DataFrame) -> pd.DataFrame:
+    """Of one partition of variants, those `pick_examples` could show: per class the first parents
+    by id, each with its first variants (merged over partitions, they hold the whole set's)."""
+    ordered = variants.sort_values(["label", "parent_id", "id"], kind="stable")
+    parents = ordered.drop_duplicates("parent_id").groupby("label", sort=False).head(PARENTS_PER_CLASS)["parent_id"]
+    chosen = ordered[ordered["parent_id"].isin(set(parents))]
+    return chosen.groupby("parent_id", sort=False).head(VARIANTS_PER_PARENT).reset_index(drop=True)
+
+
 def preview_files(originals: pd.DataFrame, variants: pd.DataFrame, *, modality: str) -> dict[str, bytes]:
     """The preview folder's one file: `preview.png` (images) or `samples.md` (texts), by name."""
     examples = pick_examples(originals, variants)

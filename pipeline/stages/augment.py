@@ -2,19 +2,27 @@
 
 A variant identical to its parent, or to any record in any split, is dropped and counted: it would
 add nothing, or leak. A preview of originals beside their variants is written for people.
+
+On the engine: the plan (how many variants each record gets) comes from class counts; variants are
+made partition by partition of train; a shuffle on the content hash meets each variant with every
+record and variant of equal content, anywhere in the splits.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 import pandas as pd
 
-from pipeline.engines import chunk_size_for
-from pipeline.io import read_records, write_folder, write_records
-from pipeline.report.preview import preview_files
+from pipeline.engines import Engine, Partitioned, open_engine
+from pipeline.io import empty_records, record_count, write_folder
+from pipeline.params import ImageAugmentParams, TextAugmentParams
+from pipeline.report.preview import preview_candidates, preview_files
 from pipeline.stages.base import Context, Outcome, entry, stage_main
-from pipeline.steps.augment import check_available, generate_variants, keep_new, variant_counts
+from pipeline.steps import augment as steps
+
+VARIANT_ROWS = empty_records().assign(**{steps.VARIANT_FLAG: pd.Series(dtype=bool)})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,28 +32,64 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: Context) -> Outcome:
-    train = read_records(ctx.args.input / "train.parquet")
-    held_out = pd.concat([read_records(ctx.args.input / f"{s}.parquet", columns=["content_hash"]) for s in ("val", "test")])
-    keep, fates = keep_new(_variants(ctx, train), train, set(held_out["content_hash"]), reason="augmented")
-    ctx.ledger.record(fates)
-    out = pd.concat([train, keep], ignore_index=True)
-    write_records(out, ctx.args.output)
-    write_folder(preview_files(train, keep, modality=ctx.dataset.modality), ctx.args.preview)
-    extra = {"labels": out["label"].value_counts().sort_index().to_dict(), "variants_kept": len(keep)}
-    return Outcome(len(train), len(out), extra)
+    engine, modality = ctx.engine, ctx.dataset.modality
+    params = ctx.params.augment.text if modality == "text" else ctx.params.augment.image
+    steps.check_available(modality, params)
+    train = engine.read_records(ctx.args.input / "train.parquet", modality=modality)
+    kept, fates = new_variants(engine, ctx, train, params, reason="augmented", namespace="augment")
+    ctx.ledger.record_spills(fates)
+    n_out = engine.write_records(engine.concat([train, kept]), ctx.args.output)
+    write_folder(_preview(engine, train, kept, modality), ctx.args.preview)
+    n_in = record_count(ctx.args.input / "train.parquet")
+    labels = engine.value_counts(engine.read_records(ctx.args.output, modality=modality, columns=["label"]), "label")
+    return Outcome(n_in, n_out, {"labels": labels, "variants_kept": n_out - n_in})
 
 
-def _variants(ctx: Context, train: pd.DataFrame) -> pd.DataFrame:
-    """Generated records for the eligible train records, with the parent's label, group and source."""
-    params = ctx.params.augment.text if ctx.dataset.modality == "text" else ctx.params.augment.image
-    check_available(ctx.dataset.modality, params)
-    engine = ctx.params.engine
-    return generate_variants(train, variant_counts(train, params, ctx.params.seed), ctx.dataset.modality, params,
-                             ctx.params.seed, workers=engine.workers, chunk_size=chunk_size_for(ctx.dataset.modality, engine.chunk_size))
+def new_variants(engine: Engine, ctx: Context, train: Partitioned, params: TextAugmentParams | ImageAugmentParams, *,
+                 reason: str, namespace: str) -> tuple[Partitioned, list[Path]]:
+    """The variants of `train` that add something (records), and the fates' spill files of all of them."""
+    plan = variant_plan(engine, train, params, ctx.params.seed)
+    make = functools.partial(steps.make_variants, plan=plan, modality=ctx.dataset.modality, params=params,
+                             seed=ctx.params.seed, reason=reason, namespace=namespace)
+    made, made_fates, _ = engine.process(train, make)
+    existing = [engine.read_records(ctx.args.input / f"{s}.parquet", modality=ctx.dataset.modality, columns=["content_hash"])
+                for s in ("train", "val", "test")]
+    rows = engine.concat([engine.map(part, steps.flag_variants, meta=VARIANT_ROWS, variant=variant, template=VARIANT_ROWS)
+                          for part, variant in [(made, True), *((e, False) for e in existing)]])
+    grouped = engine.group(rows, ["content_hash"], _identity, order=["content_hash", steps.VARIANT_FLAG, "id"], meta=VARIANT_ROWS)
+    kept, kept_fates, _ = engine.process(grouped, steps.new_variants)
+    return kept, [*made_fates, *kept_fates]
+
+
+def variant_plan(engine: Engine, train: Partitioned, params: TextAugmentParams | ImageAugmentParams, seed: int) -> steps.VariantPlan:
+    """How many variants each record gets, from class counts (and, for targets, the records first in
+    the seed's order of each class short of its target)."""
+    class_counts = engine.value_counts(train, "label")
+    extras = {label: extra for label, (_, extra) in steps.shortfalls(class_counts, params).items() if extra}
+    firsts = steps.first_in_order(empty_records(), {}, seed)
+    if extras:
+        firsts = engine.collect(engine.map(train, steps.first_in_order, meta=firsts, extras=extras, seed=seed))
+    return steps.variant_plan(class_counts, firsts, params)
+
+
+def _preview(engine: Engine, train: Partitioned, kept: Partitioned, modality: str) -> dict[str, bytes]:
+    """The preview from the few variants it shows and their parents, gathered from the partitions."""
+    candidates = engine.collect(engine.map(kept, preview_candidates, meta=empty_records()))
+    sample = preview_candidates(candidates)
+    parents = engine.collect(engine.map(train, _records_in, meta=empty_records(), ids=frozenset(sample["parent_id"])))
+    return preview_files(parents, sample, modality=modality)
+
+
+def _records_in(records: pd.DataFrame, ids: frozenset[str]) -> pd.DataFrame:
+    return records[records["id"].isin(ids)]
+
+
+def _identity(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stage_main("augment", __doc__, add_arguments, run, argv)
+    return stage_main("augment", __doc__, add_arguments, run, argv, engine=open_engine)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import functools
 import io
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,7 @@ import pandas as pd
 from PIL import Image
 
 from pipeline.errors import AugmenterUnavailable
-from pipeline.ledger import Fates
+from pipeline.ledger import Fates, Processed
 from pipeline.params import ImageAugmentParams, TextAugmenter, TextAugmentParams
 from pipeline.records import make_id, op_json, pixel_hash, text_hash
 from pipeline.seeding import derive_seed, seed_globals
@@ -36,26 +36,86 @@ class Variant:
     image: bytes | None = None
 
 
-def variant_counts(train: pd.DataFrame, params: TextAugmentParams | ImageAugmentParams, seed: int) -> pd.Series:
-    """Variants to make per train record (indexed like `train`).
+@dataclass(frozen=True, slots=True)
+class VariantPlan:
+    """How many variants each train record gets, decided from class counts alone.
 
-    With `targets`, each listed class gets enough variants to reach its target, spread as evenly
-    as possible over its records (the extra ones to records first in an order keyed on the seed);
-    other classes get none. Otherwise every record of `classes` (all, if null) gets `variants`.
+    Without targets: `variants` for every record of `classes` (None: every class). With targets:
+    `base[label]` for every record of a class short of its target, plus one for the records whose
+    (order key, id) is at most `cutoff[label]` (order keys are keyed on the seed and the id, so the
+    extra variants go to the same records whoever reads them in whatever partitions).
     """
+
+    variants: int = 0
+    classes: frozenset[str] | None = None
+    base: dict[str, int] | None = None
+    cutoff: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+
+def shortfalls(class_counts: dict[str, int], params: TextAugmentParams | ImageAugmentParams) -> dict[str, tuple[int, int]]:
+    """(variants for every record, records that get one more) per class short of its target."""
+    out = {}
+    for label, target in sorted((params.targets or {}).items()):
+        size = class_counts.get(label, 0)
+        if size and target > size:
+            out[label] = divmod(target - size, size)
+    return out
+
+
+def order_keys(records: pd.DataFrame, seed: int) -> np.ndarray:
+    """Each record's place in the seed's order of its class (uint64, keyed on the id)."""
+    return np.array([derive_seed(seed, "augment-order", i) for i in records["id"]], dtype=np.uint64)
+
+
+def first_in_order(records: pd.DataFrame, extras: dict[str, int], seed: int) -> pd.DataFrame:
+    """The `extras[label]` records of each class first in the seed's order (label, order, id): merged
+    over partitions, they hold the first of the whole set."""
+    members = records[records["label"].isin(list(extras))]
+    frame = pd.DataFrame({"label": members["label"].to_numpy(object), "order": order_keys(members, seed),
+                          "id": members["id"].to_numpy(object)}).sort_values(["label", "order", "id"], kind="stable")
+    rank = frame.groupby("label", sort=False).cumcount().to_numpy()
+    limit = frame["label"].map(extras).to_numpy()
+    return frame[rank < limit].reset_index(drop=True)
+
+
+def variant_plan(class_counts: dict[str, int], firsts: pd.DataFrame, params: TextAugmentParams | ImageAugmentParams) -> VariantPlan:
+    """The plan from the class counts and the `first_in_order` rows of every partition."""
     if not params.targets:
-        eligible = train["label"].isin(params.classes) if params.classes is not None else pd.Series(True, index=train.index)
-        return eligible.astype(int) * params.variants
-    counts = pd.Series(0, index=train.index)
-    for label, target in sorted(params.targets.items()):
-        members = train[train["label"] == label]
-        missing = max(0, target - len(members))
-        if members.empty or not missing:
-            continue
-        order = sorted(members.index, key=lambda i: derive_seed(seed, "augment-order", members.at[i, "id"]))
-        base, extra = divmod(missing, len(order))
-        counts.loc[order] = [base + (rank < extra) for rank in range(len(order))]
+        return VariantPlan(params.variants, None if params.classes is None else frozenset(params.classes))
+    short = shortfalls(class_counts, params)
+    ordered = firsts.sort_values(["label", "order", "id"], kind="stable")
+    cutoff = {}
+    for label, (_, extra) in short.items():
+        rows = ordered[ordered["label"] == label]
+        if extra:
+            last = rows.iloc[extra - 1]
+            cutoff[label] = (int(last["order"]), str(last["id"]))
+    return VariantPlan(base={label: base for label, (base, _) in short.items()}, cutoff=cutoff)
+
+
+def partition_counts(records: pd.DataFrame, plan: VariantPlan, seed: int) -> pd.Series:
+    """Variants to make per record of one partition (indexed like it)."""
+    if plan.base is None:
+        eligible = records["label"].isin(plan.classes) if plan.classes is not None else pd.Series(True, index=records.index)
+        return eligible.astype(int) * plan.variants
+    counts = records["label"].map(plan.base).fillna(0).astype(int)
+    if plan.cutoff:
+        keys = order_keys(records, seed)
+        for label, (order, last_id) in plan.cutoff.items():
+            members = (records["label"] == label).to_numpy()
+            first = (keys < order) | ((keys == order) & (records["id"].to_numpy(object) <= last_id))
+            counts[members & first] += 1
     return counts
+
+
+def variant_counts(train: pd.DataFrame, params: TextAugmentParams | ImageAugmentParams, seed: int) -> pd.Series:
+    """Variants to make per train record (indexed like `train`), for a set held whole: the plan of
+    `variant_plan` (targets: each listed class gets enough variants to reach its target, spread as
+    evenly as possible over its records, the extra ones to records first in the seed's order)."""
+    class_counts = {str(k): int(v) for k, v in train["label"].value_counts().items()}
+    extras = {label: extra for label, (_, extra) in shortfalls(class_counts, params).items() if extra}
+    plan = variant_plan(class_counts, first_in_order(train, extras, seed), params)
+    return partition_counts(train, plan, seed)
 
 
 def variant_id(parent_id: str, variant: int, namespace: str = "augment") -> str:
@@ -249,11 +309,63 @@ def redundancy(variants: pd.DataFrame, train: pd.DataFrame, held_out_hashes: set
     """Why each variant adds nothing (None where it is new): equal to its parent, to any record in
     any split, or to an earlier variant (by id)."""
     parent_hash = train.set_index("id")["content_hash"]
-    same_as_parent = variants["content_hash"].to_numpy() == parent_hash.loc[variants["parent_id"]].to_numpy()
-    existing = set(train["content_hash"]) | held_out_hashes
-    repeat = variants.sort_values("id")["content_hash"].duplicated().reindex(variants.index)
     reason = pd.Series(None, index=variants.index, dtype="object")
-    reason[repeat] = "duplicate_variant"
-    reason[variants["content_hash"].isin(existing)] = "identical_to_existing"
+    same_as_parent = variants["content_hash"].to_numpy() == parent_hash.loc[variants["parent_id"]].to_numpy()
+    existing = pd.DataFrame({"content_hash": sorted(set(train["content_hash"]) | held_out_hashes), "id": "", "variant": False})
+    others = variants.loc[~same_as_parent, ["content_hash", "id"]].assign(variant=True)
+    mixed = pd.concat([existing, others], ignore_index=True).sort_values(["content_hash", "variant", "id"], kind="stable")
+    verdicts = redundant_variants(mixed)
+    reason[variants["id"].isin(verdicts["id"]).to_numpy()] = variants["id"].map(dict(zip(verdicts["id"], verdicts["reason"])))
     reason[same_as_parent] = "identical_to_parent"
     return reason
+
+
+def redundant_variants(rows: pd.DataFrame) -> pd.DataFrame:
+    """(id, reason) of the variants among `rows` that repeat something, where `rows` hold every row of
+    each content hash they hold, sorted by (content_hash, variant, id): existing records
+    (`variant` False) and variants. A variant equal to an existing record is `identical_to_existing`;
+    one equal to an earlier variant, `duplicate_variant`."""
+    variant = rows["variant"].to_numpy(bool)
+    existing = set(rows.loc[~variant, "content_hash"])
+    made = rows[variant]
+    exists = made["content_hash"].isin(existing).to_numpy()
+    repeat = made["content_hash"].duplicated().to_numpy()
+    drop = exists | repeat
+    reasons = np.where(exists, "identical_to_existing", "duplicate_variant")[drop]
+    return pd.DataFrame({"id": made["id"].to_numpy(object)[drop], "reason": reasons.astype(object)})
+
+
+# --- partition steps (the augment stage on the engine) --------------------------------------
+
+VARIANT_FLAG = "variant"
+
+
+def make_variants(train: pd.DataFrame, *, plan: VariantPlan, modality: str, params: TextAugmentParams | ImageAugmentParams,
+                  seed: int, reason: str, namespace: str = "augment") -> Processed:
+    """One partition of train: the variants its plan asks for, each recorded as generated; those
+    equal to their parent are dropped at once, the others passed on to `new_variants`."""
+    variants = generate_variants(train, partition_counts(train, plan, seed), modality, params, seed,
+                                 chunk_size=1 << 30, namespace=namespace)
+    parent_hash = train.set_index("id")["content_hash"]
+    same = variants["content_hash"].to_numpy() == parent_hash.loc[variants["parent_id"]].to_numpy()
+    fates = Fates.generated(variants["id"], variants["parent_id"], reason) + Fates.dropped(variants.loc[same, "id"], "identical_to_parent")
+    return Processed(variants.loc[~same].reset_index(drop=True), fates)
+
+
+def flag_variants(records: pd.DataFrame, *, variant: bool, template: pd.DataFrame) -> pd.DataFrame:
+    """Rows for the content-hash shuffle, in `template`'s columns: variants whole, existing records
+    as their hash alone."""
+    if variant:
+        return records.assign(**{VARIANT_FLAG: True})
+    rows = template.reindex(range(len(records)))
+    return rows.assign(content_hash=records["content_hash"].to_numpy(object), id="", **{VARIANT_FLAG: False})
+
+
+def new_variants(rows: pd.DataFrame) -> Processed:
+    """One partition of the content-hash shuffle (every row of each hash it holds, sorted by
+    content_hash, variant, id): the variants that add something, and the others dropped with why."""
+    verdicts = redundant_variants(rows)
+    made = rows[rows[VARIANT_FLAG].to_numpy(bool)]
+    kept = made[~made["id"].isin(verdicts["id"])].drop(columns=VARIANT_FLAG).reset_index(drop=True)
+    return Processed(kept, Fates.dropped(verdicts["id"], verdicts["reason"]))
+
