@@ -1,6 +1,7 @@
 """Checks of the pipeline's promises over a whole run, shared by the end-to-end tests.
 
-Each returns a list of problems (empty when the promise holds), so a failing test names them all.
+Each check returns a list of problems (empty when the promise holds), so a failing test names them
+all; `dvc` and `rerun_data_stages_on` run a workspace.
 """
 from __future__ import annotations
 
@@ -77,3 +78,29 @@ def lock_outs(lock_path: Path) -> dict[str, list]:
     """Stage -> sorted (path, md5) of its outs, from a dvc.lock."""
     lock = yaml.safe_load(lock_path.read_text())
     return {k: sorted((o["path"], o["md5"]) for o in v.get("outs", [])) for k, v in lock["stages"].items()}
+
+
+DATA_STAGES = ("clean", "normalise", "dedup", "split", "augment", "rebalance")
+ENGINES = {  # each against the first run: in process, one partition (partition_rows 100,000)
+    "local-2-processes-64-rows": {"workers": 2, "partition_rows": 64, "chunk_size": 16},
+    "dask-1-worker": {"kind": "dask", "dask": {"workers": 1, "memory_limit": "2GB"}},
+    "dask-2-workers-40-rows": {"kind": "dask", "partition_rows": 40, "dask": {"workers": 2, "memory_limit": "2GB"}},
+}
+
+
+def rerun_data_stages_on(workdir: Path, engine: dict, datasets: list[str]) -> dict[str, list]:
+    """Switch `engine` (which reruns nothing), force the data stages of `datasets` on it, and
+    return dvc.lock's outs; params, lock and metrics are put back afterwards."""
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    params["engine"] = {**params.get("engine", {}), **engine}
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        result = dvc(workdir, "repro")
+        assert result.returncode == 0 and "Running stage" not in result.stdout, result.stdout[-2000:]
+        stages = [f"{stage}@{name}" for stage in DATA_STAGES for name in datasets]
+        result = dvc(workdir, "repro", "--force", "--single-item", *stages, timeout=3000)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        assert all(f"Running stage '{stage}'" in result.stdout for stage in stages)
+        return lock_outs(workdir / "dvc.lock")
+    finally:  # the same data, so the committed lock holds again; the metrics' seconds go back too
+        subprocess.run(["git", "checkout", "--", "params.yaml", "dvc.lock", "metrics"], cwd=workdir, check=True, capture_output=True)

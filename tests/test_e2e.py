@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from contract import RUN_ENV, dvc, leaks, lock_outs, unbalanced
+from contract import ENGINES, RUN_ENV, dvc, leaks, lock_outs, rerun_data_stages_on, unbalanced
 from conftest import ROOT
 from pipeline.workspace import make_workspace
 
@@ -96,23 +96,13 @@ def test_forced_repro_gives_the_same_lock(run):
     assert lock_outs(run / "dvc.lock") == lock_outs(run.parent / "first.lock")
 
 
-def test_engine_settings_rerun_nothing_and_change_no_byte(run):
+@pytest.mark.parametrize("engine", ENGINES.values(), ids=ENGINES.keys())
+def test_engine_settings_rerun_nothing_and_change_no_byte(run, engine):
     """No stage depends on `engine` (it never changes an output): a switch reruns nothing, and the
-    data stages forced to run again on two processes and small partitions give the same bytes."""
-    params = yaml.safe_load((run / "params.yaml").read_text())
-    params["engine"].update(workers=2, partition_rows=64, chunk_size=16)
-    (run / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    try:
-        result = dvc(run, "repro")
-        assert result.returncode == 0 and "Running stage" not in result.stdout, result.stdout[-2000:]
-        data_stages = [f"{stage}@{name}" for stage in ("clean", "normalise", "dedup", "split", "augment", "rebalance")
-                       for name in params["datasets"]]
-        result = dvc(run, "repro", "--force", "--single-item", *data_stages)
-        assert result.returncode == 0, result.stderr[-2000:]
-        assert all(f"Running stage '{stage}'" in result.stdout for stage in data_stages)
-        assert lock_outs(run / "dvc.lock") == lock_outs(run.parent / "first.lock")
-    finally:  # the same data, so the committed lock holds again; the metrics' seconds go back too
-        git(run, "checkout", "--", "params.yaml", "dvc.lock", "metrics")
+    data stages forced to run again on local processes or a Dask LocalCluster, in other partition
+    sizes, give the same bytes as the first run."""
+    datasets = list(yaml.safe_load((run / "params.yaml").read_text())["datasets"])
+    assert rerun_data_stages_on(run, engine, datasets) == lock_outs(run.parent / "first.lock")
 
 
 def test_experiment_changes_only_what_depends_on_the_knob(run):
