@@ -6,13 +6,15 @@ checked against the corpora's known quirks. Skipped, with the reason, where ../s
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from contract import dvc, final_splits, leaks, unbalanced
+from contract import RUN_ENV, dvc, final_splits, leaks, lock_outs, rerun_data_stages_on, unbalanced
 from conftest import ROOT, SHARED
 from pipeline.io import read_records
 from pipeline.workspace import make_workspace
@@ -105,3 +107,13 @@ def test_sms_fine_tuning_reaches_the_target_and_beats_tfidf(run):
     """Issue 6's SMS target: test macro-F1 >= 0.98 and not below TF-IDF on the same grouped split."""
     texts = metrics(run, "sms", "evaluate")
     assert texts["macro_f1"] >= 0.98 and texts["not_beaten"] == [], texts["baselines"]
+
+
+def test_sms_on_a_dask_cluster_gives_the_bytes_of_one_process(run):
+    """The SMS data stages forced again on a 2-worker LocalCluster, in partitions of 1,000 rows,
+    write what the overlay's local run wrote (every data output's hash in dvc.lock)."""
+    subprocess.run(["git", "add", "-A"], cwd=run, check=True, capture_output=True, env={**os.environ, **RUN_ENV})
+    subprocess.run(["git", "commit", "-qm", "real-data run"], cwd=run, check=True, capture_output=True, env={**os.environ, **RUN_ENV})
+    before = lock_outs(run / "dvc.lock")
+    engine = {"kind": "dask", "partition_rows": 1000, "dask": {"workers": 2, "memory_limit": "3GB"}}
+    assert rerun_data_stages_on(run, engine, ["sms"]) == before
