@@ -17,7 +17,7 @@ import posixpath
 import re
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -98,7 +98,8 @@ def _streams(dataset: DatasetParams, root: Path) -> Iterator[tuple[str, Iterator
     for file in source_files(dataset, root):
         options, attrs = dataset, {}
         if dataset.encoding == "auto" and dataset.format != "parquet":
-            attrs["encoding"] = detect_encoding(file.read_bytes())
+            file = replace(file, data=file.read_bytes())  # read once: detected, then decoded
+            attrs["encoding"] = detect_encoding(file.data)
             options = dataset.model_copy(update={"encoding": attrs["encoding"]})
         yield file.name, _with_split(reader(file, options), file.split), attrs
 
@@ -120,11 +121,12 @@ class SourceFile:
     location: str
     name: str
     split: str | None = None
+    data: bytes | None = None  # the bytes, once read (a remote file is fetched once)
 
     def read_bytes(self) -> bytes:
-        if not is_url(self.location):
-            return Path(self.location).read_bytes()
-        with _filesystem(self.location)[0].open(self.location, "rb") as handle:
+        if self.data is not None:
+            return self.data
+        with self.open() as handle:
             return handle.read()
 
     def open(self) -> BinaryIO:

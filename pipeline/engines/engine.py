@@ -159,10 +159,11 @@ class Engine:
         frame = dd.from_map(reader, list(part.paths), meta=meta, enforce_metadata=False)
         return Partitioned(frame, part.labels, bounds=part.bounds, paths=part.paths)
 
-    def group(self, part: Partitioned, by: Sequence[str], fn: Callable[[pd.DataFrame], pd.DataFrame], *,
+    def group(self, part: Partitioned, by: Sequence[str], fn: Callable[[pd.DataFrame], pd.DataFrame] | None = None, *,
               order: Sequence[str], meta: pd.DataFrame) -> Partitioned:
-        """`fn` over partitions in which rows with equal `by` values are together (a shuffle), each
-        sorted by `order` first: the order a shuffle delivers rows in is not canonical, `order` must be."""
+        """`fn` (or nothing) over partitions in which rows with equal `by` values are together (a
+        shuffle), each sorted by `order` first: the order a shuffle delivers rows in is not
+        canonical, `order` must be."""
         shuffled = part.frame.shuffle(on=list(by), npartitions=max(part.partitions, 1))
         return Partitioned(shuffled.map_partitions(_sorted_call, fn, list(order), meta=meta), part.labels)
 
@@ -294,8 +295,9 @@ def _with_partition(frame: pd.DataFrame, key: str, bounds: np.ndarray) -> pd.Dat
     return frame.assign(**{ROUTE: index.astype(np.int64)})
 
 
-def _sorted_call(frame: pd.DataFrame, fn: Callable[[pd.DataFrame], pd.DataFrame], order: list[str]) -> pd.DataFrame:
-    return fn(frame.sort_values(order, kind="stable").reset_index(drop=True))
+def _sorted_call(frame: pd.DataFrame, fn: Callable[[pd.DataFrame], pd.DataFrame] | None, order: list[str]) -> pd.DataFrame:
+    ordered = frame.sort_values(order, kind="stable").reset_index(drop=True)
+    return ordered if fn is None else fn(ordered)
 
 
 def _reset_call(fn: Callable[..., pd.DataFrame], *frames: pd.DataFrame) -> pd.DataFrame:

@@ -56,7 +56,7 @@ def new_variants(engine: Engine, ctx: Context, train: Partitioned, params: TextA
                 for s in ("train", "val", "test")]
     rows = engine.concat([engine.map(part, steps.flag_variants, meta=VARIANT_ROWS, variant=variant, template=VARIANT_ROWS)
                           for part, variant in [(made, True), *((e, False) for e in existing)]])
-    grouped = engine.group(rows, ["content_hash"], _identity, order=["content_hash", steps.VARIANT_FLAG, "id"], meta=VARIANT_ROWS)
+    grouped = engine.group(rows, ["content_hash"], order=["content_hash", steps.VARIANT_FLAG, "id"], meta=VARIANT_ROWS)
     kept, kept_fates, _ = engine.process(grouped, steps.new_variants)
     return kept, [*made_fates, *kept_fates]
 
@@ -65,7 +65,7 @@ def variant_plan(engine: Engine, train: Partitioned, params: TextAugmentParams |
     """How many variants each record gets, from class counts (and, for targets, the records first in
     the seed's order of each class short of its target)."""
     class_counts = engine.value_counts(train, "label")
-    extras = {label: extra for label, (_, extra) in steps.shortfalls(class_counts, params).items() if extra}
+    extras = steps.extra_variants(class_counts, params)
     firsts = steps.first_in_order(empty_records(), {}, seed)
     if extras:
         firsts = engine.collect(engine.map(train, steps.first_in_order, meta=firsts, extras=extras, seed=seed))
@@ -83,9 +83,6 @@ def _preview(engine: Engine, train: Partitioned, kept: Partitioned, modality: st
 def _records_in(records: pd.DataFrame, ids: frozenset[str]) -> pd.DataFrame:
     return records[records["id"].isin(ids)]
 
-
-def _identity(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,6 @@ import argparse
 import functools
 from pathlib import Path
 
-import pandas as pd
 import pyarrow as pa
 
 from pipeline.engines import Engine, Partitioned, neighbours, open_engine
@@ -72,7 +71,7 @@ def run(ctx: Context) -> Outcome:
 
 def _exact(engine: Engine, signed: Partitioned, params: DedupParams):
     """Exact duplicates: records with equal exact keys meet in a shuffle and are resolved there."""
-    rows = engine.group(engine.columns(signed, [name for name, _ in dedup.INFO]), ["exact"], _identity, order=["exact", "key"],
+    rows = engine.group(engine.columns(signed, [name for name, _ in dedup.INFO]), ["exact"], order=["exact", "key"],
                         meta=empty(pa.schema(dedup.INFO)))
     return engine.process(rows, functools.partial(dedup.exact_clusters, params=params), schema=KEYS)
 
@@ -86,7 +85,7 @@ def _near(engine: Engine, survivors: Partitioned, modality: str, params: DedupPa
     closest = engine.group(partners, ["node"], dedup.closest_partners, order=["node", "rank", "a", "b"], meta=empty(CLOSEST))
     info = engine.columns(survivors, ["key", "id", "label", "size"])
     members = engine.zip(dedup.cluster_members, info, *_routed(engine, [labels, closest], survivors), meta=empty(MEMBERS))
-    grouped = engine.group(members, ["cluster"], _identity, order=["cluster", "key"], meta=empty(MEMBERS))
+    grouped = engine.group(members, ["cluster"], order=["cluster", "key"], meta=empty(MEMBERS))
     return engine.process(grouped, functools.partial(dedup.resolve_members, params=params, reason="near_duplicate"), schema=KEYS)
 
 
@@ -115,9 +114,6 @@ def _without(engine: Engine, table: Partitioned, removed: Partitioned, schema: p
 def _routed(engine: Engine, tables: list[Partitioned], onto: Partitioned) -> list[Partitioned]:
     return [engine.route(t, "key", onto=onto) for t in tables]
 
-
-def _identity(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -93,7 +93,7 @@ def _leaks(engine: Engine, assigned: Partitioned, modality: str, params, seed: i
     signed = engine.materialize(engine.map(assigned, functools.partial(_leak_signatures, modality=modality, params=params, seed=seed),
                                            meta=empty(schema)), schema=schema, key="key")
     ends = engine.columns(signed, ["key", "id", "split"])
-    rows = engine.group(engine.columns(signed, ["key", "split", "content_hash"]), ["content_hash"], _identity,
+    rows = engine.group(engine.columns(signed, ["key", "split", "content_hash"]), ["content_hash"],
                         order=["content_hash", "key"], meta=empty(pa.schema([("key", pa.uint64()), *LEAK_EXTRA])))
     exact = engine.map(rows, exact_cross_pairs, meta=empty(neighbours.PAIRS))
     if modality == "text":
@@ -145,9 +145,6 @@ def _leak_signatures(records: pd.DataFrame, *, modality: str, params, seed: int)
     signed = dedup.signatures(records, modality, params, seed=seed)
     return signed.assign(split=records["split"].to_numpy(object), content_hash=records["content_hash"].to_numpy(object))
 
-
-def _identity(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame
 
 
 def main(argv: list[str] | None = None) -> int:

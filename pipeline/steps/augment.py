@@ -24,6 +24,9 @@ from pipeline.records import make_id, op_json, pixel_hash, text_hash
 from pipeline.seeding import derive_seed, seed_globals
 
 
+VARIANT_FLAG = "variant"  # in the content-hash shuffle: a variant (True) or an existing record (False)
+
+
 @dataclass(slots=True)
 class Variant:
     """One generated record's new content and provenance."""
@@ -60,6 +63,11 @@ def shortfalls(class_counts: dict[str, int], params: TextAugmentParams | ImageAu
         if size and target > size:
             out[label] = divmod(target - size, size)
     return out
+
+
+def extra_variants(class_counts: dict[str, int], params: TextAugmentParams | ImageAugmentParams) -> dict[str, int]:
+    """Per class short of its target, how many of its records get one variant more than the rest."""
+    return {label: extra for label, (_, extra) in shortfalls(class_counts, params).items() if extra}
 
 
 def order_keys(records: pd.DataFrame, seed: int) -> np.ndarray:
@@ -113,8 +121,7 @@ def variant_counts(train: pd.DataFrame, params: TextAugmentParams | ImageAugment
     `variant_plan` (targets: each listed class gets enough variants to reach its target, spread as
     evenly as possible over its records, the extra ones to records first in the seed's order)."""
     class_counts = {str(k): int(v) for k, v in train["label"].value_counts().items()}
-    extras = {label: extra for label, (_, extra) in shortfalls(class_counts, params).items() if extra}
-    plan = variant_plan(class_counts, first_in_order(train, extras, seed), params)
+    plan = variant_plan(class_counts, first_in_order(train, extra_variants(class_counts, params), seed), params)
     return partition_counts(train, plan, seed)
 
 
@@ -308,16 +315,21 @@ def keep_new(variants: pd.DataFrame, train: pd.DataFrame, held_out_hashes: set[s
 def redundancy(variants: pd.DataFrame, train: pd.DataFrame, held_out_hashes: set[str]) -> pd.Series:
     """Why each variant adds nothing (None where it is new): equal to its parent, to any record in
     any split, or to an earlier variant (by id)."""
-    parent_hash = train.set_index("id")["content_hash"]
     reason = pd.Series(None, index=variants.index, dtype="object")
-    same_as_parent = variants["content_hash"].to_numpy() == parent_hash.loc[variants["parent_id"]].to_numpy()
-    existing = pd.DataFrame({"content_hash": sorted(set(train["content_hash"]) | held_out_hashes), "id": "", "variant": False})
-    others = variants.loc[~same_as_parent, ["content_hash", "id"]].assign(variant=True)
-    mixed = pd.concat([existing, others], ignore_index=True).sort_values(["content_hash", "variant", "id"], kind="stable")
+    same_as_parent = same_as_parents(variants, train)
+    existing = pd.DataFrame({"content_hash": sorted(set(train["content_hash"]) | held_out_hashes), "id": "", VARIANT_FLAG: False})
+    others = variants.loc[~same_as_parent, ["content_hash", "id"]].assign(**{VARIANT_FLAG: True})
+    mixed = pd.concat([existing, others], ignore_index=True).sort_values(["content_hash", VARIANT_FLAG, "id"], kind="stable")
     verdicts = redundant_variants(mixed)
     reason[variants["id"].isin(verdicts["id"]).to_numpy()] = variants["id"].map(dict(zip(verdicts["id"], verdicts["reason"])))
     reason[same_as_parent] = "identical_to_parent"
     return reason
+
+
+def same_as_parents(variants: pd.DataFrame, parents: pd.DataFrame) -> np.ndarray:
+    """Whether each variant's content equals its parent's (`parents` holds every parent)."""
+    parent_hash = parents.set_index("id")["content_hash"]
+    return variants["content_hash"].to_numpy() == parent_hash.loc[variants["parent_id"]].to_numpy()
 
 
 def redundant_variants(rows: pd.DataFrame) -> pd.DataFrame:
@@ -325,7 +337,7 @@ def redundant_variants(rows: pd.DataFrame) -> pd.DataFrame:
     each content hash they hold, sorted by (content_hash, variant, id): existing records
     (`variant` False) and variants. A variant equal to an existing record is `identical_to_existing`;
     one equal to an earlier variant, `duplicate_variant`."""
-    variant = rows["variant"].to_numpy(bool)
+    variant = rows[VARIANT_FLAG].to_numpy(bool)
     existing = set(rows.loc[~variant, "content_hash"])
     made = rows[variant]
     exists = made["content_hash"].isin(existing).to_numpy()
@@ -337,8 +349,6 @@ def redundant_variants(rows: pd.DataFrame) -> pd.DataFrame:
 
 # --- partition steps (the augment stage on the engine) --------------------------------------
 
-VARIANT_FLAG = "variant"
-
 
 def make_variants(train: pd.DataFrame, *, plan: VariantPlan, modality: str, params: TextAugmentParams | ImageAugmentParams,
                   seed: int, reason: str, namespace: str = "augment") -> Processed:
@@ -346,8 +356,7 @@ def make_variants(train: pd.DataFrame, *, plan: VariantPlan, modality: str, para
     equal to their parent are dropped at once, the others passed on to `new_variants`."""
     variants = generate_variants(train, partition_counts(train, plan, seed), modality, params, seed,
                                  chunk_size=1 << 30, namespace=namespace)
-    parent_hash = train.set_index("id")["content_hash"]
-    same = variants["content_hash"].to_numpy() == parent_hash.loc[variants["parent_id"]].to_numpy()
+    same = same_as_parents(variants, train)
     fates = Fates.generated(variants["id"], variants["parent_id"], reason) + Fates.dropped(variants.loc[same, "id"], "identical_to_parent")
     return Processed(variants.loc[~same].reset_index(drop=True), fates)
 
