@@ -139,6 +139,12 @@ def record_partitions(path: Path, rows: int) -> list[Part]:
     return parts
 
 
+def record_chunks(path: Path, columns: list[str] | None = None, rows: int = 100_000) -> Iterator[pd.DataFrame]:
+    """The record set at `path` read in order (by id), at most `rows` records at a time."""
+    for part in record_partitions(Path(path), rows):
+        yield read_part(part, columns)
+
+
 def record_count(path: Path) -> int:
     """Records in the record set at `path`, from its shards' footers."""
     return sum(pq.read_metadata(file).num_rows for file in _record_files(Path(path)))

@@ -175,7 +175,7 @@ class EngineParams(Section):
     workers: PositiveInt = Field(1, description="kind local: worker processes (1: in this process, no server).")
     partition_rows: PositiveInt = Field(
         100_000, description="Records per partition (images: a thirty-second of it): bounds memory, never changes results.")
-    chunk_size: PositiveInt = Field(256, description="Records per unit of per-record work inside a stage that does not partition yet.")
+    chunk_size: PositiveInt = Field(256, description="Unused since every data stage partitions (partition_rows); accepted so that older params files load.")
     dask: DaskParams = DaskParams()
 
 

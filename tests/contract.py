@@ -41,7 +41,7 @@ def unbalanced(metrics_root: Path) -> list[str]:
     problems = []
     for path in sorted(metrics_root.glob("*/*.json")):
         m = json.loads(path.read_text())
-        missing = {"in", "out", "generated", "merged", "dropped", "seconds"} - set(m)
+        missing = {"in", "out", "generated", "merged", "dropped"} - set(m)
         if missing:
             problems.append(f"{path}: missing {sorted(missing)}")
         elif m["in"] + m["generated"] != m["out"] + m["merged"] + sum(m["dropped"].values()):
@@ -102,5 +102,5 @@ def rerun_data_stages_on(workdir: Path, engine: dict, datasets: list[str]) -> di
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         assert all(f"Running stage '{stage}'" in result.stdout for stage in stages)
         return lock_outs(workdir / "dvc.lock")
-    finally:  # the same data, so the committed lock holds again; the metrics' seconds go back too
+    finally:  # the same data, so the committed lock and metrics hold again
         subprocess.run(["git", "checkout", "--", "params.yaml", "dvc.lock", "metrics"], cwd=workdir, check=True, capture_output=True)

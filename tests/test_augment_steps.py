@@ -173,17 +173,22 @@ def test_targets_spread_variants_evenly_to_reach_each_class_target():
 
 @pytest.mark.parametrize("pieces", [1, 3, 7])
 def test_a_plan_from_partitions_gives_each_record_what_the_whole_set_gives_it(pieces):
-    """Class counts and each partition's first records in the seed's order are all the plan needs."""
+    """Class counts and the cutoffs found from each partition's bucket counts are all the plan needs."""
     from pipeline.params import TextAugmentParams
-    from pipeline.steps.augment import first_in_order, partition_counts, shortfalls, variant_counts, variant_plan
+    from pipeline.steps import order
+    from pipeline.steps.augment import extra_variants, partition_counts, shortfalls, variant_counts, variant_plan
 
     train = text_records([("a", f"a{i}") for i in range(13)] + [("b", f"b{i}") for i in range(5)] + [("c", "c0")])
     params = TextAugmentParams(targets={"a": 20, "b": 12, "c": 4})
     whole = variant_counts(train, params, seed=3)
     parts = [train.iloc[i::pieces] for i in range(pieces)]
     class_counts = train["label"].value_counts().to_dict()
-    extras = {label: extra for label, (_, extra) in shortfalls(class_counts, params).items() if extra}
-    plan = variant_plan(class_counts, pd.concat([first_in_order(p, extras, 3) for p in parts]), params)
+    extras = extra_variants(shortfalls(class_counts, params.targets))
+    counted = pd.concat([order.bucket_counts(p, labels=frozenset(extras), seed=3, namespace="augment-order") for p in parts])
+    ranks = order.rank_buckets(counted.groupby(["label", "bucket"])["n"].sum().reset_index(), extras)
+    buckets = {label: bucket for label, (bucket, _) in ranks.items()}
+    rows = pd.concat([order.in_buckets(p, buckets=buckets, seed=3, namespace="augment-order") for p in parts])
+    plan = variant_plan(class_counts, order.cutoffs_in(rows, ranks), params)
     assert pd.concat([partition_counts(p, plan, 3) for p in parts]).sort_index().equals(whole.sort_index())
     assert whole.groupby(train["label"]).sum().to_dict() == {"a": 7, "b": 7, "c": 3}
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from conftest import make_params, text_records
-from pipeline.steps.card import dataset_version, make_card
+from pipeline.steps.card import dataset_version, make_card, summaries_of, version_digest
 
 
 def _splits() -> dict:
@@ -58,7 +58,7 @@ def test_make_card_counts_and_params():
     """The card counts records and classes per split, generated per split, and holds the text params."""
     params = make_params(seed=7, split={"train": 0.6, "val": 0.2, "test": 0.2})
     splits = _splits()
-    card = make_card("t", params, splits)
+    card = make_card("t", params, summaries_of(splits), dataset_version(splits))
     assert card["dataset"] == "t" and card["modality"] == "text"
     assert card["version"] == dataset_version(splits)
     assert card["records"] == {"train": 4, "val": 2, "test": 3}
@@ -79,7 +79,7 @@ def test_make_card_counts_and_params():
 def test_make_card_for_images_uses_image_sections():
     """An image dataset's card holds the image clean/normalise/augment sections."""
     params = make_params({"im": {"modality": "image", "source": "imgs", "format": "image_folder"}})
-    card = make_card("im", params, _splits())
+    card = make_card("im", params, summaries_of(_splits()), dataset_version(_splits()))
     assert card["modality"] == "image"
     assert card["params"]["normalise"] == params.normalise.image.model_dump(mode="json")
     assert "transform" in card["params"]["augment"]
@@ -94,3 +94,11 @@ def test_the_stage_that_writes_the_card_depends_on_every_section_it_records():
 
     stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["rebalance"]["do"]
     assert set(DATA_SECTIONS) | {"datasets.${key}"} <= set(stage["params"])
+
+
+def test_the_version_of_a_set_read_in_chunks_in_id_order_is_that_of_the_set_whole():
+    """The rebalance stage hashes the final record sets shard by shard: any chunking gives the same version."""
+    splits = _splits()
+    ordered = {name: frame.sort_values("id") for name, frame in splits.items()}
+    chunked = {name: [frame.iloc[i:i + 1] for i in range(len(frame))] for name, frame in ordered.items()}
+    assert version_digest(chunked) == dataset_version(splits)

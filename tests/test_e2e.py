@@ -90,10 +90,14 @@ def test_second_repro_runs_nothing(run):
 
 
 def test_forced_repro_gives_the_same_lock(run):
-    """dvc repro --force recomputes everything, model included, to identical output hashes."""
+    """dvc repro --force recomputes everything, model included, to the same dvc.lock, deps and all,
+    and leaves every tracked file (the metrics too) as committed: only the clock changed."""
     result = dvc(run, "repro", "--force")
     assert result.returncode == 0, result.stderr[-2000:]
     assert lock_outs(run / "dvc.lock") == lock_outs(run.parent / "first.lock")
+    assert (run / "dvc.lock").read_text() == (run.parent / "first.lock").read_text()
+    changed = subprocess.run(["git", "status", "--porcelain"], cwd=run, capture_output=True, text=True, check=True).stdout
+    assert changed == "", changed
 
 
 @pytest.mark.parametrize("engine", ENGINES.values(), ids=ENGINES.keys())

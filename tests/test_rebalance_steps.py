@@ -108,8 +108,8 @@ def test_result_identical_when_rows_shuffled(strategy):
 
 
 def test_different_seed_picks_other_records():
-    """The seed decides which records are copied."""
-    train = text_records([("a", f"a {i}") for i in range(30)] + [("b", f"b {i}") for i in range(10)])
+    """The seed decides which records get the copies that do not divide evenly (17 over 13 records: 4 get two)."""
+    train = text_records([("a", f"a {i}") for i in range(30)] + [("b", f"b {i}") for i in range(13)])
     params = RebalanceParams(strategy="random_over")
     one = json.dumps(sorted(rebalance(train, params, seed=1).copies["op"]))
     two = json.dumps(sorted(rebalance(train, params, seed=2).copies["op"]))
@@ -177,19 +177,56 @@ def test_embeddings_from_the_offline_models_are_deterministic_and_feed_the_clean
     assert set(result.dropped) <= set(train.loc[train["label"] == "ship", "id"])
 
 
-def test_augment_counts_spread_the_missing_records_over_originals_only():
+def test_augment_over_spreads_the_missing_records_over_originals_only():
     from pipeline.params import RebalanceParams
-    from pipeline.steps.rebalance import augment_counts
+    from pipeline.steps import order
+    from pipeline.steps.augment import extra_variants, partition_counts
+    from pipeline.steps.rebalance import ORDER, augment_plan, augment_shortfalls
 
     train = text_records([("a", f"a{i}") for i in range(10)] + [("b", f"b{i}") for i in range(3)] + [("b", "variant")])
     train.loc[train["text"] == "variant", "parent_id"] = train["id"].iloc[10]  # an augmented record of class b
-    counts = augment_counts(train, RebalanceParams(strategy="augment_over"), seed=0)
+    originals = train[train["parent_id"].isna()]
+    short = augment_shortfalls({"a": 10, "b": 4}, originals["label"].value_counts().to_dict(), RebalanceParams(strategy="augment_over"))
+    assert short == {"b": (2, 0)}  # 6 missing over b's 3 originals
+    plan = augment_plan(short, order.cutoffs(originals, extra_variants(short), 0, ORDER))
+    counts = partition_counts(train, plan, seed=0)
     assert counts[train["label"] == "a"].sum() == 0 and counts[train["text"] == "variant"].sum() == 0
     assert counts[train["label"] == "b"].sum() == 6 and set(counts[(train["label"] == "b") & train["parent_id"].isna()]) == {2}
 
 
+def test_random_over_copies_each_record_evenly_and_the_rest_to_the_first_in_the_seed_order():
+    """7 copies over 3 records: each gets 2, and the one first in the seed's order a third."""
+    from pipeline.steps import order
+    from pipeline.steps.rebalance import ORDER
+
+    train = text_records([("a", f"a{i}") for i in range(10)] + [("b", f"b{i}") for i in range(3)])
+    result = rebalance(train, RebalanceParams(strategy="random_over"), seed=4)
+    copied = Counter(json.loads(op)["copy_of"] for op in result.copies["op"])
+    b = train[train["label"] == "b"]
+    first = b["id"].iloc[int(order.order_keys(b["id"], 4, ORDER).argmin())]
+    assert copied == {i: 3 if i == first else 2 for i in b["id"]}
+
+
+@pytest.mark.parametrize("pieces", [2, 5])
+def test_resampling_partitions_gives_each_record_the_fate_the_whole_set_gives_it(pieces):
+    """Plan from class counts and cutoffs, then each partition alone: the same records, copies and drops."""
+    from pipeline.steps import order
+    from pipeline.steps.rebalance import ORDER, resample, resample_plan, resample_ranks
+
+    train = text_records([("a", f"a{i}") for i in range(30)] + [("b", f"b{i}") for i in range(7)] + [("c", f"c{i}") for i in range(12)])
+    params = RebalanceParams(strategy="random_both", counts={"a": 12, "b": 16})
+    whole = rebalance(train, params, seed=9)
+    counts = train["label"].value_counts().to_dict()
+    plan = resample_plan(counts, params, order.cutoffs(train, resample_ranks(counts, params)[0], 9, ORDER))
+    done = [resample(train.iloc[i::pieces], plan=plan, seed=9) for i in range(pieces)]
+    records = pd.concat([d.records for d in done]).sort_values("id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(records, whole.train.sort_values("id").reset_index(drop=True))
+    assert sorted(i for d in done for i in d.fates.of("dropped")["id"]) == sorted(whole.dropped)
+    assert Counter(records["label"]) == {"a": 12, "b": 16, "c": 12}
+
+
 def test_smote_adds_interpolated_minority_vectors_and_keeps_the_originals():
-    from pipeline.steps.rebalance import smote_features
+    from pipeline.model.smote import smote_features
 
     rng = np.random.default_rng(0)
     x = np.vstack([rng.normal(0, 1, (40, 4)), rng.normal(5, 1, (8, 4)), rng.normal(-5, 1, (1, 4))]).astype(np.float32)

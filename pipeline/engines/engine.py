@@ -196,6 +196,12 @@ class Engine:
         counts = self._compute([part.frame[column].value_counts()])[0]
         return {str(k): int(v) for k, v in sorted(counts.items())}
 
+    def totals(self, part: Partitioned, by: Sequence[str], column: str) -> pd.DataFrame:
+        """`column` summed over the rows of each value of `by` (a tree of partial sums, not a gather),
+        sorted by `by`."""
+        summed = self._compute([part.frame.groupby(list(by))[column].sum()])[0]
+        return summed.sort_index().reset_index()
+
     def collect(self, part: Partitioned) -> pd.DataFrame:
         """The whole table in this process, in partition order (only for what is known to be small)."""
         return self._compute([part.frame])[0].reset_index(drop=True)

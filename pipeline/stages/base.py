@@ -53,6 +53,7 @@ class Outcome:
     n_in: int
     n_out: int
     extra: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, Any] = field(default_factory=dict)  # wall-clock seconds of parts, beside the stage's
 
 
 def parser_for(stage: str, doc: str | None) -> argparse.ArgumentParser:
@@ -62,6 +63,8 @@ def parser_for(stage: str, doc: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--params", default="params.yaml", type=Path, help="params file (default: params.yaml)")
     parser.add_argument("--metrics", required=True, type=Path, help="where to write this stage's metrics JSON")
     parser.add_argument("--ledger", type=Path, help="where to write this stage's per-record ledger (Parquet)")
+    parser.add_argument("--timings", type=Path,
+                        help="where to write its wall-clock seconds (JSON), kept out of the metrics so they repeat")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -102,8 +105,9 @@ def stage_main(
 def _finish(ctx: Context, outcome: Outcome, started: float) -> dict[str, Any]:
     """The balanced account as the stage's metrics, and the ledger, written."""
     metrics = ctx.ledger.account(n_in=outcome.n_in, n_out=outcome.n_out, extra=outcome.extra)
-    metrics["seconds"] = round(time.perf_counter() - started, 3)
     write_json(metrics, ctx.args.metrics)
+    if ctx.args.timings:
+        write_json({"seconds": round(time.perf_counter() - started, 3), **outcome.timings}, ctx.args.timings)
     if ctx.args.ledger:
         write_table(ctx.ledger.table(), ctx.args.ledger)
     return metrics

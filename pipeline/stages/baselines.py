@@ -47,9 +47,8 @@ def run(ctx: Context) -> Outcome:
         scores[name] = make(ctx, known, y, labels)
         seconds[name] = round(time.perf_counter() - started, 3)
     write_table(predictions_table(known["test"], scores, labels), ctx.args.output)
-    extra = {name: {**_scores(y["test"], s, labels, bins=ctx.params.evaluate.calibration_bins),
-                    "seconds": seconds[name]} for name, s in scores.items()}
-    return Outcome(len(test), len(known["test"]), {"baselines": extra, "labels": labels})
+    extra = {name: _scores(y["test"], s, labels, bins=ctx.params.evaluate.calibration_bins) for name, s in scores.items()}
+    return Outcome(len(test), len(known["test"]), {"baselines": extra, "labels": labels}, {"baselines": seconds})
 
 
 def _enabled(ctx: Context) -> dict:

@@ -27,10 +27,10 @@ from pipeline.model.device import Device, choose_device, make_deterministic
 from pipeline.model.models import classifier_for
 from pipeline.model.onnx_export import FILE as ONNX_FILE
 from pipeline.model.onnx_export import export_and_check
+from pipeline.model.smote import smote_features
 from pipeline.model.train import FitResult, fit, recipe_for
 from pipeline.seeding import derive_seed
 from pipeline.stages.base import Context, Outcome, entry, stage_main
-from pipeline.steps.rebalance import smote_features
 
 log = logging.getLogger(__name__)
 CURVES = {"train_loss": "train/loss", "val_loss": "val/loss", "val_accuracy": "val/accuracy",

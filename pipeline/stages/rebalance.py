@@ -1,23 +1,35 @@
-"""Rebalance: resample or clean train classes (imbalanced-learn) and write the final dataset and its card.
+"""Rebalance: resample or clean train classes and write the final dataset and its card.
 
 val and test are copied unchanged from split; only train is resampled.
+
+On the engine: the random strategies plan from class counts and the cutoffs of the seed's order
+(found on the partitions), then resample partition by partition; augment_over makes its variants
+as the augment stage does (the same shuffle on the content hash keeps only new ones). The
+cleaning strategies need every train record's neighbours: they embed train in this process (its
+id, label and content only), then drop what they remove partition by partition. The card's
+version hash reads the final record sets shard by shard, in id order.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pipeline.engines import chunk_size_for
-from pipeline.io import read_records, write_json, write_records
+from pipeline.engines import Engine, Partitioned, open_engine
+from pipeline.engines.ranks import first_cutoffs
+from pipeline.engines.variants import new_variants
+from pipeline.io import empty_records, record_chunks, write_json
 from pipeline.model.models import feature_extractor
 from pipeline.seeding import derive_seed
 from pipeline.stages.base import Context, Outcome, entry, stage_main
-from pipeline.steps.augment import check_available, generate_variants, keep_new
-from pipeline.steps.card import make_card
-from pipeline.steps.rebalance import CLEANING, Rebalanced, augment_counts, rebalance
+from pipeline.steps import rebalance as steps
+from pipeline.steps.augment import check_available, extra_variants
+from pipeline.steps.card import VERSION_COLUMNS, make_card, split_summary, version_digest
+
+HELD_OUT = ("val", "test")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,52 +39,87 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: Context) -> Outcome:
-    train = read_records(ctx.args.train).sort_values("id", kind="stable").reset_index(drop=True)
-    params = ctx.params.rebalance
-    held_out = {s: read_records(ctx.args.split / f"{s}.parquet") for s in ("val", "test")}
-    if params.strategy == "augment_over":
-        result = _augment_over(ctx, train, held_out)
-    else:
-        vectors = _embeddings(ctx, train) if params.strategy in CLEANING else None
-        result = rebalance(train, params, ctx.params.seed, vectors)
-    ctx.ledger.record(result.fates)
-    splits = {"train": result.train, **held_out}
-    for name, frame in splits.items():
-        write_records(frame, ctx.args.output / f"{name}.parquet")
-    card = make_card(ctx.name, ctx.params, splits)
+    engine, modality = ctx.engine, ctx.dataset.modality
+    train = engine.read_records(ctx.args.train, modality=modality)
+    labels_before = engine.value_counts(train, "label")
+    resampled, fates = _resampled(ctx, train, labels_before)
+    ctx.ledger.record_spills(fates)
+    written = {"train": engine.write_records(resampled, ctx.args.output / "train.parquet")}
+    for name in HELD_OUT:
+        written[name] = engine.write_records(engine.read_records(ctx.args.split / f"{name}.parquet", modality=modality),
+                                             ctx.args.output / f"{name}.parquet")
+    card = _card(ctx, engine)
     write_json(card, ctx.args.output / "card.json")
-    extra = {
-        "strategy": ctx.params.rebalance.strategy,
-        "labels_before": train["label"].value_counts().sort_index().to_dict(),
-        "labels_after": result.train["label"].value_counts().sort_index().to_dict(),
-        "version": card["version"],
-    }
-    return Outcome(len(train), len(result.train), extra)
+    extra = {"strategy": ctx.params.rebalance.strategy, "labels_before": labels_before,
+             "labels_after": card["classes"]["train"], "version": card["version"]}
+    return Outcome(sum(labels_before.values()), written["train"], extra)
 
 
-def _augment_over(ctx: Context, train: pd.DataFrame, held_out: dict[str, pd.DataFrame]) -> Rebalanced:
-    """New minority records as fresh augmented variants of originals (not exact copies)."""
-    modality = ctx.dataset.modality
+def _resampled(ctx: Context, train: Partitioned, class_counts: dict[str, int]) -> tuple[Partitioned, list[Path]]:
+    """Train after the strategy, and the fates' spill files."""
+    engine, params, seed = ctx.engine, ctx.params.rebalance, ctx.params.seed
+    if params.strategy == "augment_over":
+        return _augment_over(ctx, train, class_counts)
+    if params.strategy in steps.CLEANING and len(class_counts) >= 2:
+        dropped = _cleaned_away(ctx)
+        kept, fates, _ = engine.process(train, functools.partial(steps.drop_ids, ids=dropped, reason=params.strategy))
+        return kept, fates
+    ranks, _ = steps.resample_ranks(class_counts, params)
+    plan = steps.resample_plan(class_counts, params, first_cutoffs(engine, train, ranks, seed=seed, namespace=steps.ORDER))
+    kept, fates, _ = engine.process(train, functools.partial(steps.resample, plan=plan, seed=seed))
+    return kept, fates
+
+
+def _augment_over(ctx: Context, train: Partitioned, class_counts: dict[str, int]) -> tuple[Partitioned, list[Path]]:
+    """Train and new minority records made as fresh augmented variants of its originals (not copies)."""
+    engine, modality = ctx.engine, ctx.dataset.modality
     params = ctx.params.augment.text if modality == "text" else ctx.params.augment.image
     check_available(modality, params)
-    counts = augment_counts(train, ctx.params.rebalance, ctx.params.seed)
-    engine = ctx.params.engine
-    variants = generate_variants(train, counts, modality, params, ctx.params.seed, workers=engine.workers,
-                                 chunk_size=chunk_size_for(ctx.dataset.modality, engine.chunk_size), namespace="rebalance")
-    held_out_hashes = {h for frame in held_out.values() for h in frame["content_hash"]}
-    kept, fates = keep_new(variants, train, held_out_hashes, reason="augmented_oversample")
-    return Rebalanced(pd.concat([train, kept], ignore_index=True), kept, fates)
+    originals = engine.map(train, _originals, meta=empty_records())
+    short = steps.augment_shortfalls(class_counts, engine.value_counts(originals, "label"), ctx.params.rebalance)
+    cutoff = first_cutoffs(engine, originals, extra_variants(short), seed=ctx.params.seed, namespace=steps.ORDER)
+    existing = [ctx.args.train, *(ctx.args.split / f"{name}.parquet" for name in HELD_OUT)]
+    kept, fates = new_variants(engine, train, steps.augment_plan(short, cutoff), params, seed=ctx.params.seed, modality=modality,
+                               existing=existing, reason="augmented_oversample", namespace="rebalance")
+    return engine.concat([train, kept]), fates
 
 
-def _embeddings(ctx: Context, train: pd.DataFrame) -> np.ndarray:
-    """The frozen backbone's features of train records (in id order), as the features stage computes them."""
+def _originals(records: pd.DataFrame) -> pd.DataFrame:
+    return records[records["parent_id"].isna()]
+
+
+def _cleaned_away(ctx: Context) -> frozenset[str]:
+    """Ids the cleaning strategy removes, from the frozen backbone's embeddings of train (in id order,
+    as the features stage computes them), which it needs whole: every record's neighbours."""
+    column = "text" if ctx.dataset.modality == "text" else "image"
+    train = ctx.engine.collect(ctx.engine.read_records(ctx.args.train, modality=ctx.dataset.modality,
+                                                       columns=["id", "label", "parent_id", column]))
+    train = train.sort_values("id", kind="stable").reset_index(drop=True)
     labels = sorted(set(train["label"]))
     model = feature_extractor(ctx.params.finetune, ctx.dataset.modality, labels, seed=derive_seed(ctx.params.seed, "features", bits=32))
-    return model.features(train).numpy()
+    vectors = np.asarray(model.features(train).numpy())
+    return frozenset(steps.rebalance(train, ctx.params.rebalance, ctx.params.seed, vectors).dropped)
+
+
+def _card(ctx: Context, engine: Engine) -> dict:
+    """The card of the final record sets, read back from their shards (counts by the engine, the
+    version hash in id order, one shard at a time)."""
+    splits = ("train", *HELD_OUT)
+    summaries = {}
+    for name in splits:
+        part = engine.read_records(ctx.args.output / f"{name}.parquet", modality=ctx.dataset.modality, columns=["label", "parent_id"])
+        generated = engine.count(engine.map(part, _generated, meta=empty_records(["label", "parent_id"])))
+        summaries[name] = split_summary(engine.value_counts(part, "label"), generated)
+    version = version_digest({name: record_chunks(ctx.args.output / f"{name}.parquet", VERSION_COLUMNS) for name in splits})
+    return make_card(ctx.name, ctx.params, summaries, version)
+
+
+def _generated(records: pd.DataFrame) -> pd.DataFrame:
+    return records[records["parent_id"].notna()]
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stage_main("rebalance", __doc__, add_arguments, run, argv)
+    return stage_main("rebalance", __doc__, add_arguments, run, argv, engine=open_engine)
 
 
 if __name__ == "__main__":

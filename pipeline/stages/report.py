@@ -3,7 +3,7 @@
 Reads the stage metrics, ledgers, record sets, card, leakage certificate and augmentation preview
 of a dataset; writes the page (charts and thumbnails embedded, nothing fetched when it opens);
 then fails, listing every violated gate with its value and threshold, unless `gates.warn_only`.
-Wall-clock seconds are left out, so the page is the same on every run.
+The stages' wall-clock timings are not read, so the page is the same on every run.
 """
 from __future__ import annotations
 
@@ -54,12 +54,8 @@ def run(ctx: Context) -> Outcome:
 
 
 def _stage_metrics(folder: Path) -> dict[str, dict[str, Any]]:
-    """Every stage's metrics but this stage's own, without wall-clock seconds."""
-    found = {}
-    for path in sorted(folder.glob("*.json")):
-        if path.stem != "report":
-            found[path.stem] = {k: v for k, v in json.loads(path.read_text()).items() if k != "seconds"}
-    return found
+    """Every stage's metrics but this stage's own (their wall-clock timings, in a subfolder, are not read)."""
+    return {path.stem: json.loads(path.read_text()) for path in sorted(folder.glob("*.json")) if path.stem != "report"}
 
 
 def _class_phases(metrics: dict[str, dict[str, Any]], card: dict[str, Any]) -> dict[str, dict[str, int]]:

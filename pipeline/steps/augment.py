@@ -22,6 +22,7 @@ from pipeline.ledger import Fates, Processed
 from pipeline.params import ImageAugmentParams, TextAugmenter, TextAugmentParams
 from pipeline.records import make_id, op_json, pixel_hash, text_hash
 from pipeline.seeding import derive_seed, seed_globals
+from pipeline.steps import order
 
 
 VARIANT_FLAG = "variant"  # in the content-hash shuffle: a variant (True) or an existing record (False)
@@ -44,60 +45,43 @@ class VariantPlan:
     """How many variants each train record gets, decided from class counts alone.
 
     Without targets: `variants` for every record of `classes` (None: every class). With targets:
-    `base[label]` for every record of a class short of its target, plus one for the records whose
-    (order key, id) is at most `cutoff[label]` (order keys are keyed on the seed and the id, so the
-    extra variants go to the same records whoever reads them in whatever partitions).
+    `base[label]` for every record of a class short of its target, plus one for the records that come
+    first in the seed's order (`pipeline.steps.order`, keyed on `ordering` and the id) up to
+    `cutoff[label]`, so the extra variants go to the same records whoever reads them in whatever
+    partitions. `originals_only`: records that are variants themselves (with a parent) get none.
     """
 
     variants: int = 0
     classes: frozenset[str] | None = None
     base: dict[str, int] | None = None
-    cutoff: dict[str, tuple[int, str]] = field(default_factory=dict)
+    cutoff: dict[str, order.Cutoff] = field(default_factory=dict)
+    ordering: str = "augment-order"
+    originals_only: bool = False
 
 
-def shortfalls(class_counts: dict[str, int], params: TextAugmentParams | ImageAugmentParams) -> dict[str, tuple[int, int]]:
-    """(variants for every record, records that get one more) per class short of its target."""
+def shortfalls(class_counts: dict[str, int], targets: dict[str, int] | None,
+               spread_over: dict[str, int] | None = None) -> dict[str, tuple[int, int]]:
+    """(variants for every record, records that get one more) per class short of its target, the
+    missing records spread over `spread_over[label]` records (default: the whole class)."""
     out = {}
-    for label, target in sorted((params.targets or {}).items()):
-        size = class_counts.get(label, 0)
-        if size and target > size:
-            out[label] = divmod(target - size, size)
+    for label, target in sorted((targets or {}).items()):
+        size, over = class_counts.get(label, 0), (spread_over or class_counts).get(label, 0)
+        if over and target > size:
+            out[label] = divmod(target - size, over)
     return out
 
 
-def extra_variants(class_counts: dict[str, int], params: TextAugmentParams | ImageAugmentParams) -> dict[str, int]:
-    """Per class short of its target, how many of its records get one variant more than the rest."""
-    return {label: extra for label, (_, extra) in shortfalls(class_counts, params).items() if extra}
+def extra_variants(short: dict[str, tuple[int, int]]) -> dict[str, int]:
+    """Per class of `shortfalls`, how many of its records get one variant more than the rest."""
+    return {label: extra for label, (_, extra) in short.items() if extra}
 
 
-def order_keys(records: pd.DataFrame, seed: int) -> np.ndarray:
-    """Each record's place in the seed's order of its class (uint64, keyed on the id)."""
-    return np.array([derive_seed(seed, "augment-order", i) for i in records["id"]], dtype=np.uint64)
-
-
-def first_in_order(records: pd.DataFrame, extras: dict[str, int], seed: int) -> pd.DataFrame:
-    """The `extras[label]` records of each class first in the seed's order (label, order, id): merged
-    over partitions, they hold the first of the whole set."""
-    members = records[records["label"].isin(list(extras))]
-    frame = pd.DataFrame({"label": members["label"].to_numpy(object), "order": order_keys(members, seed),
-                          "id": members["id"].to_numpy(object)}).sort_values(["label", "order", "id"], kind="stable")
-    rank = frame.groupby("label", sort=False).cumcount().to_numpy()
-    limit = frame["label"].map(extras).to_numpy()
-    return frame[rank < limit].reset_index(drop=True)
-
-
-def variant_plan(class_counts: dict[str, int], firsts: pd.DataFrame, params: TextAugmentParams | ImageAugmentParams) -> VariantPlan:
-    """The plan from the class counts and the `first_in_order` rows of every partition."""
+def variant_plan(class_counts: dict[str, int], cutoff: dict[str, order.Cutoff],
+                 params: TextAugmentParams | ImageAugmentParams) -> VariantPlan:
+    """The augment stage's plan from the class counts and the cutoffs of `extra_variants`."""
     if not params.targets:
         return VariantPlan(params.variants, None if params.classes is None else frozenset(params.classes))
-    short = shortfalls(class_counts, params)
-    ordered = firsts.sort_values(["label", "order", "id"], kind="stable")
-    cutoff = {}
-    for label, (_, extra) in short.items():
-        rows = ordered[ordered["label"] == label]
-        if extra:
-            last = rows.iloc[extra - 1]
-            cutoff[label] = (int(last["order"]), str(last["id"]))
+    short = shortfalls(class_counts, params.targets)
     return VariantPlan(base={label: base for label, (base, _) in short.items()}, cutoff=cutoff)
 
 
@@ -107,12 +91,9 @@ def partition_counts(records: pd.DataFrame, plan: VariantPlan, seed: int) -> pd.
         eligible = records["label"].isin(plan.classes) if plan.classes is not None else pd.Series(True, index=records.index)
         return eligible.astype(int) * plan.variants
     counts = records["label"].map(plan.base).fillna(0).astype(int)
-    if plan.cutoff:
-        keys = order_keys(records, seed)
-        for label, (order, last_id) in plan.cutoff.items():
-            members = (records["label"] == label).to_numpy()
-            first = (keys < order) | ((keys == order) & (records["id"].to_numpy(object) <= last_id))
-            counts[members & first] += 1
+    counts[order.first(records, plan.cutoff, seed, plan.ordering)] += 1
+    if plan.originals_only:
+        counts[records["parent_id"].notna().to_numpy()] = 0
     return counts
 
 
@@ -121,7 +102,8 @@ def variant_counts(train: pd.DataFrame, params: TextAugmentParams | ImageAugment
     `variant_plan` (targets: each listed class gets enough variants to reach its target, spread as
     evenly as possible over its records, the extra ones to records first in the seed's order)."""
     class_counts = {str(k): int(v) for k, v in train["label"].value_counts().items()}
-    plan = variant_plan(class_counts, first_in_order(train, extra_variants(class_counts, params), seed), params)
+    extras = extra_variants(shortfalls(class_counts, params.targets))
+    plan = variant_plan(class_counts, order.cutoffs(train, extras, seed, "augment-order"), params)
     return partition_counts(train, plan, seed)
 
 
@@ -285,45 +267,19 @@ PARENT_COLUMNS = ["label", "source", "source_row", "source_split", "group_id", "
 
 
 def generate_variants(train: pd.DataFrame, counts: pd.Series, modality: str, params: TextAugmentParams | ImageAugmentParams,
-                      seed: int, *, workers: int = 1, chunk_size: int = 32, namespace: str = "augment") -> pd.DataFrame:
+                      seed: int, *, namespace: str = "augment") -> pd.DataFrame:
     """Records for `counts` variants of each train record, carrying the parent's label, group and source."""
-    from pipeline.engines import map_chunks
-
     column = "text" if modality == "text" else "image"
     step = augment_texts if modality == "text" else augment_images
     eligible = train[counts > 0]
     items = list(zip(eligible["id"], eligible[column], counts[counts > 0]))
-    fn = functools.partial(step, params=params, seed=seed, namespace=namespace)
-    made = map_chunks(fn, items, workers=workers, chunk_size=chunk_size, desc=namespace)
+    made = step(items, params, seed, namespace=namespace)
     generated = pd.DataFrame({
         "id": [v.id for v in made], "parent_id": [v.parent_id for v in made], "content_hash": [v.content_hash for v in made],
         "op": [v.op for v in made], column: [getattr(v, column) for v in made],
     })
     parents = train.set_index("id").loc[generated["parent_id"], PARENT_COLUMNS]
     return pd.concat([generated, parents.reset_index(drop=True)], axis=1)
-
-
-def keep_new(variants: pd.DataFrame, train: pd.DataFrame, held_out_hashes: set[str], *, reason: str) -> tuple[pd.DataFrame, Fates]:
-    """The variants that add something, and the fates of all of them: each generated from its parent
-    (for `reason`), then the redundant ones dropped with why (see `redundancy`)."""
-    why = redundancy(variants, train, held_out_hashes)
-    dropped = why.notna()
-    fates = Fates.generated(variants["id"], variants["parent_id"], reason) + Fates.dropped(variants.loc[dropped, "id"], why[dropped])
-    return variants.loc[~dropped], fates
-
-
-def redundancy(variants: pd.DataFrame, train: pd.DataFrame, held_out_hashes: set[str]) -> pd.Series:
-    """Why each variant adds nothing (None where it is new): equal to its parent, to any record in
-    any split, or to an earlier variant (by id)."""
-    reason = pd.Series(None, index=variants.index, dtype="object")
-    same_as_parent = same_as_parents(variants, train)
-    existing = pd.DataFrame({"content_hash": sorted(set(train["content_hash"]) | held_out_hashes), "id": "", VARIANT_FLAG: False})
-    others = variants.loc[~same_as_parent, ["content_hash", "id"]].assign(**{VARIANT_FLAG: True})
-    mixed = pd.concat([existing, others], ignore_index=True).sort_values(["content_hash", VARIANT_FLAG, "id"], kind="stable")
-    verdicts = redundant_variants(mixed)
-    reason[variants["id"].isin(verdicts["id"]).to_numpy()] = variants["id"].map(dict(zip(verdicts["id"], verdicts["reason"])))
-    reason[same_as_parent] = "identical_to_parent"
-    return reason
 
 
 def same_as_parents(variants: pd.DataFrame, parents: pd.DataFrame) -> np.ndarray:
@@ -354,8 +310,7 @@ def make_variants(train: pd.DataFrame, *, plan: VariantPlan, modality: str, para
                   seed: int, reason: str, namespace: str = "augment") -> Processed:
     """One partition of train: the variants its plan asks for, each recorded as generated; those
     equal to their parent are dropped at once, the others passed on to `new_variants`."""
-    variants = generate_variants(train, partition_counts(train, plan, seed), modality, params, seed,
-                                 chunk_size=1 << 30, namespace=namespace)
+    variants = generate_variants(train, partition_counts(train, plan, seed), modality, params, seed, namespace=namespace)
     same = same_as_parents(variants, train)
     fates = Fates.generated(variants["id"], variants["parent_id"], reason) + Fates.dropped(variants.loc[same, "id"], "identical_to_parent")
     return Processed(variants.loc[~same].reset_index(drop=True), fates)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pandas as pd
@@ -12,23 +13,40 @@ VERSION_COLUMNS = ["id", "label", "content_hash", "group_id", "parent_id"]
 DATA_SECTIONS = ("seed", "clean", "normalise", "dedup", "split", "augment", "rebalance")
 
 
-def dataset_version(splits: dict[str, pd.DataFrame]) -> str:
-    """SHA-256 over each split's records (sorted by id) by id, label, content and lineage.
+def version_digest(splits: Mapping[str, Iterable[pd.DataFrame]]) -> str:
+    """SHA-256 over each split's records by id, label, content and lineage, the records given in id
+    order in any number of chunks (a record set read shard by shard is in id order).
 
     It depends on the records, not on Parquet encoding, so it names the data itself.
     """
     digest = hashlib.sha256()
     for name in sorted(splits):
         digest.update(f"[{name}]\n".encode())
-        frame = splits[name].sort_values("id")[VERSION_COLUMNS].astype("string").fillna("")
-        for row in frame.itertuples(index=False):
-            digest.update(("\t".join(row) + "\n").encode("utf-8"))
+        for chunk in splits[name]:
+            frame = chunk[VERSION_COLUMNS].astype("string").fillna("")
+            for row in frame.itertuples(index=False):
+                digest.update(("\t".join(row) + "\n").encode("utf-8"))
     return digest.hexdigest()
 
 
-def make_card(name: str, params: Params, splits: dict[str, pd.DataFrame]) -> dict[str, Any]:
+def dataset_version(splits: Mapping[str, pd.DataFrame]) -> str:
+    """The version hash of splits held whole, in any row order."""
+    return version_digest({name: [frame.sort_values("id")] for name, frame in splits.items()})
+
+
+def split_summary(class_counts: Mapping[str, int], generated: int) -> dict[str, Any]:
+    """What the card says of one split: its records, how many were generated, and its class counts."""
+    classes = {str(k): int(v) for k, v in sorted(class_counts.items())}
+    return {"records": sum(classes.values()), "generated": int(generated), "classes": classes}
+
+
+def summaries_of(splits: Mapping[str, pd.DataFrame]) -> dict[str, dict[str, Any]]:
+    """`split_summary` of each split held whole."""
+    return {name: split_summary(f["label"].value_counts().to_dict(), f["parent_id"].notna().sum()) for name, f in splits.items()}
+
+
+def make_card(name: str, params: Params, summaries: Mapping[str, Mapping[str, Any]], version: str) -> dict[str, Any]:
     """Counts per split and class, generated records per split, the params used, and the version hash."""
-    counts = {s: {str(k): int(v) for k, v in f["label"].value_counts().sort_index().items()} for s, f in splits.items()}
     dataset = params.datasets[name]
     used = {key: _dump(getattr(params, key)) for key in DATA_SECTIONS}
     used["clean"], used["normalise"] = _modality(used["clean"], dataset.modality), _modality(used["normalise"], dataset.modality)
@@ -36,10 +54,10 @@ def make_card(name: str, params: Params, splits: dict[str, pd.DataFrame]) -> dic
     return {
         "dataset": name,
         "modality": dataset.modality,
-        "version": dataset_version(splits),
-        "records": {s: int(len(f)) for s, f in splits.items()},
-        "generated": {s: int(f["parent_id"].notna().sum()) for s, f in splits.items()},
-        "classes": counts,
+        "version": version,
+        "records": {s: summary["records"] for s, summary in summaries.items()},
+        "generated": {s: summary["generated"] for s, summary in summaries.items()},
+        "classes": {s: dict(summary["classes"]) for s, summary in summaries.items()},
         "params": {"dataset": dataset.model_dump(mode="json"), **used},
     }
 

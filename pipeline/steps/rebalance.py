@@ -1,11 +1,17 @@
-"""Rebalance: resample train classes with imbalanced-learn.
+"""Rebalance: bring train classes to their targets, by per-record decisions or imbalanced-learn.
 
-Random samplers work on an index array, so they apply to any record: oversampled copies get new
-ids and name their root original as parent; undersampled records are dropped with a reason.
-Cleaning under-samplers (Tomek links, edited nearest neighbours) need distances between records:
-they run on embeddings from the offline pretrained models (neighbours by cosine) and drop the records they remove.
+The random strategies decide each record's fate from class counts, the seed and its own id
+(`pipeline.steps.order`), so they run partition by partition with the same result: a class above
+its target keeps the records first in the seed's order; a class below gets the same number of
+copies of every record and one more for the records first in that order (each record copied
+as evenly as the shortfall allows: a lower-variance form of sampling with replacement).
+Oversampled copies get new ids and name their root original as parent; undersampled records are
+dropped with a reason. Cleaning under-samplers (imbalanced-learn's Tomek links and edited nearest
+neighbours) need distances between records: they run on embeddings from the offline pretrained
+models (neighbours by cosine) and drop the records they remove.
 SMOTE interpolates new points between neighbours, which are not records: it applies to feature
-vectors, for heads trained on embeddings (finetune's linear probe), never to the dataset.
+vectors, for heads trained on embeddings (finetune's linear probe, `pipeline.model.smote`), never
+to the dataset.
 """
 from __future__ import annotations
 
@@ -17,12 +23,14 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import RebalanceError
-from pipeline.ledger import Fates
+from pipeline.ledger import Fates, Processed
 from pipeline.params import RebalanceParams
 from pipeline.records import make_id, op_json
-from pipeline.seeding import derive_seed
+from pipeline.steps import order
+from pipeline.steps.augment import VariantPlan, shortfalls
 
 CLEANING = ("tomek_links", "edited_nearest_neighbours")
+ORDER = "rebalance-order"  # the seed's order of a class: who is kept, copied once more, augmented once more
 
 
 @dataclass(slots=True)
@@ -59,65 +67,83 @@ def class_targets(counts: Counter[str], params: RebalanceParams) -> dict[str, in
     return dict(counts)
 
 
+@dataclass(frozen=True, slots=True)
+class ResamplePlan:
+    """What the random strategies do to each train record, from class counts: a class above its
+    target keeps its records first in the seed's order, up to `keep[label]`; a class below gets
+    `copies[label]` copies of every record and one more for those up to `extra[label]`."""
+
+    keep: dict[str, order.Cutoff] = field(default_factory=dict)
+    copies: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, order.Cutoff] = field(default_factory=dict)
+
+
+def resample_ranks(class_counts: dict[str, int], params: RebalanceParams) -> tuple[dict[str, int], dict[str, int]]:
+    """(per class, the rank its cutoff is found at: the records it keeps, above its target, or that get
+    one copy more, below it; per class below its target, the copies every record gets)."""
+    if params.strategy == "none" or len(class_counts) < 2:
+        return {}, {}
+    targets = class_targets(Counter(class_counts), params)
+    ranks, copies = {}, {}
+    for label, n in sorted(class_counts.items()):
+        if targets[label] < n:
+            ranks[label] = targets[label]
+        elif targets[label] > n:
+            copies[label], ranks[label] = divmod(targets[label] - n, n)
+    return ranks, copies
+
+
+def resample_plan(class_counts: dict[str, int], params: RebalanceParams, cutoffs: dict[str, order.Cutoff]) -> ResamplePlan:
+    """The plan from the class counts and the cutoffs at the ranks of `resample_ranks` (a rank of 0 has none)."""
+    ranks, copies = resample_ranks(class_counts, params)
+    keep = {label: cutoffs[label] for label in ranks if label not in copies}
+    extra = {label: cutoffs[label] for label in ranks if label in copies and label in cutoffs}
+    return ResamplePlan(keep, copies, extra)
+
+
+def resample(records: pd.DataFrame, *, plan: ResamplePlan, seed: int) -> Processed:
+    """One partition of train: the records its plan keeps and their copies; copies generated from
+    their parents, the others dropped as undersampled."""
+    first = order.first(records, {**plan.keep, **plan.extra}, seed, ORDER)
+    dropped = records["label"].isin(list(plan.keep)).to_numpy() & ~first
+    kept = records[~dropped].reset_index(drop=True)
+    once_more = first[~dropped] & kept["label"].isin(list(plan.extra)).to_numpy()
+    times = kept["label"].map(plan.copies).fillna(0).astype(int).to_numpy() + once_more
+    copies = _copies(kept, np.repeat(np.arange(len(kept)), times))
+    fates = Fates.generated(copies["id"], copies["parent_id"], "oversampled") + Fates.dropped(records.loc[dropped, "id"], "undersampled")
+    return Processed(pd.concat([kept, copies], ignore_index=True), fates)
+
+
+def drop_ids(records: pd.DataFrame, *, ids: frozenset[str], reason: str) -> Processed:
+    """One partition: its records but `ids`, which are dropped for `reason`."""
+    out = records["id"].isin(ids).to_numpy()
+    return Processed(records[~out].reset_index(drop=True), Fates.dropped(records.loc[out, "id"], reason))
+
+
+def augment_shortfalls(class_counts: dict[str, int], originals: dict[str, int], params: RebalanceParams) -> dict[str, tuple[int, int]]:
+    """augment_over's (variants per original, originals that get one more) per class below its target:
+    its missing records spread as evenly as possible over its originals (records without a parent)."""
+    return shortfalls(class_counts, class_targets(Counter(class_counts), params), spread_over=originals)
+
+
+def augment_plan(short: dict[str, tuple[int, int]], cutoff: dict[str, order.Cutoff]) -> VariantPlan:
+    """augment_over's plan from its shortfalls and the cutoffs of `extra_variants(short)` among originals."""
+    return VariantPlan(base={label: base for label, (base, _) in short.items()}, cutoff=cutoff, ordering=ORDER,
+                       originals_only=True)
+
+
 def rebalance(train: pd.DataFrame, params: RebalanceParams, seed: int, embeddings: np.ndarray | None = None) -> Rebalanced:
-    """Resample `train` (sorted by id first, so the result does not depend on input order).
-
-    `embeddings` (rows in id order) are needed by the cleaning strategies only.
-    """
+    """Resample `train` held whole (the stage does the same on partitions); the result does not
+    depend on its row order. `embeddings` (rows in id order) are needed by the cleaning strategies only."""
     train = train.sort_values("id", kind="stable").reset_index(drop=True)
-    counts = Counter(train["label"])
-    if params.strategy == "none" or len(counts) < 2:
-        return Rebalanced(train, train.iloc[0:0])
     if params.strategy in CLEANING:
-        return _clean(train, params, embeddings)
-    targets = class_targets(counts, params)
-    labels = train["label"].to_numpy()
-    under = {c: min(n, targets[c]) for c, n in counts.items()}
-    kept = _under(labels, under, seed) if under != dict(counts) else np.arange(len(train))
-    dropped = sorted(set(train["id"]) - set(train["id"].iloc[kept]))
-    train = train.iloc[kept].reset_index(drop=True)
-    over = {c: max(under[c], targets[c]) for c in counts}
-    picked = _over(train["label"].to_numpy(), over, seed) if over != under else np.zeros(0, dtype=int)
-    copies = _copies(train, picked)
-    fates = Fates.generated(copies["id"], copies["parent_id"], "oversampled") + Fates.dropped(dropped, "undersampled")
-    return Rebalanced(pd.concat([train, copies], ignore_index=True), copies, fates)
-
-
-def augment_counts(train: pd.DataFrame, params: RebalanceParams, seed: int) -> pd.Series:
-    """Variants to make per train original so each class reaches its target (augment_over).
-
-    Only originals (no parent) are augmented; a class's missing records are spread as evenly as
-    possible over them, the extra ones first in an order keyed on the seed.
-    """
-    targets = class_targets(Counter(train["label"]), params)
-    counts = pd.Series(0, index=train.index)
-    for label, target in sorted(targets.items()):
-        members = train[train["label"] == label]
-        originals = members[members["parent_id"].isna()]
-        missing = target - len(members)
-        if missing <= 0 or originals.empty:
-            continue
-        order = sorted(originals.index, key=lambda i: derive_seed(seed, "rebalance-order", originals.at[i, "id"]))
-        base, extra = divmod(missing, len(order))
-        counts.loc[order] = [base + (rank < extra) for rank in range(len(order))]
-    return counts
-
-
-def _under(labels: np.ndarray, targets: dict[str, int], seed: int) -> np.ndarray:
-    from imblearn.under_sampling import RandomUnderSampler
-
-    sampler = RandomUnderSampler(sampling_strategy=targets, random_state=derive_seed(seed, "rebalance", "under", bits=32))
-    sampler.fit_resample(np.arange(len(labels)).reshape(-1, 1), labels)
-    return np.sort(np.asarray(sampler.sample_indices_))
-
-
-def _over(labels: np.ndarray, targets: dict[str, int], seed: int) -> np.ndarray:
-    """Positions of the records to copy (imbalanced-learn appends them after the originals)."""
-    from imblearn.over_sampling import RandomOverSampler
-
-    sampler = RandomOverSampler(sampling_strategy=targets, random_state=derive_seed(seed, "rebalance", bits=32))
-    sampler.fit_resample(np.arange(len(labels)).reshape(-1, 1), labels)
-    return np.asarray(sampler.sample_indices_)[len(labels):]
+        return _clean(train, params, embeddings) if train["label"].nunique() >= 2 else Rebalanced(train, train.iloc[0:0])
+    class_counts = {str(k): int(v) for k, v in train["label"].value_counts().items()}
+    ranks, _ = resample_ranks(class_counts, params)
+    plan = resample_plan(class_counts, params, order.cutoffs(train, ranks, seed, ORDER))
+    done = resample(train, plan=plan, seed=seed)
+    generated = done.records["id"].isin(done.fates.of("generated")["id"]).to_numpy()
+    return Rebalanced(done.records, done.records[generated].reset_index(drop=True), done.fates)
 
 
 def _clean(train: pd.DataFrame, params: RebalanceParams, embeddings: np.ndarray | None) -> Rebalanced:
@@ -151,22 +177,3 @@ def _copies(train: pd.DataFrame, picked: np.ndarray) -> pd.DataFrame:
     source["id"] = [make_id(i, "oversample", n) for i, n in zip(source["id"], nth)]
     source["parent_id"] = root
     return source.reset_index(drop=True)
-
-
-def smote_features(features: np.ndarray, labels: np.ndarray, *, ratio: float, neighbors: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Feature vectors and labels with SMOTE's synthetic minority points appended (originals first, unchanged).
-
-    Each class below `ratio` x the largest gets new points up to that ratio; a class with fewer than
-    two members cannot be interpolated and is left as it is. k is capped at the smallest such class.
-    """
-    from imblearn.over_sampling import SMOTE
-
-    counts = Counter(labels.tolist())
-    floor = math.ceil(ratio * max(counts.values()))
-    wanted = {c: floor for c, n in counts.items() if n < floor and n >= 2}
-    if not wanted:
-        return features, labels
-    k = min(neighbors, min(counts[c] for c in wanted) - 1)
-    sampler = SMOTE(sampling_strategy=wanted, k_neighbors=k, random_state=derive_seed(seed, "smote", bits=32))
-    x, y = sampler.fit_resample(features, labels)
-    return np.asarray(x, dtype=features.dtype), np.asarray(y, dtype=labels.dtype)
