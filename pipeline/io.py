@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -264,14 +264,41 @@ def write_table(table: pa.Table, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
-def write_features(frame: pd.DataFrame, matrix: np.ndarray, path: str | Path) -> None:
-    """Records' ids and labels with one feature vector each (float32), sorted by id, as one Parquet file."""
+def features_table(frame: pd.DataFrame, matrix: np.ndarray) -> pa.Table:
+    """Records' ids and labels with one feature vector each (float32), sorted by id."""
     order = np.argsort(frame["id"].to_numpy(), kind="stable")
     flat = pa.array(np.ascontiguousarray(matrix[order], dtype=np.float32).reshape(-1))
-    write_table(pa.table({
+    return pa.table({
         "id": frame["id"].to_numpy()[order], "label": frame["label"].to_numpy()[order],
         "features": pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1]),
-    }), path)
+    })
+
+
+def write_table_chunks(tables: Iterable[pa.Table], path: str | Path) -> int:
+    """Write tables of one schema, in order, as the row groups of one Parquet file, atomically (a
+    table too large to hold whole); return its rows. No table: no file is written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    writer, rows = None, 0
+    try:
+        for table in tables:
+            table = table.replace_schema_metadata(None)
+            writer = writer or pq.ParquetWriter(tmp, table.schema, compression="zstd")
+            writer.write_table(table)
+            rows += table.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise ValueError(f"nothing to write at {path}")
+    os.replace(tmp, path)
+    return rows
+
+
+def features_width(path: str | Path) -> int:
+    """The length of the feature vectors in a features file (from its schema)."""
+    return pq.read_schema(path).field("features").type.list_size
 
 
 def read_features(path: str | Path, ids: pd.Series) -> np.ndarray:

@@ -122,6 +122,24 @@ def test_features_are_cached_per_split(text_run):
     assert metrics(out, "features")["device"] == "cpu"
 
 
+def test_features_read_a_split_in_chunks_and_write_one_row_group_each(text_run, monkeypatch):
+    """With 5-record chunks the train file holds the same records in id order, in 7 row groups, and
+    vectors equal to the one-chunk run's up to float rounding (the model batches inside a chunk)."""
+
+    root, out = text_run
+    monkeypatch.setattr(features, "CHUNK_ROWS", 5)
+    again = root / "chunked"
+    params = root / "out.yaml"
+    assert features.main(["--dataset", next(iter(TEXT)), "--params", str(params), "--metrics", str(again / "m.json"),
+                          "--data", str(root / "final"), "--output", str(again)]) == 0
+    whole, chunked = (pq.read_table(folder / "train.parquet") for folder in (out / "features", again))
+    assert pq.ParquetFile(again / "train.parquet").num_row_groups == 7 and pq.ParquetFile(out / "features" / "train.parquet").num_row_groups == 1
+    assert chunked.column("id").to_pylist() == whole.column("id").to_pylist() == sorted(whole.column("id").to_pylist())
+    assert chunked.column("label").to_pylist() == whole.column("label").to_pylist()
+    vectors = [np.stack(t.column("features").to_numpy(zero_copy_only=False)) for t in (whole, chunked)]
+    assert np.allclose(vectors[0], vectors[1], atol=1e-5)
+
+
 def test_finetune_records_history_device_and_a_model_card(text_run):
     root, out = text_run
     m = metrics(out, "finetune")
