@@ -217,7 +217,8 @@ def test_resampling_partitions_gives_each_record_the_fate_the_whole_set_gives_it
     params = RebalanceParams(strategy="random_both", counts={"a": 12, "b": 16})
     whole = rebalance(train, params, seed=9)
     counts = train["label"].value_counts().to_dict()
-    plan = resample_plan(counts, params, order.cutoffs(train, resample_ranks(counts, params)[0], 9, ORDER))
+    ranks, copies = resample_ranks(counts, params)
+    plan = resample_plan(ranks, copies, order.cutoffs(train, ranks, 9, ORDER))
     done = [resample(train.iloc[i::pieces], plan=plan, seed=9) for i in range(pieces)]
     records = pd.concat([d.records for d in done]).sort_values("id").reset_index(drop=True)
     pd.testing.assert_frame_equal(records, whole.train.sort_values("id").reset_index(drop=True))

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.engines import Engine, Partitioned, open_engine
+from pipeline.engines import Partitioned, open_engine
 from pipeline.engines.ranks import first_cutoffs
 from pipeline.engines.variants import new_variants
 from pipeline.io import empty_records, record_chunks, write_json
@@ -27,7 +27,7 @@ from pipeline.seeding import derive_seed
 from pipeline.stages.base import Context, Outcome, entry, stage_main
 from pipeline.steps import rebalance as steps
 from pipeline.steps.augment import check_available, extra_variants
-from pipeline.steps.card import VERSION_COLUMNS, make_card, split_summary, version_digest
+from pipeline.steps.card import VERSION_COLUMNS, describe, make_card
 
 HELD_OUT = ("val", "test")
 
@@ -48,7 +48,7 @@ def run(ctx: Context) -> Outcome:
     for name in HELD_OUT:
         written[name] = engine.write_records(engine.read_records(ctx.args.split / f"{name}.parquet", modality=modality),
                                              ctx.args.output / f"{name}.parquet")
-    card = _card(ctx, engine)
+    card = _card(ctx)
     write_json(card, ctx.args.output / "card.json")
     extra = {"strategy": ctx.params.rebalance.strategy, "labels_before": labels_before,
              "labels_after": card["classes"]["train"], "version": card["version"]}
@@ -64,8 +64,8 @@ def _resampled(ctx: Context, train: Partitioned, class_counts: dict[str, int]) -
         dropped = _cleaned_away(ctx)
         kept, fates, _ = engine.process(train, functools.partial(steps.drop_ids, ids=dropped, reason=params.strategy))
         return kept, fates
-    ranks, _ = steps.resample_ranks(class_counts, params)
-    plan = steps.resample_plan(class_counts, params, first_cutoffs(engine, train, ranks, seed=seed, namespace=steps.ORDER))
+    ranks, copies = steps.resample_ranks(class_counts, params)
+    plan = steps.resample_plan(ranks, copies, first_cutoffs(engine, train, ranks, seed=seed, namespace=steps.ORDER))
     kept, fates, _ = engine.process(train, functools.partial(steps.resample, plan=plan, seed=seed))
     return kept, fates
 
@@ -101,21 +101,11 @@ def _cleaned_away(ctx: Context) -> frozenset[str]:
     return frozenset(steps.rebalance(train, ctx.params.rebalance, ctx.params.seed, vectors).dropped)
 
 
-def _card(ctx: Context, engine: Engine) -> dict:
-    """The card of the final record sets, read back from their shards (counts by the engine, the
-    version hash in id order, one shard at a time)."""
+def _card(ctx: Context) -> dict:
+    """The card of the final record sets, from one pass over their shards in id order."""
     splits = ("train", *HELD_OUT)
-    summaries = {}
-    for name in splits:
-        part = engine.read_records(ctx.args.output / f"{name}.parquet", modality=ctx.dataset.modality, columns=["label", "parent_id"])
-        generated = engine.count(engine.map(part, _generated, meta=empty_records(["label", "parent_id"])))
-        summaries[name] = split_summary(engine.value_counts(part, "label"), generated)
-    version = version_digest({name: record_chunks(ctx.args.output / f"{name}.parquet", VERSION_COLUMNS) for name in splits})
+    summaries, version = describe({name: record_chunks(ctx.args.output / f"{name}.parquet", VERSION_COLUMNS) for name in splits})
     return make_card(ctx.name, ctx.params, summaries, version)
-
-
-def _generated(records: pd.DataFrame) -> pd.DataFrame:
-    return records[records["parent_id"].notna()]
 
 
 def main(argv: list[str] | None = None) -> int:

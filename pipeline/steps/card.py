@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -13,25 +14,30 @@ VERSION_COLUMNS = ["id", "label", "content_hash", "group_id", "parent_id"]
 DATA_SECTIONS = ("seed", "clean", "normalise", "dedup", "split", "augment", "rebalance")
 
 
-def version_digest(splits: Mapping[str, Iterable[pd.DataFrame]]) -> str:
-    """SHA-256 over each split's records by id, label, content and lineage, the records given in id
-    order in any number of chunks (a record set read shard by shard is in id order).
+def describe(splits: Mapping[str, Iterable[pd.DataFrame]]) -> tuple[dict[str, dict[str, Any]], str]:
+    """One pass over each split's records, given in id order in any number of chunks (a record set
+    read shard by shard is in id order): the card's summary of each split, and the version hash,
+    SHA-256 over each split's records by id, label, content and lineage.
 
-    It depends on the records, not on Parquet encoding, so it names the data itself.
+    The hash depends on the records, not on Parquet encoding, so it names the data itself.
     """
-    digest = hashlib.sha256()
+    digest, summaries = hashlib.sha256(), {}
     for name in sorted(splits):
         digest.update(f"[{name}]\n".encode())
+        classes, generated = Counter(), 0
         for chunk in splits[name]:
             frame = chunk[VERSION_COLUMNS].astype("string").fillna("")
             for row in frame.itertuples(index=False):
                 digest.update(("\t".join(row) + "\n").encode("utf-8"))
-    return digest.hexdigest()
+            classes.update(chunk["label"].value_counts().to_dict())
+            generated += int(chunk["parent_id"].notna().sum())
+        summaries[name] = split_summary(classes, generated)
+    return summaries, digest.hexdigest()
 
 
 def dataset_version(splits: Mapping[str, pd.DataFrame]) -> str:
     """The version hash of splits held whole, in any row order."""
-    return version_digest({name: [frame.sort_values("id")] for name, frame in splits.items()})
+    return describe({name: [frame.sort_values("id")] for name, frame in splits.items()})[1]
 
 
 def split_summary(class_counts: Mapping[str, int], generated: int) -> dict[str, Any]:
@@ -41,8 +47,8 @@ def split_summary(class_counts: Mapping[str, int], generated: int) -> dict[str, 
 
 
 def summaries_of(splits: Mapping[str, pd.DataFrame]) -> dict[str, dict[str, Any]]:
-    """`split_summary` of each split held whole."""
-    return {name: split_summary(f["label"].value_counts().to_dict(), f["parent_id"].notna().sum()) for name, f in splits.items()}
+    """The summary of each split held whole."""
+    return describe({name: [frame] for name, frame in splits.items()})[0]
 
 
 def make_card(name: str, params: Params, summaries: Mapping[str, Mapping[str, Any]], version: str) -> dict[str, Any]:

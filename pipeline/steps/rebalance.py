@@ -93,9 +93,8 @@ def resample_ranks(class_counts: dict[str, int], params: RebalanceParams) -> tup
     return ranks, copies
 
 
-def resample_plan(class_counts: dict[str, int], params: RebalanceParams, cutoffs: dict[str, order.Cutoff]) -> ResamplePlan:
-    """The plan from the class counts and the cutoffs at the ranks of `resample_ranks` (a rank of 0 has none)."""
-    ranks, copies = resample_ranks(class_counts, params)
+def resample_plan(ranks: dict[str, int], copies: dict[str, int], cutoffs: dict[str, order.Cutoff]) -> ResamplePlan:
+    """The plan from `resample_ranks` and the cutoffs found at its ranks (a rank of 0 has none)."""
     keep = {label: cutoffs[label] for label in ranks if label not in copies}
     extra = {label: cutoffs[label] for label in ranks if label in copies and label in cutoffs}
     return ResamplePlan(keep, copies, extra)
@@ -139,8 +138,8 @@ def rebalance(train: pd.DataFrame, params: RebalanceParams, seed: int, embedding
     if params.strategy in CLEANING:
         return _clean(train, params, embeddings) if train["label"].nunique() >= 2 else Rebalanced(train, train.iloc[0:0])
     class_counts = {str(k): int(v) for k, v in train["label"].value_counts().items()}
-    ranks, _ = resample_ranks(class_counts, params)
-    plan = resample_plan(class_counts, params, order.cutoffs(train, ranks, seed, ORDER))
+    ranks, copies = resample_ranks(class_counts, params)
+    plan = resample_plan(ranks, copies, order.cutoffs(train, ranks, seed, ORDER))
     done = resample(train, plan=plan, seed=seed)
     generated = done.records["id"].isin(done.fates.of("generated")["id"]).to_numpy()
     return Rebalanced(done.records, done.records[generated].reset_index(drop=True), done.fates)
