@@ -11,13 +11,14 @@ import contextlib
 import csv
 import glob
 import io
+import itertools
 import json
 import os
 import posixpath
 import re
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -98,8 +99,7 @@ def _streams(dataset: DatasetParams, root: Path) -> Iterator[tuple[str, Iterator
     for file in source_files(dataset, root):
         options, attrs = dataset, {}
         if dataset.encoding == "auto" and dataset.format != "parquet":
-            file = replace(file, data=file.read_bytes())  # read once: detected, then decoded
-            attrs["encoding"] = detect_encoding(file.data)
+            attrs["encoding"] = detect_file_encoding(file)  # a pass of its own, so that neither pass holds the file
             options = dataset.model_copy(update={"encoding": attrs["encoding"]})
         yield file.name, _with_split(reader(file, options), file.split), attrs
 
@@ -121,13 +121,6 @@ class SourceFile:
     location: str
     name: str
     split: str | None = None
-    data: bytes | None = None  # the bytes, once read (a remote file is fetched once)
-
-    def read_bytes(self) -> bytes:
-        if self.data is not None:
-            return self.data
-        with self.open() as handle:
-            return handle.read()
 
     def open(self) -> BinaryIO:
         if not is_url(self.location):
@@ -255,14 +248,47 @@ def _raw_frame(rows: list[Raw], attrs: dict[str, str]) -> pd.DataFrame:
 
 # --- text formats ---------------------------------------------------------------------------
 
-def _decode(path: Path | SourceFile, encoding: str) -> str:
+def _decode(path: Path, encoding: str) -> str:
     """File text with a BOM removed; undecodable bytes kept as surrogates so their rows can be rejected."""
-    codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
-    return path.read_bytes().decode(codec, errors="surrogateescape")
+    return path.read_bytes().decode(_codec(encoding), errors="surrogateescape")
+
+
+@contextlib.contextmanager
+def _text_stream(file: SourceFile, encoding: str, newline: str = "") -> Iterator[io.TextIOWrapper]:
+    """The file as text read as it is consumed (`_decode`'s text, never all of it at once)."""
+    with file.open() as handle, io.TextIOWrapper(handle, encoding=_codec(encoding), errors="surrogateescape", newline=newline) as text:
+        yield text
+
+
+def _codec(encoding: str) -> str:
+    return "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
 
 
 BOMS = [(codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")]
+
+
+def detect_file_encoding(file: SourceFile) -> str:
+    """`detect_encoding` of a file's bytes, read in blocks: the same answer without holding the file."""
+    with file.open() as handle:
+        head = handle.read(DETECT_BLOCK)
+        for bom, name in BOMS:
+            if head.startswith(bom):
+                return name
+        decoder, block = codecs.getincrementaldecoder("utf-8")(), head
+        try:
+            while block:
+                decoder.decode(block)
+                block = handle.read(DETECT_BLOCK)
+            decoder.decode(b"", final=True)
+            return "utf-8"
+        except UnicodeDecodeError:
+            handle.seek(0)
+            return _guess_encoding(handle.read(GUESS_BYTES))
+
+
+DETECT_BLOCK = 1 << 24
+GUESS_BYTES = 1_000_000  # what charset-normalizer is shown of a file that is not UTF-8
 
 
 def detect_encoding(data: bytes) -> str:
@@ -275,9 +301,14 @@ def detect_encoding(data: bytes) -> str:
         return "utf-8"
     except UnicodeDecodeError:
         pass
+    return _guess_encoding(data[:GUESS_BYTES])
+
+
+def _guess_encoding(head: bytes) -> str:
+    """charset-normalizer's guess from a file's first bytes (cp1252 when it has none)."""
     from charset_normalizer import from_bytes
 
-    best = from_bytes(data[:1_000_000]).best()
+    best = from_bytes(head).best()
     return best.encoding if best is not None else "cp1252"
 
 
@@ -291,11 +322,15 @@ def _has_surrogates(text: str) -> bool:
 
 
 def _read_delimited(path: SourceFile, dataset: DatasetParams) -> Iterator[Raw]:
-    text = _decode(path, dataset.encoding)
+    with _text_stream(path, dataset.encoding) as text:
+        yield from _delimited_rows(path, dataset, text)
+
+
+def _delimited_rows(path: SourceFile, dataset: DatasetParams, text: io.TextIOWrapper) -> Iterator[Raw]:
     if dataset.format == "tsv":
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+        reader = csv.reader(text, delimiter="\t", quoting=csv.QUOTE_NONE)
     else:
-        reader = csv.reader(io.StringIO(text, newline=""))
+        reader = csv.reader(text)
     rows = _numbered_rows(reader, path.name)
     first = next(rows, None)
     if first is None:
@@ -307,7 +342,7 @@ def _read_delimited(path: SourceFile, dataset: DatasetParams) -> Iterator[Raw]:
         hint = "" if dataset.header else " (without a header, columns are named by position: '0', '1', ...)"
         raise SourceError(f"{path.name}: columns {missing} not in {names}{hint}")
     index = {name: names.index(name) for name in want}
-    for start, fields in ([] if dataset.header else [first]) + list(rows):
+    for start, fields in itertools.chain([] if dataset.header else [first], rows):
         if isinstance(fields, Raw):
             yield fields
         elif fields:  # a blank line holds no record
@@ -370,33 +405,42 @@ def _values_to_raw(source: str, row: int, values: dict[str, object], order: list
 
 def _read_jsonl(path: SourceFile, dataset: DatasetParams) -> Iterator[Raw]:
     order = _text_columns(dataset)
-    # Split on "\n" only: str.splitlines() also breaks at U+2028/U+2029/U+0085, which JSON
+    # Lines end at "\n" only: str.splitlines() also breaks at U+2028/U+2029/U+0085, which JSON
     # writers leave unescaped inside strings.
-    for number, line in enumerate(_decode(path, dataset.encoding).split("\n"), start=1):
-        line = line.removesuffix("\r")
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield Raw(path.name, number, reject="malformed_json", detail=f"{path.name}:{number}: {exc.msg}")
-            continue
-        if not isinstance(obj, dict):
-            yield Raw(path.name, number, reject="malformed_json", detail=f"{path.name}:{number}: not a JSON object")
-            continue
-        yield _values_to_raw(path.name, number, {c: obj.get(c) for c in order}, order)
+    with _text_stream(path, dataset.encoding, newline="\n") as text:
+        for number, line in enumerate(text, start=1):
+            line = line.removesuffix("\n").removesuffix("\r")
+            if line.strip():
+                yield _jsonl_row(path.name, number, line, order)
+
+
+def _jsonl_row(name: str, number: int, line: str, order: list[str]) -> Raw:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return Raw(name, number, reject="malformed_json", detail=f"{name}:{number}: {exc.msg}")
+    if not isinstance(obj, dict):
+        return Raw(name, number, reject="malformed_json", detail=f"{name}:{number}: not a JSON object")
+    return _values_to_raw(name, number, {c: obj.get(c) for c in order}, order)
 
 
 def _read_parquet(file: SourceFile, dataset: DatasetParams) -> Iterator[Raw]:
     order = _text_columns(dataset)
     with file.open() as handle:
-        names = pq.read_schema(handle).names
+        reader = pq.ParquetFile(handle)
+        names = reader.schema_arrow.names
         missing = [c for c in order if c not in names]
         if missing:
             raise SourceError(f"{file.name}: columns {missing} not in {names}")
-        table = pq.read_table(handle, columns=order).to_pydict()
-    for i in range(len(table[order[0]])):
-        yield _values_to_raw(file.name, i + 1, {c: table[c][i] for c in order}, order)
+        row = 0
+        for batch in reader.iter_batches(batch_size=PARQUET_BATCH, columns=order):
+            columns = batch.to_pydict()
+            for i in range(batch.num_rows):
+                row += 1
+                yield _values_to_raw(file.name, row, {c: columns[c][i] for c in order}, order)
+
+
+PARQUET_BATCH = 65_536
 
 
 # --- image formats --------------------------------------------------------------------------

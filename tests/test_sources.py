@@ -605,3 +605,63 @@ def test_manifest_absolute_path_read_only_when_allowed(tmp_path):
     allowed = read_source(dataset("m.csv", "image_manifest", allow_absolute_paths=True), tmp_path)
     assert allowed["reject"].isna().all() and allowed["source"].tolist() == [str(target)]
     assert allowed["image"].iloc[0] == png()
+
+
+# --- streaming ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("data", [
+    "text,label\ncafé,x\n".encode("utf-8"), "text,label\ncafé,x\n".encode("utf-8-sig"), "text,label\ncafé,x\n".encode("utf-16"),
+    "text,label\n" .encode() + "é".encode("utf-8") * 20 + b"\n",  # a two-byte character across every block edge
+    b"text,label\n" + b"a" * 40 + "café crème brûlée à la carte, déjà vu".encode("cp1252") + b",x\n",  # invalid UTF-8 after the first block
+])
+def test_encoding_detected_block_by_block_is_the_whole_file_answer(tmp_path, monkeypatch, data):
+    from pipeline import sources
+
+    monkeypatch.setattr(sources, "DETECT_BLOCK", 7)
+    (tmp_path / "c.csv").write_bytes(data)
+    assert sources.detect_file_encoding(sources.SourceFile(str(tmp_path / "c.csv"), "c.csv")) == sources.detect_encoding(data)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
+def test_a_text_file_is_read_as_it_arrives_not_all_at_once(tmp_path, fmt):
+    """The first chunk comes out of a named pipe whose writer has not finished: nothing waits for the whole file."""
+    import threading
+
+    from pipeline.sources import source_chunks
+
+    sep = "\t" if fmt == "tsv" else ","
+    line = (lambda i: json.dumps({"text": f"row {i}", "label": "a"}) + "\n") if fmt == "jsonl" else (lambda i: f"row {i}{sep}a\n")
+    pipe = tmp_path / f"c.{fmt}"
+    os.mkfifo(pipe)
+    first_read, finished = threading.Event(), threading.Event()
+
+    def write() -> None:
+        with open(pipe, "w", encoding="utf-8") as out:
+            out.write("" if fmt == "jsonl" else f"text{sep}label\n")
+            out.writelines(line(i) for i in range(5_000))
+            out.flush()
+            first_read.wait(timeout=30)
+            out.writelines(line(i) for i in range(5_000, 6_000))
+        finished.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    chunks = source_chunks(dataset(pipe.name, fmt, encoding="utf-8"), tmp_path, rows=10)
+    first = next(chunks)
+    still_writing = not finished.is_set()
+    first_read.set()
+    rest = list(chunks)
+    writer.join()
+    assert still_writing and first["text"].tolist() == [f"row {i}" for i in range(10)]
+    assert sum(map(len, rest)) == 5_990 and rest[-1]["source_row"].iloc[-1] == (6_000 if fmt == "jsonl" else 6_001)
+
+
+def test_a_parquet_file_is_read_in_batches_with_rows_numbered_across_them(tmp_path, monkeypatch):
+    from pipeline import sources
+
+    pq.write_table(pa.table({"text": [f"t{i}" for i in range(25)], "label": ["a"] * 25}), tmp_path / "c.parquet", row_group_size=4)
+    whole = read_source(dataset("c.parquet", "parquet"), tmp_path)
+    monkeypatch.setattr(sources, "PARQUET_BATCH", 3)
+    batched = read_source(dataset("c.parquet", "parquet"), tmp_path)
+    pd.testing.assert_frame_equal(whole, batched)
+    assert batched["source_row"].tolist() == list(range(1, 26))
