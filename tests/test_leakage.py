@@ -7,7 +7,7 @@ import pytest
 
 from conftest import text_records
 from pipeline.params import DedupParams
-from pipeline.steps.leakage import certificate, cross_split_pairs, evaluation_side_ids, method_text
+from pipeline.steps.leakage import certificate, cross_split_pairs, evaluation_side_ids, exact_cross_pairs, method_text
 
 TEXT = "my parcel with the new winter boots never arrived although the tracking says delivered"
 
@@ -99,3 +99,12 @@ def test_the_partitioned_certificate_lists_what_the_whole_set_search_finds(tmp_p
     want = cross_split_pairs(records, records["id"].map(where), "text", DedupParams(), derive_seed(42, "leakage", bits=32))
     assert len(want) > 10 and {leak.kind for leak in want} == {"exact", "near"}
     assert json.loads((tmp_path / "leakage.json").read_text())["pairs"] == [asdict(leak) for leak in want]
+
+
+def test_exact_cross_pairs_pairs_every_shared_hash_across_splits_only():
+    rows = pd.DataFrame({"key": np.array([1, 2, 3, 4, 5, 6, 7], np.uint64),
+                         "split": ["train", "test", "val", "train", "train", "val", "test"],
+                         "content_hash": ["h1", "h1", "h1", "h2", "h2", "h3", "h4"]})
+    pairs = exact_cross_pairs(rows)
+    assert pairs.to_dict("list") == {"a": [1, 1, 2], "b": [2, 3, 3]}  # h2 stays in train, h3 and h4 are alone
+    assert exact_cross_pairs(rows[rows["content_hash"] == "h4"]).empty

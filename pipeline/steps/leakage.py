@@ -73,9 +73,8 @@ def exact_cross_pairs(rows: pd.DataFrame) -> pd.DataFrame:
     """Pairs (`a` < `b`) of rows with equal `content_hash` in different splits, from rows sorted by
     content_hash, then key (a shuffle partition: every record of a hash is here)."""
     found = []
-    for _, members in rows.groupby("content_hash", sort=True):
-        if len(members) < 2:
-            continue
+    shared = rows[rows["content_hash"].duplicated(keep=False)]  # most hashes are alone: skip them in bulk
+    for _, members in shared.groupby("content_hash", sort=True):
         keys, splits = members["key"].to_numpy(np.uint64), members["split"].to_numpy(object)
         i, j = np.triu_indices(len(members), k=1)
         cross = splits[i] != splits[j]
