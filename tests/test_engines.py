@@ -203,3 +203,35 @@ def test_a_worker_killed_mid_stage_is_replaced_and_the_output_is_the_same(tmp_pa
         killed.set()
         assert set(client.run(os.getpid).values()) != set(pids.values())  # a replacement worker joined
     assert got == want
+
+
+@pytest.mark.parametrize("partitions", [1, 3, 7])
+def test_a_shuffle_moves_every_row_with_its_types_and_leaves_no_file(tmp_path, partitions):
+    """group and route exchange spill files: rows arrive whole (nullable ints, bytes, missing labels
+    included) where they belong, and no exchange file outlives the compute that read it."""
+    import dask.dataframe as dd
+    import pyarrow as pa
+
+    from pipeline.engines import open_engine
+    from pipeline.engines.engine import Partitioned
+    from pipeline.params import EngineParams
+
+    rng = np.random.default_rng(7)
+    n = 500
+    frame = pd.DataFrame({"key": np.sort(rng.choice(2**40, n, replace=False)).astype(np.uint64),
+                          "label": rng.choice(np.array(["a", "b", None], dtype=object), n),
+                          "row": pd.array(np.where(rng.random(n) < 0.2, None, np.arange(n)), dtype="Int64"),
+                          "blob": [bytes([i % 251]) * (i % 5) for i in range(n)]})
+    with open_engine(EngineParams(), tmp_path, "test") as engine:
+        parts = Partitioned(dd.from_pandas(frame, npartitions=partitions, sort=False), tuple(map(str, range(partitions))))
+        onto = engine.materialize(parts, schema=pa.Schema.from_pandas(frame, preserve_index=False), key="key")
+        mixed = Partitioned(dd.from_pandas(frame.sample(frac=1, random_state=3), npartitions=partitions, sort=False), parts.labels)
+        grouped = engine.collect(engine.group(mixed, ["label"], order=["key"], meta=frame.iloc[:0]))
+        by_partition = engine._compute(engine.route(mixed, "key", onto=onto).frame.to_delayed())
+        leftovers = sorted(p.name for p in engine.scratch.glob("shuffle-*"))
+    pd.testing.assert_frame_equal(grouped.sort_values("key").reset_index(drop=True), frame)
+    assert [str(t) for t in grouped.dtypes] == [str(t) for t in frame.dtypes]
+    bounds = list(onto.bounds) + [2**64]
+    for i, rows in enumerate(by_partition):
+        assert ((rows["key"] >= bounds[i]) & (rows["key"] < bounds[i + 1])).all()
+    assert sum(map(len, by_partition)) == n and leftovers == []

@@ -11,15 +11,23 @@ and id) and the shard layout of a record set is a function of its content alone 
 in the stage's scratch folder (on the shared filesystem when the work runs on a cluster), so a
 step runs once per partition however its outputs are used, and a task that is retried (a worker
 lost) rewrites its own spills and nothing else.
+
+Shuffles (`group`, `route`) are exchanges of spill files too, not Dask's DataFrame shuffle: each
+input partition writes one file with its rows grouped by output partition, and each output reads
+its group from every file. Dask's in-process shuffle keeps up to 1 GB in memory (partd's buffer)
+and costs about half a millisecond per (input, output) piece, which for P partitions is P² pieces:
+the exchange keeps a partition or two in memory and costs under half of that per piece.
 """
 from __future__ import annotations
 
 import functools
 import logging
+import os
+import pickle
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dask
@@ -68,6 +76,7 @@ class Engine:
     scratch: Path
     stage: str = ""
     _spilled: int = 0
+    _exchanges: list[tuple[frozenset, list[Path]]] = field(default_factory=list)
 
     def partition_rows(self, modality: str, total: int | None = None) -> int:
         """Records per partition: `partition_rows`, or a thirty-second of it for images; and, with
@@ -164,7 +173,7 @@ class Engine:
         """`fn` (or nothing) over partitions in which rows with equal `by` values are together (a
         shuffle), each sorted by `order` first: the order a shuffle delivers rows in is not
         canonical, `order` must be."""
-        shuffled = part.frame.shuffle(on=list(by), npartitions=max(part.partitions, 1))
+        shuffled = self._exchange(part.frame, functools.partial(_hashed, by=list(by)), max(part.partitions, 1))
         return Partitioned(shuffled.map_partitions(_sorted_call, fn, list(order), meta=meta), part.labels)
 
     def route(self, part: Partitioned, key: str, onto: Partitioned) -> Partitioned:
@@ -173,9 +182,7 @@ class Engine:
         if not onto.bounds:
             raise ValueError("route needs a target materialized with a key")
         bounds = np.asarray(onto.bounds, dtype=np.uint64)
-        last = len(bounds) - 1
-        indexed = part.frame.map_partitions(_with_partition, key, bounds, meta={**part.frame.dtypes.to_dict(), ROUTE: "int64"})
-        moved = indexed.set_index(ROUTE, divisions=[*range(last + 1), last], sorted=False, drop=True)
+        moved = self._exchange(part.frame, functools.partial(_in_range, key=key, bounds=bounds), len(bounds))
         return Partitioned(moved, onto.labels)
 
     def zip(self, fn: Callable[..., pd.DataFrame], *parts: Partitioned, meta: pd.DataFrame) -> Partitioned:
@@ -230,6 +237,7 @@ class Engine:
         if not tasks:
             return []
         desc = f"{self.stage} {_caller()}"
+        keys = {key for task in tasks for key in task.__dask_graph__()} if self._exchanges else set()
         if self.session.distributed:
             from distributed import as_completed
 
@@ -237,9 +245,39 @@ class Engine:
             with tqdm(total=len(futures), desc=desc, unit="part", disable=None, leave=False) as bar:
                 for _ in as_completed(futures):
                     bar.update(1)
-            return self.session.client.gather(futures)
-        with _TaskBar(desc):
-            return list(dask.compute(*tasks))
+            results = self.session.client.gather(futures)
+        else:
+            with _TaskBar(desc):
+                results = list(dask.compute(*tasks))
+        self._release_exchanges(keys)
+        return results
+
+    def _exchange(self, frame: dd.DataFrame, target: Callable[[pd.DataFrame], np.ndarray], outputs: int) -> dd.DataFrame:
+        """`frame`'s rows moved to the output partition `target` gives each (a shuffle), lazily.
+
+        Each input partition writes one spill file, its rows grouped by output partition, each group
+        pickled on its own; output partition j reads its group from every file, in input order.
+        Memory holds a partition or two whatever the corpus size, and a retried task rewrites its
+        own file, the same bytes. The files go once a compute has read them (see `_compute`).
+        """
+        path = self._spill_path("shuffle")
+        writes = [dask.delayed(_scatter, pure=False)(data, target, outputs, path.with_suffix(f".{i}"))
+                  for i, data in enumerate(frame.to_delayed())]
+        written, meta = dask.delayed(list, pure=False)(writes), dask.delayed(frame._meta, pure=False)  # one node each, not one per read
+        reads = [dask.delayed(_gather, pure=False)(written, j, meta) for j in range(outputs)]
+        self._exchanges.append((frozenset(r.key for r in reads), [path.with_suffix(f".{i}") for i in range(len(writes))]))
+        return dd.from_delayed(reads, meta=frame._meta, verify_meta=False)
+
+    def _release_exchanges(self, graph_keys: set) -> None:
+        """Delete the files of the exchanges a finished compute has read (no lazy table reads them twice)."""
+        kept = []
+        for reads, paths in self._exchanges:
+            if reads & graph_keys:
+                for path in paths:
+                    path.unlink(missing_ok=True)
+            else:
+                kept.append((reads, paths))
+        self._exchanges = kept
 
     def _spill_path(self, kind: str) -> Path:
         self._spilled += 1
@@ -249,9 +287,6 @@ class Engine:
                       sorted_by_id: bool = False) -> Partitioned:
         frame = dd.from_map(io.read_spill, paths, meta=meta, enforce_metadata=False)
         return Partitioned(frame, labels, tuple(paths) if sorted_by_id else (), paths=tuple(paths))
-
-
-ROUTE = "_partition"
 
 
 class _TaskBar(Callback):
@@ -296,9 +331,57 @@ def _running_bounds(firsts: list[int | None]) -> list[int]:
     return bounds
 
 
-def _with_partition(frame: pd.DataFrame, key: str, bounds: np.ndarray) -> pd.DataFrame:
-    index = np.searchsorted(bounds, frame[key].to_numpy(np.uint64), side="right") - 1
-    return frame.assign(**{ROUTE: index.astype(np.int64)})
+def _in_range(frame: pd.DataFrame, key: str, bounds: np.ndarray) -> np.ndarray:
+    """The partition whose key range (from its smallest key in `bounds`) holds each row's `key`."""
+    return np.searchsorted(bounds, frame[key].to_numpy(np.uint64), side="right") - 1
+
+
+def _hashed(frame: pd.DataFrame, by: list[str]) -> np.ndarray:
+    """A hash of each row's `by` values (pandas' own: the same in every process)."""
+    return pd.util.hash_pandas_object(frame[by], index=False).to_numpy(np.uint64)
+
+
+def _scatter(data: pd.DataFrame, target: Callable[[pd.DataFrame], np.ndarray], outputs: int,
+             path: Path) -> tuple[Path, np.ndarray]:
+    """Write a partition's rows grouped by output partition (each group pickled alone) to `path`,
+    atomically; return the path and where each group starts in the file (and the last ends)."""
+    where = np.asarray(target(data), dtype=np.uint64) % np.uint64(max(outputs, 1))
+    order = np.argsort(where, kind="stable")
+    starts = np.searchsorted(where[order], np.arange(outputs + 1, dtype=np.uint64))
+    offsets = np.zeros(outputs + 1, dtype=np.int64)
+    tmp = path.with_name(path.name + ".tmp")
+    columns = {name: _column(data[name]) for name in data.columns}
+    with open(tmp, "wb") as out:
+        for j in range(outputs):
+            if starts[j + 1] > starts[j]:
+                rows = order[starts[j]:starts[j + 1]]
+                out.write(pickle.dumps({name: values[rows] for name, values in columns.items()}, protocol=pickle.HIGHEST_PROTOCOL))
+            offsets[j + 1] = out.tell()
+    os.replace(tmp, path)
+    return path, offsets
+
+
+def _gather(writes: list[tuple[Path, np.ndarray]], j: int, meta: pd.DataFrame) -> pd.DataFrame:
+    """Output partition `j` of an exchange: its group from every input's file, in input order."""
+    pieces = []
+    for path, offsets in writes:
+        start, end = int(offsets[j]), int(offsets[j + 1])
+        if end > start:
+            with open(path, "rb") as handle:
+                handle.seek(start)
+                pieces.append(pickle.loads(handle.read(end - start)))
+    if not pieces:
+        return meta.iloc[0:0]
+    return pd.DataFrame({name: _joined([p[name] for p in pieces]) for name in meta.columns}, columns=meta.columns)
+
+
+def _column(series: pd.Series):
+    """A column's values as one array (numpy, or pandas' own for extension types such as Int64)."""
+    return series.to_numpy() if isinstance(series.dtype, np.dtype) else series.array
+
+
+def _joined(arrays: list):
+    return np.concatenate(arrays) if isinstance(arrays[0], np.ndarray) else type(arrays[0])._concat_same_type(arrays)
 
 
 def _sorted_call(frame: pd.DataFrame, fn: Callable[[pd.DataFrame], pd.DataFrame] | None, order: list[str]) -> pd.DataFrame:

@@ -3,13 +3,15 @@
 `open_session` yields a `Session` for the configured `engine` params and closes what it started.
 
 - `kind: local`, `workers: 1` (the default): Dask's synchronous scheduler, in this process, with
-  no server; shuffles spill to disk, so memory stays bounded by the partition.
+  no server.
 - `kind: local`, `workers: N`: Dask's multiprocessing scheduler over a pool of N processes on this
   machine, still with no server.
 - `kind: dask`: the cluster at `dask.scheduler_address`, or a LocalCluster of `dask.workers`
   processes with `dask.threads_per_worker` threads and `dask.memory_limit` each.
 
-Whatever runs the tasks, outputs are the same bytes: the engine makes every order canonical.
+Whatever runs the tasks, outputs are the same bytes: the engine makes every order canonical. Its
+shuffles are its own tasks exchanging spill files in the scratch folder (`Engine._exchange`), the
+same under every scheduler, so memory stays bounded by the partition.
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ def open_session(params: EngineParams, scratch: Path) -> Iterator[Session]:
         "dataframe.convert-string": False,  # keep pandas' object strings: steps see what they always saw
     }
     if params.kind == "local":
-        local = {**settings, "dataframe.shuffle.method": "disk"}
+        local = settings
         if params.workers == 1:
             with dask.config.set({**local, "scheduler": "synchronous"}):
                 yield Session(None, "local, in process")
@@ -59,7 +61,7 @@ def open_session(params: EngineParams, scratch: Path) -> Iterator[Session]:
         with ProcessPoolExecutor(max_workers=params.workers) as pool, dask.config.set({**local, "scheduler": "processes", "pool": pool}):
             yield Session(None, f"local, {params.workers} processes")
         return
-    with _client(params, scratch) as (client, description), dask.config.set({**settings, "dataframe.shuffle.method": "p2p"}):
+    with _client(params, scratch) as (client, description), dask.config.set(settings):
         yield Session(client, description)
 
 
