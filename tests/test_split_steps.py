@@ -245,3 +245,41 @@ def test_split_stage_reports_multi_label_shares_per_label(tmp_path):
     assert code == 0
     per_class = json.loads((tmp_path / "m.json").read_text())["per_class"]
     assert set(per_class) == {"a", "b"} and abs(per_class["a"]["train_fraction"] - 0.8) < 0.05
+
+
+@pytest.mark.parametrize("small_class", ["train_only", "fail"])
+def test_counting_single_record_groups_gives_the_split_of_listing_them(small_class):
+    """The partitioned split lists groups of two or more and only counts single-record groups per
+    class, ranking them where their bucket of the seed's order meets: every group lands where the
+    whole-table plan puts it."""
+    import numpy as np
+
+    from pipeline.steps.order import BUCKET_BITS
+    from pipeline.steps.split import _stratify, single_ranks, sized_groups, stratify_groups
+
+    rng = np.random.default_rng(5)
+    sizes = np.where(rng.random(3_000) < 0.1, rng.integers(2, 6, 3_000), 1)
+    labels = rng.choice(["a", "b", "c"], 3_000, p=[0.6, 0.38, 0.02])
+    counts = pd.DataFrame({"group_id": [f"{i:016x}" for i in rng.choice(2**60, 3_000, replace=False)], "label": labels,
+                           "source_split": None, "n": sizes}).sort_values("group_id", ignore_index=True)
+    counts.loc[counts["label"] == "c", "n"] = 1
+    if small_class == "train_only":  # class c keeps two single-record groups: too few for three splits
+        counts = counts[(counts["label"] != "c") | (counts.index.isin(counts.index[counts["label"] == "c"][:2]))]
+    ratios = {"train": 0.8, "val": 0.1, "test": 0.1}
+    whole, whole_train_only = _stratify(counts, ratios, seed=3, small_class=small_class)
+
+    groups = sized_groups(counts, seed=3)
+    alone = groups[groups["size"] == 1]
+    multi = groups[groups["size"] > 1].reset_index(drop=True)
+    where, schedules, train_only = stratify_groups(multi, alone["label"].value_counts().to_dict(), ratios, small_class)
+    rows = pd.DataFrame({"label": alone["label"], "bucket": (alone["order"].to_numpy(np.uint64) >> np.uint64(64 - BUCKET_BITS)).astype(np.int64),
+                         "order": alone["order"], "group_id": alone["group_id"]})
+    per_bucket = rows.groupby(["label", "bucket"]).size().rename("n").reset_index()
+    starts = {(l, b): int(s) for l, b, s in zip(per_bucket["label"], per_bucket["bucket"],
+                                                 per_bucket.groupby("label")["n"].cumsum() - per_bucket["n"])}
+    pieces = [single_ranks(part.sort_values(["label", "bucket", "order", "group_id"]), starts, schedules)
+              for _, part in rows.groupby(rows["bucket"] % 7)]  # any cut that keeps each bucket whole
+    ranked = pd.concat(pieces)
+    assert {**where, **dict(zip(ranked["group_id"], ranked["split"]))} == whole
+    assert train_only == whole_train_only == (["c"] if small_class == "train_only" else [])
+    assert len(whole) == len(counts) and set(whole.values()) == set(SPLITS)

@@ -102,6 +102,14 @@ class Engine:
         frame = dd.from_map(reader, parts, meta=io.empty_records(columns), enforce_metadata=False)
         return Partitioned(frame, tuple(part.label for part in parts))
 
+    def with_bounds(self, records: Partitioned, path: Path, *, modality: str) -> Partitioned:
+        """`records` (the record set at `path`, as `read_records` gives it) with the smallest key of each
+        partition, so that `route` can bring rows keyed by record id to their record's partition: a
+        record set's partitions run through its ids in order (shards are id ranges, sorted by id)."""
+        ids = self.read_records(path, modality=modality, columns=["id"])
+        firsts = self._compute([dask.delayed(_first_key)(data) for data in ids.frame.to_delayed()])
+        return Partitioned(records.frame, records.labels, records.spills, tuple(_running_bounds(firsts)), records.paths)
+
     def read_source(self, dataset: DatasetParams, root: Path) -> tuple[Partitioned, int, dict[str, str]]:
         """The dataset's source as raw rows in partitions, their count, and what reading found (`encoding`).
 
@@ -318,6 +326,10 @@ def _spill_table(data: pd.DataFrame, path: Path, schema: pa.Schema, key: str | N
         data = data.sort_values(key, kind="stable")
     io.write_table_spill(data, path, schema)
     return int(data[key].iloc[0]) if key is not None and len(data) else None
+
+
+def _first_key(data: pd.DataFrame) -> int | None:
+    return int(data["id"].iloc[0], 16) if len(data) else None
 
 
 def _running_bounds(firsts: list[int | None]) -> list[int]:

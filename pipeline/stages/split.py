@@ -22,7 +22,7 @@ import pyarrow as pa
 from pipeline.engines import Engine, Partitioned, neighbours, open_engine
 from pipeline.engines.neighbours import empty
 from pipeline.errors import StageError
-from pipeline.io import write_json
+from pipeline.io import record_count, write_json
 from pipeline.ledger import Fates
 from pipeline.seeding import derive_seed
 from pipeline.stages.base import Context, Outcome, entry, stage_main
@@ -30,9 +30,16 @@ from pipeline.steps import dedup
 from pipeline.steps.candidates import id_keys
 from pipeline.steps.leakage import Leak, certificate, cross_split_leaks, evaluation_side_ids, exact_cross_pairs, method_text
 from pipeline.steps.neardup import NearDupSettings
-from pipeline.steps.split import SPLITS, GroupPlan, group_counts, plan_groups, split_report_from_counts
+from pipeline.steps.order import BUCKET_BITS
+from pipeline.steps.split import (SPLITS, GroupPlan, group_counts, plan_groups, single_ranks, sized_groups, split_report_from_totals,
+                                  stratify_groups, two_sided_groups)
 
+KEYS = ["group_id", "label", "source_split"]
 COUNTS = pa.schema([("group_id", pa.string()), ("label", pa.string()), ("source_split", pa.string()), ("n", pa.int64())])
+SIZED = pa.schema([("group_id", pa.string()), ("label", pa.string()), ("size", pa.int64()), ("order", pa.uint64())])
+SINGLES = pa.schema([("label", pa.string()), ("bucket", pa.int64()), ("order", pa.uint64()), ("group_id", pa.string()), ("n", pa.int64())])
+RANKED = pa.schema([("key", pa.uint64()), ("group_id", pa.string()), ("split", pa.string())])
+TWO_SIDED = pa.schema([("groups", pa.int64())])
 SPLIT_COUNTS = pa.schema([("group_id", pa.string()), ("label", pa.string()), ("split", pa.string()), ("n", pa.int64())])
 LEAK_EXTRA = [("split", pa.string()), ("content_hash", pa.string())]
 
@@ -49,21 +56,97 @@ def run(ctx: Context) -> Outcome:
     keep_source = ctx.dataset.source_split == "keep"
     separator = ctx.dataset.label_separator if ctx.dataset.multi_label else None
     records = engine.read_records(ctx.args.input, modality=modality)
-    counts = _summed(engine, engine.map(records, functools.partial(group_counts, keep_source=keep_source), meta=empty(COUNTS)),
-                     ["group_id", "label", "source_split"], COUNTS)
-    plan = plan_groups(counts, params, seed, separator=separator, keep_source=keep_source)
-    assigned = engine.map(records, _with_split, meta=records.frame._meta.assign(split=pd.Series(dtype=object)), plan=plan)
+    counted = engine.map(records, functools.partial(group_counts, keep_source=keep_source), meta=empty(COUNTS))
+    if keep_source or separator:
+        counts = _summed(engine, counted, KEYS, COUNTS)
+        plan = plan_groups(counts, params, seed, separator=separator, keep_source=keep_source)
+        assigned = engine.map(records, _with_split, meta=_with_split_meta(records), plan=plan)
+        train_only = plan.train_only_classes
+    else:
+        assigned, train_only = _assigned(ctx, records, counted)
     leaks, dropped = _certify(ctx, assigned, keep_source)
     kept = engine.map(assigned, _without_ids, meta=assigned.frame._meta, ids=np.sort(id_keys(pd.Series(sorted(dropped)))))
     n_out = sum(engine.write_records(engine.map(kept, functools.partial(_only, split=s), meta=records.frame._meta),
                                      ctx.args.output / f"{s}.parquet") for s in SPLITS)
-    final = _summed(engine, engine.map(kept, _split_counts, meta=empty(SPLIT_COUNTS)), ["group_id", "label", "split"], SPLIT_COUNTS)
-    report = split_report_from_counts(final, params, separator)
+    report = split_report_from_totals(*_final_counts(engine, kept), params, separator)
     if report["groups_on_two_sides"] and not keep_source:
         raise RuntimeError(f"bug: {report['groups_on_two_sides']} groups ended up on two sides of the split")
-    extra = {**report, "train_only_classes": plan.train_only_classes, "source_split": keep_source,
+    extra = {**report, "train_only_classes": train_only, "source_split": keep_source,
              "leakage": {"cross_split_pairs": len(leaks)}}
-    return Outcome(int(counts["n"].sum()), n_out, extra)
+    return Outcome(record_count(ctx.args.input), n_out, extra)
+
+
+def _assigned(ctx: Context, records: Partitioned, counted: Partitioned) -> tuple[Partitioned, list[str]]:
+    """Every record with its split, decided from aggregates: the groups of two or more records are
+    gathered (one row per group), single-record groups only counted per class and bucket of their
+    order, then ranked where their bucket meets in a shuffle (`single_ranks`)."""
+    engine, params = ctx.engine, ctx.params.split
+    summed = engine.group(counted, ["group_id"], functools.partial(_sum, keys=KEYS), order=KEYS, meta=empty(COUNTS))
+    sized = engine.materialize(engine.map(summed, functools.partial(sized_groups, seed=ctx.params.seed), meta=empty(SIZED)),
+                               schema=SIZED)
+    multi = engine.collect(engine.map(sized, _multi, meta=empty(SIZED))).sort_values("group_id", kind="stable")
+    singles = engine.map(sized, _bucketed, meta=empty(SINGLES))
+    per_bucket = engine.totals(singles, ["label", "bucket"], "n")
+    ratios = {s: getattr(params, s) for s in SPLITS}
+    where, schedules, train_only = stratify_groups(multi.reset_index(drop=True), per_bucket.groupby("label")["n"].sum().to_dict(),
+                                                   ratios, params.small_class)
+    ranked = engine.map(engine.group(singles, ["label", "bucket"], order=["label", "bucket", "order", "group_id"], meta=empty(SINGLES)),
+                        _keyed_ranks, meta=empty(RANKED), starts=_bucket_starts(per_bucket), schedules=schedules)
+    bounded = engine.with_bounds(records, ctx.args.input, modality=ctx.dataset.modality)
+    plan = GroupPlan(np.array(sorted(where), dtype=object).astype(str), np.array([where[g] for g in sorted(where)], dtype=object))
+    assigned = engine.zip(functools.partial(_with_splits, plan=plan), bounded, engine.route(ranked, "key", onto=bounded),
+                          meta=_with_split_meta(records))
+    return assigned, train_only
+
+
+def _bucket_starts(per_bucket: pd.DataFrame) -> dict[tuple[str, int], int]:
+    """Per (label, bucket), how many single-record groups of the label come in earlier buckets."""
+    ordered = per_bucket.sort_values(["label", "bucket"], kind="stable")
+    before = ordered.groupby("label")["n"].cumsum() - ordered["n"]
+    return {(l, int(b)): int(s) for l, b, s in zip(ordered["label"], ordered["bucket"], before)}
+
+
+def _multi(groups: pd.DataFrame) -> pd.DataFrame:
+    return groups[groups["size"] > 1]
+
+
+def _bucketed(groups: pd.DataFrame) -> pd.DataFrame:
+    alone = groups[groups["size"] == 1]
+    order = alone["order"].to_numpy(np.uint64)
+    return pd.DataFrame({"label": alone["label"].to_numpy(object), "bucket": (order >> np.uint64(64 - BUCKET_BITS)).astype(np.int64),
+                         "order": order, "group_id": alone["group_id"].to_numpy(object), "n": np.ones(len(alone), np.int64)})
+
+
+def _keyed_ranks(rows: pd.DataFrame, starts: dict, schedules: dict) -> pd.DataFrame:
+    ranked = single_ranks(rows, starts, schedules)
+    return ranked.assign(key=id_keys(ranked["group_id"]))[["key", "group_id", "split"]]
+
+
+def _with_splits(records: pd.DataFrame, singles: pd.DataFrame, plan: GroupPlan) -> pd.DataFrame:
+    """Records with the split of their group: from the plan (groups of two or more) or from the
+    single-record groups routed here (a single record's group is its own id)."""
+    split = plan.assign(records)
+    alone = split.isna().to_numpy()
+    split[alone] = records.loc[alone, "group_id"].map(dict(zip(singles["group_id"], singles["split"]))).to_numpy(object)
+    if split.isna().any():
+        raise RuntimeError(f"bug: {int(split.isna().sum())} record(s) got no split, e.g. {records.loc[split.isna(), 'id'].iloc[0]}")
+    return records.assign(split=split.to_numpy(object))
+
+
+def _with_split_meta(records: Partitioned) -> pd.DataFrame:
+    return records.frame._meta.assign(split=pd.Series(dtype=object))
+
+
+def _final_counts(engine: Engine, kept: Partitioned) -> tuple[pd.DataFrame, int]:
+    """Records per (label, split), and how many groups are on two sides (a shuffle on the group)."""
+    counts = engine.map(kept, _split_counts, meta=empty(SPLIT_COUNTS))
+    totals = engine.totals(counts, ["label", "split"], "n")
+    sides = engine.group(counts, ["group_id"], _two_sided, order=["group_id", "label", "split"], meta=empty(TWO_SIDED))
+    return totals, int(engine.collect(sides)["groups"].sum())
+
+
+def _two_sided(counts: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"groups": [two_sided_groups(counts)]}, dtype=np.int64)
 
 
 def _certify(ctx: Context, assigned: Partitioned, keep_source: bool) -> tuple[list[Leak], set[str]]:

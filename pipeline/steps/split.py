@@ -109,6 +109,22 @@ def source_split_plan(records: pd.DataFrame, params: SplitParams, seed: int) -> 
     return _applied(records, plan_groups(group_counts(records, keep_source=True), params, seed, keep_source=True))
 
 
+def single_ranks(rows: pd.DataFrame, starts: dict[tuple[str, int], int], schedules: dict[str, np.ndarray]) -> pd.DataFrame:
+    """`group_id` and `split` of single-record groups, from rows (`label`, `bucket`, `order`,
+    `group_id`) sorted so, holding every row of their (label, bucket): a group's rank in its class
+    is where its bucket starts (`starts`, from the counts of the buckets before it) plus its place
+    in the bucket, and `schedules[label][rank]` its split (`stratify_groups`)."""
+    label, bucket = rows["label"].to_numpy(object), rows["bucket"].to_numpy(np.int64)
+    if not len(rows):
+        return pd.DataFrame({"group_id": pd.Series(dtype=object), "split": pd.Series(dtype=object)})
+    run = np.concatenate(([True], (label[1:] != label[:-1]) | (bucket[1:] != bucket[:-1])))
+    first = np.maximum.accumulate(np.where(run, np.arange(len(rows)), 0))
+    offset = np.array([starts[(l, int(b))] for l, b in zip(label[run], bucket[run])], dtype=np.int64)
+    rank = np.arange(len(rows)) - first + np.repeat(offset, np.diff(np.append(np.flatnonzero(run), len(rows))))
+    codes = np.array([schedules[l][r] for l, r in zip(label, rank.tolist())], dtype=np.int64)
+    return pd.DataFrame({"group_id": rows["group_id"].to_numpy(object), "split": np.array(SPLITS, dtype=object)[codes]})
+
+
 def _applied(records: pd.DataFrame, plan: GroupPlan) -> SplitPlan:
     return SplitPlan(plan.assign(records), plan.train_only_classes)
 
@@ -128,24 +144,47 @@ def group_labels(counts: pd.DataFrame) -> pd.DataFrame:
 
 
 def _stratify(counts: pd.DataFrame, ratios: dict[str, float], seed: int, small_class: str) -> tuple[dict[str, str], list[str]]:
+    where, _, train_only = stratify_groups(sized_groups(counts, seed), {}, ratios, small_class)
+    return where, train_only
+
+
+def sized_groups(counts: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """`group_labels` with each group's place in the seed's order (`order`), from summed counts
+    that hold every row of their groups."""
     groups = group_labels(counts)
-    groups["order"] = [derive_seed(seed, "split", g) for g in groups["group_id"]]
+    return groups.assign(order=np.array([derive_seed(seed, "split", g) for g in groups["group_id"]], dtype=np.uint64))
+
+
+def stratify_groups(groups: pd.DataFrame, singles: dict[str, int], ratios: dict[str, float],
+                    small_class: str) -> tuple[dict[str, str], dict[str, np.ndarray], list[str]]:
+    """The split of every group of `groups` (sorted by id; `sized_groups`), and of `singles[label]`
+    single-record groups per class that are not among them, by their rank in the seed's order
+    (order, then id): (group -> split, label -> split code per rank, train-only classes).
+
+    Per class, groups go largest first, then by order; single-record groups are the smallest, so
+    they come last whether they are rows here or only counted, and the result is the same.
+    """
     needed = sum(r > 0 for r in ratios.values())
     where: dict[str, str] = {}
+    schedules: dict[str, np.ndarray] = {}
     train_only: list[str] = []
-    for label, members in groups.groupby("label", sort=True):
-        members = members.sort_values(["size", "order"], ascending=[False, True])
-        if len(members) >= needed:
-            where.update(_fill(members, ratios))
+    by_label = dict(tuple(groups.groupby("label", sort=True)))
+    for label in sorted(set(by_label) | {l for l, n in singles.items() if n}):
+        members = by_label.get(label, groups.iloc[0:0]).sort_values(["size", "order"], ascending=[False, True], kind="stable")
+        alone = singles.get(label, 0)
+        if len(members) + alone >= needed:
+            placed, schedules[label] = _fill(members, ratios, alone)
+            where.update(placed)
             continue
         if small_class == "fail":
             raise SplitError(
-                f"class {label!r} has {len(members)} group(s), too few for {needed} splits; "
+                f"class {label!r} has {len(members) + alone} group(s), too few for {needed} splits; "
                 "add records, or set split.small_class: train_only to keep it in train only"
             )
         train_only.append(str(label))
         where.update(dict.fromkeys(members["group_id"], "train"))
-    return where, train_only
+        schedules[label] = np.zeros(alone, np.uint8)
+    return where, schedules, train_only
 
 
 def _iterative(counts: pd.DataFrame, ratios: dict[str, float], seed: int, separator: str) -> dict[str, str]:
@@ -180,25 +219,35 @@ def _label_sets(counts: pd.DataFrame, separator: str) -> pd.DataFrame:
     return pd.DataFrame({"group_id": sets.index, "labels": sets.to_numpy(), "size": sizes.loc[sets.index].to_numpy()})
 
 
-def _fill(members: pd.DataFrame, ratios: dict[str, float]) -> dict[str, str]:
-    """Group id -> split for one class (members sorted largest first).
+def _fill(members: pd.DataFrame, ratios: dict[str, float], singles: int = 0) -> tuple[dict[str, str], np.ndarray]:
+    """Group id -> split for one class (members sorted largest first), and the split code of each
+    of `singles` more single-record groups that follow them, by rank.
 
     The smallest groups first give every non-empty split one group; the rest go, largest first,
     to the split furthest below its target.
     """
-    total = int(members["size"].sum())
+    total = int(members["size"].sum()) + singles
     target = {s: total * r for s, r in ratios.items()}
     count = dict.fromkeys(SPLITS, 0)
     groups = list(zip(members["group_id"], members["size"].astype(int)))
     seeds = [s for s in ("test", "val", "train") if ratios[s] > 0]
-    reserved, rest = groups[len(groups) - len(seeds):], groups[: len(groups) - len(seeds)]
     out: dict[str, str] = {}
-    for (group, size), split in zip(reversed(reserved), seeds):
-        out[group], count[split] = split, count[split] + size
-    for group, size in rest:
-        split = max(seeds, key=lambda s: (target[s] - count[s], -SPLITS.index(s)))
-        out[group], count[split] = split, count[split] + size
-    return out
+    schedule = np.zeros(singles, np.uint8)
+    n = len(groups) + singles
+
+    def place(position: int, split: str) -> None:
+        if position < len(groups):
+            group, size = groups[position]
+            out[group] = split
+        else:
+            schedule[position - len(groups)], size = SPLITS.index(split), 1
+        count[split] += size
+
+    for position, split in zip(reversed(range(n - len(seeds), n)), seeds):
+        place(position, split)
+    for position in range(n - len(seeds)):
+        place(position, max(seeds, key=lambda s: (target[s] - count[s], -SPLITS.index(s))))
+    return out, schedule
 
 
 def _source_plan(counts: pd.DataFrame, params: SplitParams, seed: int) -> GroupPlan:
@@ -242,6 +291,18 @@ def split_report(records: pd.DataFrame, assignment: pd.Series, params: SplitPara
 
 def split_report_from_counts(counts: pd.DataFrame, params: SplitParams, separator: str | None = None) -> dict:
     """`split_report` from records counted per (group_id, label, split) (column `n`)."""
+    totals = counts.groupby(["label", "split"], sort=True)["n"].sum().reset_index()
+    return split_report_from_totals(totals, two_sided_groups(counts), params, separator)
+
+
+def two_sided_groups(counts: pd.DataFrame) -> int:
+    """How many groups of counts per (group_id, label, split) (every row of a group) are on two sides."""
+    return int((counts.groupby("group_id")["split"].nunique() > 1).sum())
+
+
+def split_report_from_totals(totals: pd.DataFrame, two_sided: int, params: SplitParams, separator: str | None = None) -> dict:
+    """`split_report` from records counted per (label, split) and the number of groups on two sides."""
+    counts = totals
     labelled = counts.assign(label=counts["label"].str.split(separator)).explode("label") if separator else counts
     table = labelled.pivot_table(index="label", columns="split", values="n", aggfunc="sum", fill_value=0)
     table = table.reindex(columns=list(SPLITS), fill_value=0).sort_index()
@@ -249,11 +310,10 @@ def split_report_from_counts(counts: pd.DataFrame, params: SplitParams, separato
         str(label): {s: int(row[s]) for s in SPLITS} | {f"{s}_fraction": round(row[s] / max(1, row.sum()), 4) for s in SPLITS}
         for label, row in table.iterrows()
     }
-    totals = counts.groupby("split")["n"].sum()
-    sides = counts.groupby("group_id")["split"].nunique()
+    per_split = counts.groupby("split")["n"].sum()
     return {
-        "counts": {s: int(totals.get(s, 0)) for s in SPLITS},
+        "counts": {s: int(per_split.get(s, 0)) for s in SPLITS},
         "target": {s: getattr(params, s) for s in SPLITS},
         "per_class": per_class,
-        "groups_on_two_sides": int((sides > 1).sum()),
+        "groups_on_two_sides": two_sided,
     }
