@@ -94,8 +94,8 @@ def _assigned(ctx: Context, records: Partitioned, counted: Partitioned) -> tuple
                         _keyed_ranks, meta=empty(RANKED), starts=_bucket_starts(per_bucket), schedules=schedules)
     bounded = engine.with_bounds(records, ctx.args.input, modality=ctx.dataset.modality)
     plan = GroupPlan(np.array(sorted(where), dtype=object).astype(str), np.array([where[g] for g in sorted(where)], dtype=object))
-    assigned = engine.zip(functools.partial(_with_splits, plan=plan), bounded, engine.route(ranked, "key", onto=bounded),
-                          meta=_with_split_meta(records))
+    routed = engine.materialize(engine.route(ranked, "key", onto=bounded), schema=RANKED)  # read by every later pass
+    assigned = engine.zip(functools.partial(_with_splits, plan=plan), bounded, routed, meta=_with_split_meta(records))
     return assigned, train_only
 
 
