@@ -277,7 +277,8 @@ class Engine:
         return dd.from_delayed(reads, meta=frame._meta, verify_meta=False)
 
     def _release_exchanges(self, graph_keys: set) -> None:
-        """Delete the files of the exchanges a finished compute has read (no lazy table reads them twice)."""
+        """Delete the files of the exchanges a finished compute has read. A later compute of the same
+        lazy table writes them again first: its writes are part of its graph."""
         kept = []
         for reads, paths in self._exchanges:
             if reads & graph_keys:
