@@ -254,7 +254,7 @@ def test_counting_single_record_groups_gives_the_split_of_listing_them(small_cla
     whole-table plan puts it."""
     import numpy as np
 
-    from pipeline.steps.order import BUCKET_BITS
+    from pipeline.steps.order import bucket_of
     from pipeline.steps.split import _stratify, single_ranks, sized_groups, stratify_groups
 
     rng = np.random.default_rng(5)
@@ -272,7 +272,7 @@ def test_counting_single_record_groups_gives_the_split_of_listing_them(small_cla
     alone = groups[groups["size"] == 1]
     multi = groups[groups["size"] > 1].reset_index(drop=True)
     where, schedules, train_only = stratify_groups(multi, alone["label"].value_counts().to_dict(), ratios, small_class)
-    rows = pd.DataFrame({"label": alone["label"], "bucket": (alone["order"].to_numpy(np.uint64) >> np.uint64(64 - BUCKET_BITS)).astype(np.int64),
+    rows = pd.DataFrame({"label": alone["label"], "bucket": bucket_of(alone["order"]),
                          "order": alone["order"], "group_id": alone["group_id"]})
     per_bucket = rows.groupby(["label", "bucket"]).size().rename("n").reset_index()
     starts = {(l, b): int(s) for l, b, s in zip(per_bucket["label"], per_bucket["bucket"],

@@ -30,8 +30,8 @@ from pipeline.steps import dedup
 from pipeline.steps.candidates import id_keys
 from pipeline.steps.leakage import Leak, certificate, cross_split_leaks, evaluation_side_ids, exact_cross_pairs, method_text
 from pipeline.steps.neardup import NearDupSettings
-from pipeline.steps.order import BUCKET_BITS
-from pipeline.steps.split import (SPLITS, GroupPlan, group_counts, plan_groups, single_ranks, sized_groups, split_report_from_totals,
+from pipeline.steps.order import bucket_of
+from pipeline.steps.split import (SPLITS, GroupPlan, group_counts, group_plan, plan_groups, single_ranks, sized_groups, split_report_from_totals,
                                   stratify_groups, two_sided_groups)
 
 KEYS = ["group_id", "label", "source_split"]
@@ -93,7 +93,7 @@ def _assigned(ctx: Context, records: Partitioned, counted: Partitioned) -> tuple
     ranked = engine.map(engine.group(singles, ["label", "bucket"], order=["label", "bucket", "order", "group_id"], meta=empty(SINGLES)),
                         _keyed_ranks, meta=empty(RANKED), starts=_bucket_starts(per_bucket), schedules=schedules)
     bounded = engine.with_bounds(records, ctx.args.input, modality=ctx.dataset.modality)
-    plan = GroupPlan(np.array(sorted(where), dtype=object).astype(str), np.array([where[g] for g in sorted(where)], dtype=object))
+    plan = group_plan(where, train_only)
     routed = engine.materialize(engine.route(ranked, "key", onto=bounded), schema=RANKED)  # read by every later pass
     assigned = engine.zip(functools.partial(_with_splits, plan=plan), bounded, routed, meta=_with_split_meta(records))
     return assigned, train_only
@@ -113,7 +113,7 @@ def _multi(groups: pd.DataFrame) -> pd.DataFrame:
 def _bucketed(groups: pd.DataFrame) -> pd.DataFrame:
     alone = groups[groups["size"] == 1]
     order = alone["order"].to_numpy(np.uint64)
-    return pd.DataFrame({"label": alone["label"].to_numpy(object), "bucket": (order >> np.uint64(64 - BUCKET_BITS)).astype(np.int64),
+    return pd.DataFrame({"label": alone["label"].to_numpy(object), "bucket": bucket_of(order),
                          "order": order, "group_id": alone["group_id"].to_numpy(object), "n": np.ones(len(alone), np.int64)})
 
 

@@ -27,6 +27,11 @@ def order_keys(ids: pd.Series, seed: int, namespace: str) -> np.ndarray:
     return np.array([derive_seed(seed, namespace, i) for i in ids], dtype=np.uint64)
 
 
+def bucket_of(order: np.ndarray) -> np.ndarray:
+    """The bucket of each order key: its top `BUCKET_BITS` bits (buckets run in the keys' order)."""
+    return (np.asarray(order, dtype=np.uint64) >> np.uint64(64 - BUCKET_BITS)).astype(np.int64)
+
+
 def ordered(records: pd.DataFrame, labels: frozenset[str], seed: int, namespace: str) -> pd.DataFrame:
     """(label, order, id) of the records of `labels`."""
     members = records[records["label"].isin(list(labels))]
@@ -37,7 +42,7 @@ def ordered(records: pd.DataFrame, labels: frozenset[str], seed: int, namespace:
 def bucket_counts(records: pd.DataFrame, *, labels: frozenset[str], seed: int, namespace: str) -> pd.DataFrame:
     """One partition: its records of `labels` counted per (label, bucket of the order key)."""
     rows = ordered(records, labels, seed, namespace)
-    rows["bucket"] = (rows["order"].to_numpy(np.uint64) >> np.uint64(64 - BUCKET_BITS)).astype(np.int64)
+    rows["bucket"] = bucket_of(rows["order"].to_numpy(np.uint64))
     counts = rows.groupby(["label", "bucket"], sort=True).size()
     return counts.rename("n").reset_index().astype({"n": "int64"}) if len(counts) else BUCKET_COUNTS
 
@@ -60,7 +65,7 @@ def rank_buckets(totals: pd.DataFrame, wanted: Mapping[str, int]) -> dict[str, t
 def in_buckets(records: pd.DataFrame, *, buckets: Mapping[str, int], seed: int, namespace: str) -> pd.DataFrame:
     """One partition: (label, order, id) of its records in their class's bucket of `buckets`."""
     rows = ordered(records, frozenset(buckets), seed, namespace)
-    bucket = (rows["order"].to_numpy(np.uint64) >> np.uint64(64 - BUCKET_BITS)).astype(np.int64)
+    bucket = bucket_of(rows["order"].to_numpy(np.uint64))
     return rows[bucket == rows["label"].map(buckets).to_numpy(np.int64)].reset_index(drop=True)
 
 

@@ -80,7 +80,7 @@ def plan_groups(counts: pd.DataFrame, params: SplitParams, seed: int, *, separat
         where, train_only = _iterative(counts, ratios, seed, separator), []
     else:
         where, train_only = _stratify(counts, ratios, seed, params.small_class)
-    return _plan(where, train_only)
+    return group_plan(where, train_only)
 
 
 def stratified_group_split(records: pd.DataFrame, params: SplitParams, seed: int) -> SplitPlan:
@@ -121,7 +121,10 @@ def single_ranks(rows: pd.DataFrame, starts: dict[tuple[str, int], int], schedul
     first = np.maximum.accumulate(np.where(run, np.arange(len(rows)), 0))
     offset = np.array([starts[(l, int(b))] for l, b in zip(label[run], bucket[run])], dtype=np.int64)
     rank = np.arange(len(rows)) - first + np.repeat(offset, np.diff(np.append(np.flatnonzero(run), len(rows))))
-    codes = np.array([schedules[l][r] for l, r in zip(label, rank.tolist())], dtype=np.int64)
+    codes = np.empty(len(rows), np.int64)
+    for name in set(label[run].tolist()):
+        mine = label == name
+        codes[mine] = schedules[name][rank[mine]]
     return pd.DataFrame({"group_id": rows["group_id"].to_numpy(object), "split": np.array(SPLITS, dtype=object)[codes]})
 
 
@@ -129,7 +132,7 @@ def _applied(records: pd.DataFrame, plan: GroupPlan) -> SplitPlan:
     return SplitPlan(plan.assign(records), plan.train_only_classes)
 
 
-def _plan(where: dict[str, str], train_only: list[str], **source: bool) -> GroupPlan:
+def group_plan(where: dict[str, str], train_only: list[str], **source: bool) -> GroupPlan:
     groups = np.array(sorted(where), dtype=object).astype(str)
     return GroupPlan(groups, np.array([where[g] for g in groups], dtype=object), train_only, **source)
 
@@ -258,10 +261,10 @@ def _source_plan(counts: pd.DataFrame, params: SplitParams, seed: int) -> GroupP
         names = names.replace({"val": "test"})
     missing = {s: getattr(params, s) for s in ("val", "test") if s not in set(names) and getattr(params, s) > 0}
     if not missing:
-        return _plan({}, [], source=True, val_is_test=val_is_test)
+        return group_plan({}, [], source=True, val_is_test=val_is_test)
     ratios = {"train": 1 - sum(missing.values()), "val": missing.get("val", 0.0), "test": missing.get("test", 0.0)}
     where, train_only = _stratify(counts[(names == "train").to_numpy()], ratios, seed, "train_only")
-    return _plan(where, train_only, source=True, val_is_test=val_is_test)
+    return group_plan(where, train_only, source=True, val_is_test=val_is_test)
 
 
 def _source_names(raw: pd.Series) -> pd.Series:
