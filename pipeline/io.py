@@ -209,6 +209,22 @@ def assemble_shard(spills: list[Path], lo: str | None, hi: str | None, target: P
 
 
 @contextlib.contextmanager
+def scratch_folder(beside: Path, stage: str) -> Iterator[Path]:
+    """A scratch folder for one run of `stage`, made in `beside` (the folder of its outputs, on the
+    filesystem they are on), removed afterwards, with any an earlier run of the stage left when it
+    was killed."""
+    beside = Path(beside).resolve()
+    beside.mkdir(parents=True, exist_ok=True)
+    for stale in beside.glob(f".{stage}-scratch-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{stage}-scratch-", dir=beside))
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def replacing_folder(path: Path) -> Iterator[Path]:
     """A temporary folder beside `path` that replaces it, atomically, when the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -116,7 +116,8 @@ def test_text_features_are_mean_pooled_sentence_embeddings(text_model):
 
 def test_image_prefix_cache_and_probe(image_model):
     inputs = image_model.inputs(IMAGES)
-    assert inputs["x"].shape[:2] == (4, 192)  # the output of block 13 (stem and 14 blocks frozen)
+    assert not inputs.pixels and len(inputs.rows) == 4
+    assert image_model.take(inputs, torch.arange(4))["x"].shape[:2] == (4, 192)  # block 13's output (stem and 14 blocks frozen)
     cached = predict_logits(image_model, inputs, 2)
     image_model.net.eval()
     with torch.no_grad():
@@ -143,7 +144,9 @@ def test_classifier_for_reads_the_params_section():
     params = make_params(finetune={"image": {"strategy": "full", "image_size": 32, "dropout": 0.3}}).finetune.image
     model = classifier_for(params, ["x", "y"])
     assert model.frozen == 0 and model.net._dropout.p == 0.3 and len(model.groups()) == 16 + 3
-    assert model.inputs(IMAGES)["x"].shape == (4, 3, 32, 32)  # nothing frozen: the pixels themselves
+    inputs = model.inputs(IMAGES)  # nothing frozen: the decoded pixels themselves, scaled in each batch
+    assert inputs.pixels and inputs.rows[0].dtype == torch.uint8
+    assert torch.equal(model.take(inputs, torch.arange(4))["x"], model.pixels(list(IMAGES["image"])))
 
 
 @pytest.mark.slow  # exports and runs two graphs

@@ -8,14 +8,13 @@ the work ran. Only this package knows Dask.
 from __future__ import annotations
 
 import contextlib
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.engines.engine import Engine, Partitioned
 from pipeline.engines.local import chunk_size_for, map_chunks
 from pipeline.engines.session import open_session
+from pipeline.io import scratch_folder
 from pipeline.params import EngineParams
 
 __all__ = ["Engine", "Partitioned", "chunk_size_for", "map_chunks", "open_engine"]
@@ -26,13 +25,5 @@ def open_engine(params: EngineParams, beside: Path, stage: str) -> Iterator[Engi
     """The engine of one stage run. Its scratch folder (spill files) is made in `beside`, the folder
     of the stage's outputs, so workers of a cluster that share the workspace see it too; it is
     removed afterwards, and so is any left by an earlier run of the same stage that was killed."""
-    beside = Path(beside).resolve()
-    beside.mkdir(parents=True, exist_ok=True)
-    for stale in beside.glob(f".{stage}-scratch-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{stage}-scratch-", dir=beside))
-    try:
-        with open_session(params, scratch) as session:
-            yield Engine(params, session, scratch, stage)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    with scratch_folder(beside, stage) as scratch, open_session(params, scratch) as session:
+        yield Engine(params, session, scratch, stage)

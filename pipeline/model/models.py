@@ -3,9 +3,11 @@
 Each classifier is one `nn.Module` (`TextNet`, or the EfficientNet with a new head), saved whole
 as safetensors, inside a small wrapper that the training loop drives:
 
-- `inputs(frame)` turns records into tensors once. The frozen prefix (the embeddings or stem and
-  the first `frozen` layers or blocks) runs here, in eval mode, and its output is kept, so each
-  epoch only runs what trains.
+- `inputs(records, store)` turns records (a frame, or a split's frames one after the other) into
+  per-record tensors once. The frozen prefix (the embeddings or stem and the first `frozen` layers
+  or blocks) runs here, in eval mode, and its output is kept, so each epoch only runs what trains.
+  The `store` keeps them in memory or in a scratch file (`pipeline.model.spill`), so a stage holds
+  one batch of them at a time.
 - `groups()` lists the trainable layer groups from the input to the head, for layer-wise learning
   rates and gradual unfreezing; `take(inputs, rows)` makes a batch and `logits(batch)` runs it.
 - `features(frame)` gives the frozen backbone's pooled features (what the head reads), and
@@ -19,6 +21,7 @@ from __future__ import annotations
 import io
 import json
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from pipeline.io import json_bytes
 from pipeline.model.device import CPU, Device, choose_device, make_deterministic
+from pipeline.model.spill import MEMORY, Rows, Store, frames, runs, stacked
 from pipeline.params import FinetuneParams, ImageFinetuneParams, TextFinetuneParams
 
 MODEL_FILE = "model.safetensors"
@@ -115,8 +119,8 @@ class Probe:
     def groups(self) -> list[nn.Module]:
         return [self.head]
 
-    def take(self, inputs: torch.Tensor, index: torch.Tensor | slice) -> dict[str, torch.Tensor]:
-        return {"features": inputs[index]}
+    def take(self, inputs: torch.Tensor | Rows, index: torch.Tensor | slice) -> dict[str, torch.Tensor]:
+        return {"features": inputs[index] if torch.is_tensor(inputs) else stacked(inputs, index)}
 
     def size(self, inputs: torch.Tensor) -> int:
         return len(inputs)
@@ -174,9 +178,9 @@ class TextNet(nn.Module):
 class TextInputs:
     """Token ids per record (unpadded) and, with a frozen prefix, its output per record."""
 
-    ids: list[torch.Tensor]
+    ids: Rows
     lengths: torch.Tensor
-    hidden: list[torch.Tensor] | None = None
+    hidden: Rows | None = None
 
 
 @dataclass
@@ -220,28 +224,34 @@ class TextClassifier:
                    config["frozen"], device)
 
     # inputs and batches
-    def inputs(self, frame: pd.DataFrame, batch_size: int = 128) -> TextInputs:
+    def inputs(self, records: pd.DataFrame | Iterable[pd.DataFrame], store: Store = MEMORY, batch_size: int = 128) -> TextInputs:
         """Token ids of the records' texts, and the frozen prefix's output when there is one."""
-        inputs = self._tokens(frame)
+        inputs = self._tokens(records, store)
         if self.frozen:
-            inputs.hidden = self._run_frozen(inputs, batch_size, self.frozen, pool=False)
+            hidden = store.rows("hidden", torch.float32, tail=(self.net.encoder.config.hidden_size,),
+                                lengths=inputs.lengths.tolist())
+            inputs.hidden = self._run_frozen(inputs, batch_size, self.frozen, pool=False, out=hidden)
         return inputs
 
     def features(self, frame: pd.DataFrame, batch_size: int = 128) -> torch.Tensor:
         """Mean-pooled output of the whole frozen encoder, one row per record (what the head reads)."""
         pooled = self._run_frozen(self._tokens(frame), batch_size, len(self.net.layers), pool=True)
-        return torch.stack(pooled) if pooled else torch.zeros((0, self.net.encoder.config.hidden_size))
+        return torch.stack(list(pooled)) if len(pooled) else torch.zeros((0, self.net.encoder.config.hidden_size))
 
-    def _tokens(self, frame: pd.DataFrame) -> TextInputs:
-        encoded = self.tokenizer(list(frame["text"]), truncation=True, max_length=self.max_length)["input_ids"]
-        ids = [torch.tensor(row, dtype=torch.long) for row in encoded]
-        return TextInputs(ids, torch.tensor([len(row) for row in ids], dtype=torch.long))
+    def _tokens(self, records: pd.DataFrame | Iterable[pd.DataFrame], store: Store = MEMORY) -> TextInputs:
+        ids, lengths = store.rows("ids", torch.long), []
+        for frame in frames(records):
+            for row in self.tokenizer(list(frame["text"]), truncation=True, max_length=self.max_length)["input_ids"]:
+                ids.append(torch.tensor(row, dtype=torch.long))
+                lengths.append(len(row))
+        return TextInputs(ids, torch.tensor(lengths, dtype=torch.long))
 
     @torch.no_grad()
-    def _run_frozen(self, inputs: TextInputs, batch_size: int, stop: int, *, pool: bool) -> list[torch.Tensor]:
-        """Embeddings and layers 0..stop in eval mode, batched by length; per record, on the CPU."""
+    def _run_frozen(self, inputs: TextInputs, batch_size: int, stop: int, *, pool: bool, out: Rows | None = None) -> Rows:
+        """Embeddings and layers 0..stop in eval mode, batched by length, into `out` (a new list by
+        default): per record, on the CPU."""
         self.net.eval()
-        out: list[torch.Tensor] = [torch.empty(0)] * len(inputs.ids)
+        out = [torch.empty(0)] * len(inputs.ids) if out is None else out
         order = torch.argsort(inputs.lengths, descending=True, stable=True)
         for index in order.split(batch_size):
             batch = self.device.put(self._token_batch(inputs, index))
@@ -321,6 +331,15 @@ MEAN, STD = 0.5, 0.5  # EfficientNet-Lite expects inputs scaled to [-1, 1]
 
 
 @dataclass
+class ImageInputs:
+    """Per image (height x width x channels): its decoded pixels (uint8, `pixels`), scaled when
+    taken into a batch, or the frozen prefix's output (float32)."""
+
+    rows: Rows
+    pixels: bool
+
+
+@dataclass
 class ImageClassifier:
     """An EfficientNet with a new head; the stem and first `frozen` blocks do not train."""
 
@@ -350,47 +369,51 @@ class ImageClassifier:
 
     # inputs and batches
     def pixels(self, blobs: list[bytes]) -> torch.Tensor:
-        """Decoded, resized, scaled images as a float tensor (N, 3, S, S)."""
+        """Decoded, resized, scaled images as a float tensor (N, 3, S, S), channels last in memory."""
         if not blobs:
             return torch.zeros((0, 3, self.image_size, self.image_size))
-        arrays = [_decode(b, self.image_size) for b in blobs]
-        stacked = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
-        return (stacked - MEAN) / STD
+        return _scaled(torch.from_numpy(np.stack([_decode(b, self.image_size) for b in blobs])))
 
-    def inputs(self, frame: pd.DataFrame, batch_size: int = 64) -> dict[str, torch.Tensor]:
-        """The frozen prefix's output per image (or the pixels, when nothing is frozen)."""
-        blobs = list(frame["image"])
+    def inputs(self, records: pd.DataFrame | Iterable[pd.DataFrame], store: Store = MEMORY, batch_size: int = 64) -> ImageInputs:
+        """Per image, its decoded pixels when nothing is frozen, else the frozen prefix's output."""
+        blobs = (blob for frame in frames(records) for blob in frame["image"])
         if not self.frozen:
-            return {"x": self.pixels(blobs)}
-        return {"x": self._run_frozen(blobs, batch_size, self.frozen, pool=False)}
+            pixels = store.rows("pixels", torch.uint8)
+            for blob in blobs:
+                pixels.append(torch.from_numpy(_decode(blob, self.image_size)))
+            return ImageInputs(pixels, pixels=True)
+        out = store.rows("frozen", torch.float32)
+        for x in self._frozen(blobs, batch_size, self.frozen, pool=False):
+            for image in x.permute(0, 2, 3, 1):  # channels last, the layout the batch has
+                out.append(image.contiguous())
+        return ImageInputs(out, pixels=False)
 
     def features(self, frame: pd.DataFrame, batch_size: int = 64) -> torch.Tensor:
         """Pooled output of the whole frozen network before the head, one row per image."""
-        return self._run_frozen(list(frame["image"]), batch_size, len(self.net._blocks), pool=True)
+        parts = list(self._frozen(frame["image"], batch_size, len(self.net._blocks), pool=True))
+        return torch.cat(parts) if parts else torch.zeros((0, self.net._fc.in_features))
 
     @torch.no_grad()
-    def _run_frozen(self, blobs: list[bytes], batch_size: int, stop: int, *, pool: bool) -> torch.Tensor:
+    def _frozen(self, blobs: Iterable[bytes], batch_size: int, stop: int, *, pool: bool) -> Iterator[torch.Tensor]:
+        """The stem and blocks 0..stop in eval mode (then the top, with `pool`), `batch_size` images
+        at a time in order, on the CPU."""
         self.net.eval()
-        parts = []
-        for start in range(0, len(blobs), batch_size):
-            x = self.pixels(blobs[start : start + batch_size]).to(self.device.type)
+        for run in runs(blobs, batch_size):
+            x = self.pixels(run).to(self.device.type)
             with self.device.autocast():
                 x = self._blocks(self._stem(x), 0, stop)
                 if pool:
                     x = self._top(x)
-            parts.append(x.float().cpu())
-        if parts:
-            return torch.cat(parts)
-        width = self.net._fc.in_features if pool else 0
-        return torch.zeros((0, width))
+            yield x.float().cpu()
 
-    def take(self, inputs: dict[str, torch.Tensor], index: torch.Tensor | slice) -> dict[str, torch.Tensor]:
-        return {"x": inputs["x"][index]}
+    def take(self, inputs: ImageInputs, index: torch.Tensor | slice) -> dict[str, torch.Tensor]:
+        batch = stacked(inputs.rows, index)
+        return {"x": _scaled(batch) if inputs.pixels else batch.permute(0, 3, 1, 2)}
 
-    def size(self, inputs: dict[str, torch.Tensor]) -> int:
-        return len(inputs["x"])
+    def size(self, inputs: ImageInputs) -> int:
+        return len(inputs.rows)
 
-    def lengths(self, inputs: dict[str, torch.Tensor]) -> None:
+    def lengths(self, inputs: ImageInputs) -> None:
         return None
 
     # the network in pieces
@@ -454,12 +477,17 @@ def _efficientnet(arch: str, n_classes: int, dropout: float, *, weights: Path | 
     return net
 
 
+def _scaled(pixels: torch.Tensor) -> torch.Tensor:
+    """(N, S, S, 3) uint8 pixels as the network's (N, 3, S, S) floats in [-1, 1], channels last."""
+    return (pixels.permute(0, 3, 1, 2).float() / 255.0 - MEAN) / STD
+
+
 def _decode(blob: bytes, size: int) -> np.ndarray:
     with Image.open(io.BytesIO(blob)) as image:
         rgb = image.convert("RGB")
         if rgb.size != (size, size):
             rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-        return np.asarray(rgb, dtype=np.uint8)
+        return np.array(rgb, dtype=np.uint8)
 
 
 def _state_bytes(module: nn.Module) -> bytes:

@@ -6,6 +6,10 @@ Each is trained on the final train split and scored on test, the split evaluate 
   own short recipe (`evaluate.baselines.random_init`; val picks the epoch);
 - `tfidf` (texts): TF-IDF character 2-5-grams with a linear SVM, Platt-scaled on out-of-fold margins.
 Writes every baseline's test predictions with per-class scores; evaluate sets them beside the model.
+
+`random_init` reads the splits a chunk at a time and trains from inputs in scratch files, as
+finetune does; the scikit-learn baselines fit on the whole train split in memory (the features
+matrix, or the texts), which bounds the size they can run at: switch them off for larger corpora.
 """
 from __future__ import annotations
 
@@ -18,15 +22,18 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from pipeline.io import read_features, read_records, write_table
+from pipeline.io import read_features, read_records, scratch_folder, write_table
 from pipeline.ledger import Fates
 from pipeline.model import baselines
 from pipeline.model.device import choose_device, make_deterministic
 from pipeline.model.models import classifier_for
 from pipeline.model.scores import classification_scores, probability_scores, softmax
+from pipeline.model.spill import FileStore, split_frames
 from pipeline.model.train import Recipe, fit, predict_logits
 from pipeline.seeding import derive_seed
 from pipeline.stages.base import Context, Outcome, entry, stage_main
+
+SPLITS = ("train", "val", "test")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: Context) -> Outcome:
-    train, val, test = (read_records(ctx.args.data / f"{s}.parquet") for s in ("train", "val", "test"))
+    train, val, test = (read_records(ctx.args.data / f"{s}.parquet", ["id", "label"]) for s in SPLITS)
     labels = sorted(set(train["label"]))
     known = {"train": train, "val": val[val["label"].isin(labels)], "test": test[test["label"].isin(labels)]}
     ctx.ledger.record(Fates.dropped(test.loc[~test["label"].isin(labels), "id"], "label_not_in_train"))
@@ -68,12 +75,28 @@ def _linear_probe(ctx: Context, frames, y, labels) -> np.ndarray:
 
 def _tfidf(ctx: Context, frames, y, labels) -> np.ndarray:
     section = getattr(ctx.params.finetune, ctx.dataset.modality)
-    return baselines.tfidf_svm(frames["train"]["text"], y["train"], frames["test"]["text"], n_classes=len(labels),
+    texts = {name: _texts(ctx.args.data / f"{name}.parquet", labels) for name in ("train", "test")}
+    return baselines.tfidf_svm(texts["train"], y["train"], texts["test"], n_classes=len(labels),
                                class_weights=section.class_weights, seed=ctx.params.seed)
+
+
+def _texts(path: Path, labels: list[str]) -> pd.Series:
+    """The texts of the records of `path` whose label is in `labels`, in id order."""
+    chunks = [chunk["text"] for chunk in split_frames(path, "text", labels)]
+    return pd.concat(chunks, ignore_index=True) if chunks else pd.Series([], dtype=object)
 
 
 def _random_init(ctx: Context, frames, y, labels) -> np.ndarray:
     """The fine-tuned architecture, untrained, trained in full: probabilities on test."""
+    with scratch_folder(ctx.args.output.parent, "baselines") as scratch:
+        store = FileStore(scratch)
+        try:
+            return _train_random_init(ctx, y, labels, store)
+        finally:
+            store.close()
+
+
+def _train_random_init(ctx: Context, y, labels, store: FileStore) -> np.ndarray:
     params, section = ctx.params, getattr(ctx.params.finetune, ctx.dataset.modality)
     options = params.evaluate.baselines.random_init
     device = choose_device(params.finetune.device)
@@ -81,11 +104,13 @@ def _random_init(ctx: Context, frames, y, labels) -> np.ndarray:
     make_deterministic(seed, params.finetune.threads)
     model = classifier_for(section.model_copy(update={"dropout": options.dropout}), labels, device=device,
                            random_init=True, image_size=options.image_size)
-    data = {name: (model.inputs(frames[name]), torch.from_numpy(y[name])) for name in ("train", "val")}
+    column = "text" if ctx.dataset.modality == "text" else "image"
+    inputs = {name: model.inputs(split_frames(ctx.args.data / f"{name}.parquet", column, labels), store) for name in SPLITS}
+    data = {name: (inputs[name], torch.from_numpy(y[name])) for name in ("train", "val")}
     recipe = Recipe(epochs=options.epochs, batch_size=options.batch_size, lr=options.lr, schedule="cosine", warmup=0.1,
                     weight_decay=0.01, clip_norm=1.0, class_weights=section.class_weights)
     fit(model, data["train"], data["val"], n_classes=len(labels), recipe=recipe, seed=seed, device=device)
-    logits = predict_logits(model, model.inputs(frames["test"]), params.evaluate.batch_size, device)
+    logits = predict_logits(model, inputs["test"], params.evaluate.batch_size, device)
     return softmax(logits) if len(logits) else np.zeros((0, len(labels)))
 
 

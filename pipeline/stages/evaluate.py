@@ -5,6 +5,9 @@ tasks) and the expected calibration error to the metrics; every test prediction 
 file; the confusion matrix and the reliability diagram as plot data for `dvc plots show`. With
 the baselines' predictions it sets each baseline's macro-F1 beside the model's and warns about any
 baseline the model did not beat (negative transfer, or a model not worth shipping).
+
+The test split is read a chunk at a time into the model's inputs in scratch files beside the
+predictions, then predicted batch by batch, as finetune trains.
 """
 from __future__ import annotations
 
@@ -19,12 +22,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import StageError
-from pipeline.io import read_records, write_json, write_table
+from pipeline.io import read_records, scratch_folder, write_json, write_table
 from pipeline.ledger import Fates
 from pipeline.model.device import choose_device, make_deterministic
 from pipeline.model.models import load_classifier
 from pipeline.model.scores import (classification_scores, compare_with_baselines, macro_f1_difference_interval,
                                    probability_scores, reliability, softmax)
+from pipeline.model.spill import FileStore, split_frames
 from pipeline.model.train import predict_logits
 from pipeline.seeding import rng
 from pipeline.stages.base import Context, Outcome, entry, stage_main
@@ -45,10 +49,15 @@ def run(ctx: Context) -> Outcome:
     make_deterministic(0, ctx.params.finetune.threads)
     model = load_classifier(ctx.args.model, device)
     labels, bins = model.labels, ctx.params.evaluate.calibration_bins
-    test = read_records(ctx.args.data / "test.parquet")
+    path = ctx.args.data / "test.parquet"
+    test = read_records(path, ["id", "label"])
     known = test[test["label"].isin(labels)]
     ctx.ledger.record(Fates.dropped(test.loc[~test["label"].isin(labels), "id"], "label_not_in_model"))
-    logits = predict_logits(model, model.inputs(known), ctx.params.evaluate.batch_size, device)
+    with scratch_folder(ctx.args.predictions.parent, "evaluate") as scratch:
+        store = FileStore(scratch)
+        column = "text" if ctx.dataset.modality == "text" else "image"
+        logits = predict_logits(model, model.inputs(split_frames(path, column, labels), store), ctx.params.evaluate.batch_size, device)
+        store.close()
     probs = softmax(logits) if len(known) else np.zeros((0, len(labels)))
     y_true = np.array([labels.index(l) for l in known["label"]], dtype=np.int64)
     y_pred = probs.argmax(axis=1)

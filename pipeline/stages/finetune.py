@@ -5,6 +5,11 @@ weights and a new head; both load offline. The strategy (linear probe on the cac
 partial, full, or gradual unfreezing) and the recipe come from `finetune.<modality>`. Per-epoch
 curves go to dvclive; the weights go to safetensors beside a model card that names the dataset
 version, the params, the validation scores, the device and the software versions.
+
+The splits are read a chunk at a time. Their inputs (token ids, the frozen prefix's output,
+decoded pixels, or the cached features) are made once into files of a scratch folder beside the
+output and read back batch by batch, so the stage holds its ids and labels, the model and one
+batch, not the split. SMOTE (linear probe) needs the train features together, in memory.
 """
 from __future__ import annotations
 
@@ -21,13 +26,14 @@ import pandas as pd
 import torch
 
 from pipeline.errors import StageError
-from pipeline.io import json_bytes, read_features, read_records, write_folder
+from pipeline.io import json_bytes, read_records, scratch_folder, write_folder
 from pipeline.ledger import Fates
 from pipeline.model.device import Device, choose_device, make_deterministic
 from pipeline.model.models import classifier_for
 from pipeline.model.onnx_export import FILE as ONNX_FILE
 from pipeline.model.onnx_export import export_and_check
 from pipeline.model.smote import smote_features
+from pipeline.model.spill import FileStore, Store, feature_rows, first_records, split_frames, stacked
 from pipeline.model.train import FitResult, fit, recipe_for
 from pipeline.seeding import derive_seed
 from pipeline.stages.base import Context, Outcome, entry, stage_main
@@ -50,22 +56,28 @@ def run(ctx: Context) -> Outcome:
     device = choose_device(params.device)
     seed = derive_seed(ctx.params.seed, "finetune", bits=32)
     make_deterministic(seed, params.threads)
-    train, val = (read_records(ctx.args.data / f"{s}.parquet") for s in ("train", "val"))
+    paths = {s: ctx.args.data / f"{s}.parquet" for s in ("train", "val")}
+    train, val = (read_records(paths[s], ["id", "label"]) for s in ("train", "val"))
     labels = sorted(set(train["label"]))
     known_val = val[val["label"].isin(labels)]
     ctx.ledger.record(Fates.dropped(val.loc[~val["label"].isin(labels), "id"], "label_not_in_train"))
     model = classifier_for(section, labels, device=device)
-    trainer, data = _training_data(ctx, model, section, {"train": train, "val": known_val}, labels)
-    with _live(ctx.args.live) as on_epoch:
-        result = fit(trainer, data["train"], data["val"], n_classes=len(labels), recipe=recipe_for(section), seed=seed,
-                     device=device, on_epoch=on_epoch)
+    with scratch_folder(ctx.args.output.parent, "finetune") as scratch:
+        store = FileStore(scratch)
+        trainer, data = _training_data(ctx, model, section, paths, {"train": train, "val": known_val}, labels, store)
+        with _live(ctx.args.live) as on_epoch:
+            result = fit(trainer, data["train"], data["val"], n_classes=len(labels), recipe=recipe_for(section), seed=seed,
+                         device=device, on_epoch=on_epoch)
+        store.close()
     files = model.files()
     extra = {"history": result.history, "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
              "smote_generated": int(len(data["train"][1]) - len(train)),
              **{k: result.best[k] for k in ("val_loss", "val_accuracy", "val_macro_f1")},
              "labels": labels, "strategy": section.strategy, **device.describe(), "threads": params.threads}
     if params.onnx:
-        exported = export_and_check(model, (known_val if len(known_val) else train).head(16))
+        column = _content_column(ctx)
+        example = first_records(paths["val"], column, labels, 16) if len(known_val) else first_records(paths["train"], column, None, 16)
+        exported = export_and_check(model, example)
         files[ONNX_FILE], extra["onnx"] = exported.data, exported.report
     card = json.loads((ctx.args.data / "card.json").read_text(encoding="utf-8"))
     files["card.json"] = json_bytes(model_card(ctx, card, labels, result, device, extra.get("onnx")))
@@ -73,17 +85,26 @@ def run(ctx: Context) -> Outcome:
     return Outcome(len(train) + len(val), len(train) + len(known_val), extra)
 
 
-def _training_data(ctx: Context, model, section, frames: dict[str, pd.DataFrame], labels: list[str]):
-    """What `fit` trains and its (inputs, labels) per split: the head on cached features, or the model."""
+def _content_column(ctx: Context) -> str:
+    return "text" if ctx.dataset.modality == "text" else "image"
+
+
+def _training_data(ctx: Context, model, section, paths: dict[str, Path], frames: dict[str, pd.DataFrame],
+                   labels: list[str], store: Store):
+    """What `fit` trains and its (inputs, labels) per split: the head on cached features, or the model.
+
+    `frames` hold the ids and labels of the records trained and validated on, in id order."""
     index = {label: i for i, label in enumerate(labels)}
     targets = {name: torch.tensor([index[l] for l in f["label"]], dtype=torch.long) for name, f in frames.items()}
     if section.strategy != "linear_probe":
-        return model, {name: (model.inputs(f), targets[name]) for name, f in frames.items()}
+        column = _content_column(ctx)
+        return model, {name: (model.inputs(split_frames(paths[name], column, labels), store), targets[name]) for name in frames}
     if ctx.args.features is None:
         raise StageError("strategy linear_probe trains on cached features: pass --features (the features stage's output)")
-    cached = {name: torch.from_numpy(read_features(ctx.args.features / f"{name}.parquet", f["id"])) for name, f in frames.items()}
+    cached = {name: feature_rows(ctx.args.features / f"{name}.parquet", f["id"], store) for name, f in frames.items()}
     if section.smote_ratio is not None:
-        cached["train"], targets["train"] = _smote(cached["train"], targets["train"], section, ctx.params.seed)
+        train = stacked(cached["train"], slice(None)) if len(cached["train"]) else torch.zeros((0, 0))
+        cached["train"], targets["train"] = _smote(train, targets["train"], section, ctx.params.seed)
     return model.probe(), {name: (cached[name], targets[name]) for name in frames}
 
 
