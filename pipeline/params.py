@@ -45,11 +45,12 @@ class DatasetParams(Section):
     """One corpus: where it is, how to read it, and what its labels are."""
 
     modality: Literal["text", "image"]
-    source: str = Field(description="File (tabular), folder (image folder, or what `files` are in), relative to the "
-                                    "project root; or an fsspec URL (s3://bucket/corpus) for the text formats.")
+    source: str = Field(description="File (tabular, manifest), folder (image folder, or what `files` are in), relative "
+                                    "to the project root; or an fsspec URL (s3://bucket/corpus).")
     files: str | list[str] | dict[str, str | list[str]] | None = Field(
-        None, description="Text formats: the files of the `source` folder to read, relative to it: a glob, a list of "
-                          "files or globs, or a mapping split -> files (with source_split keep, the split of their records).")
+        None, description="Text formats and image manifests: the files of the `source` folder to read, relative to it: a "
+                          "glob, a list of files or globs, or a mapping split -> files (with source_split keep, the split "
+                          "of their records).")
     format: Literal["csv", "tsv", "jsonl", "parquet", "image_folder", "image_manifest"]
     columns: Columns = Columns()
     header: bool = Field(True, description="CSV/TSV: the first line holds column names.")
@@ -94,8 +95,9 @@ class DatasetParams(Section):
 
     @model_validator(mode="after")
     def _files_fit_format(self) -> DatasetParams:
-        if self.files is not None and self.format not in TEXT_FORMATS:
-            raise ValueError(f"files is for the text formats {list(TEXT_FORMATS)}; an {self.format} gives its own files")
+        if self.files is not None and self.format == "image_folder":
+            raise ValueError("files is for the text formats and image manifests; an image folder gives its own files "
+                             "(folder_layout split/label for a source's splits)")
         mapped = isinstance(self.files, dict)
         if self.source_split == "keep" and mapped and self.columns.split:
             raise ValueError("source_split keep: the files mapping and columns.split both give the split; use one")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
+import functools
 import glob
 import io
 import itertools
@@ -50,6 +51,7 @@ class Raw:
     source_split: str | None = None
     reject: str | None = None
     detail: str | None = None
+    origin: str | None = None  # the manifest among several that listed it (part of its id)
 
 
 def read_source(dataset: DatasetParams, root: Path = Path(".")) -> pd.DataFrame:
@@ -86,16 +88,15 @@ def source_attrs(chunks: list[dict[str, str]]) -> dict[str, str]:
 
 def _streams(dataset: DatasetParams, root: Path) -> Iterator[tuple[str, Iterator[Raw], dict[str, str]]]:
     """(name, raw records, attrs) per file of the source (an image folder is one stream)."""
-    if dataset.format in ("image_folder", "image_manifest"):
-        path = _local_source(dataset, root)
-        reader = _read_image_folder if dataset.format == "image_folder" else _read_image_manifest
-        if dataset.encoding == "auto" and path.is_file():
-            detected = detect_encoding(path.read_bytes())
-            yield dataset.source, reader(path, dataset.model_copy(update={"encoding": detected})), {"encoding": detected}
+    if dataset.format == "image_folder":
+        local = _local_path(dataset.source)
+        if local is None:
+            yield dataset.source, _read_remote_image_folder(dataset.source, dataset), {}
         else:
-            yield dataset.source, reader(path, dataset), {}
+            yield dataset.source, _read_image_folder(_local_source(dataset.model_copy(update={"source": str(local)}), root), dataset), {}
         return
-    reader = {"csv": _read_delimited, "tsv": _read_delimited, "jsonl": _read_jsonl, "parquet": _read_parquet}[dataset.format]
+    reader = {"csv": _read_delimited, "tsv": _read_delimited, "jsonl": _read_jsonl, "parquet": _read_parquet,
+              "image_manifest": _read_image_manifest}[dataset.format]
     for file in source_files(dataset, root):
         options, attrs = dataset, {}
         if dataset.encoding == "auto" and dataset.format != "parquet":
@@ -133,8 +134,9 @@ def is_url(source: str) -> bool:
 
 
 def source_files(dataset: DatasetParams, root: Path = Path(".")) -> list[SourceFile]:
-    """The files a text source reads, in order: the source file itself, a parquet folder's files,
-    or what `files` picks inside the source folder (globs sorted); a file picked twice is an error."""
+    """The files a text source or an image manifest reads, in order: the source file itself, a
+    parquet folder's files, or what `files` picks inside the source folder (globs sorted); a file
+    picked twice is an error."""
     if dataset.files is None:
         return _whole_source(dataset, root)
     lister = _url_lister(dataset.source) if is_url(dataset.source) else _local_lister(dataset, root)
@@ -227,10 +229,15 @@ def _batches(items: Iterator[Raw], size: int) -> Iterator[list[Raw]]:
         yield batch
 
 
+def _raw_id(raw: Raw) -> str:
+    row = raw.source_row if raw.source_row is not None else ""
+    return make_id(raw.source, row) if raw.origin is None else make_id(raw.origin, raw.source, row)
+
+
 def _raw_frame(rows: list[Raw], attrs: dict[str, str]) -> pd.DataFrame:
     frame = pd.DataFrame(
         {
-            "id": [make_id(r.source, r.source_row if r.source_row is not None else "") for r in rows],
+            "id": [_raw_id(r) for r in rows],
             "label": [None if r.label is None else str(r.label) for r in rows],
             "text": [r.text if r.text is None or isinstance(r.text, str) else str(r.text) for r in rows],
             "image": [r.image for r in rows],
@@ -248,14 +255,10 @@ def _raw_frame(rows: list[Raw], attrs: dict[str, str]) -> pd.DataFrame:
 
 # --- text formats ---------------------------------------------------------------------------
 
-def _decode(path: Path, encoding: str) -> str:
-    """File text with a BOM removed; undecodable bytes kept as surrogates so their rows can be rejected."""
-    return path.read_bytes().decode(_codec(encoding), errors="surrogateescape")
-
-
 @contextlib.contextmanager
 def _text_stream(file: SourceFile, encoding: str, newline: str = "") -> Iterator[io.TextIOWrapper]:
-    """The file as text read as it is consumed (`_decode`'s text, never all of it at once)."""
+    """The file as text read as it is consumed, never all of it at once: a BOM removed, undecodable
+    bytes kept as surrogates so that their rows can be rejected."""
     with file.open() as handle, io.TextIOWrapper(handle, encoding=_codec(encoding), errors="surrogateescape", newline=newline) as text:
         yield text
 
@@ -491,20 +494,40 @@ def _image_file(file: Path, rel: str, root: Path) -> Raw:
     return Raw(rel, None, image=file.read_bytes())
 
 
-def _read_image_manifest(path: Path, dataset: DatasetParams) -> Iterator[Raw]:
-    root = (path.parent / dataset.image_root) if dataset.image_root else path.parent
+def _read_image_manifest(file: SourceFile, dataset: DatasetParams) -> Iterator[Raw]:
+    """The images a manifest lists, each read from beside it (or from `image_root`, relative to
+    the manifest's folder): on this machine, or on the manifest's own fsspec filesystem."""
     cols = dataset.columns
-    reader = csv.DictReader(io.StringIO(_decode(path, dataset.encoding), newline=""))
-    missing = [c for c in (cols.path, cols.label) if c not in (reader.fieldnames or [])]
-    if missing:
-        raise SourceError(f"{path.name}: columns {missing} not in header {reader.fieldnames}")
-    for row in reader:
-        number = reader.line_num
-        raw = _manifest_entry(root, str(row.get(cols.path) or ""), number, path.name, dataset.allow_absolute_paths)
-        raw.label = row.get(cols.label)
-        if cols.split and dataset.source_split == "keep":
-            raw.source_split = row.get(cols.split)
-        yield raw
+    origin = file.name if dataset.files is not None else None  # several manifests: ids name theirs
+    local = _local_path(file.location)
+    if local is not None:
+        root = (local.parent / dataset.image_root) if dataset.image_root else local.parent
+        entry = functools.partial(_manifest_entry, root, allow_absolute=dataset.allow_absolute_paths)
+    else:
+        fs, path = _filesystem(file.location)
+        root = posixpath.normpath(posixpath.join(posixpath.dirname(path), dataset.image_root or "."))
+        entry = functools.partial(_remote_entry, fs, root, allow_absolute=dataset.allow_absolute_paths)
+    with _text_stream(file, dataset.encoding) as text:
+        reader = csv.DictReader(text)
+        missing = [c for c in (cols.path, cols.label) if c not in (reader.fieldnames or [])]
+        if missing:
+            raise SourceError(f"{file.name}: columns {missing} not in header {reader.fieldnames}")
+        for row in reader:
+            raw = entry(str(row.get(cols.path) or ""), reader.line_num, file.name)
+            raw.label, raw.origin = row.get(cols.label), origin
+            if cols.split and dataset.source_split == "keep":
+                raw.source_split = row.get(cols.split)
+            yield raw
+
+
+def _local_path(location: str) -> Path | None:
+    """Where `location` is on this machine (a path, or a file:// URL), or None for a remote URL."""
+    if not is_url(location):
+        return Path(location)
+    if location.startswith("file://"):
+        fs, path = _filesystem(location)
+        return Path(path)
+    return None
 
 
 def _absolute_entry(file: Path, number: int, where: str) -> Raw:
@@ -517,7 +540,7 @@ def _absolute_entry(file: Path, number: int, where: str) -> Raw:
     return raw
 
 
-def _manifest_entry(root: Path, entry: str, number: int, manifest: str, allow_absolute: bool = False) -> Raw:
+def _manifest_entry(root: Path, entry: str, number: int, manifest: str, *, allow_absolute: bool = False) -> Raw:
     where = f"{manifest}:{number}"
     if not entry:
         return Raw(f"{manifest}:{number}", number, reject="missing_path", detail=f"{where}: empty path")
@@ -536,3 +559,61 @@ def _manifest_entry(root: Path, entry: str, number: int, manifest: str, allow_ab
     if raw.detail:
         raw.detail = f"{where}: {raw.detail}"
     return raw
+
+
+# --- images on an fsspec filesystem ---------------------------------------------------------
+
+def _read_remote_image_folder(url: str, dataset: DatasetParams) -> Iterator[Raw]:
+    """An image folder at an fsspec URL, laid out and checked as a local one (object stores have
+    no symlinks to follow)."""
+    fs, base = _filesystem(url)
+    base = base.rstrip("/")
+    if not fs.isdir(base):
+        raise SourceError(f"source {url!r} is not a folder (an image folder is root/{dataset.folder_layout}/<file>)")
+    depth = 3 if dataset.folder_layout == "split/label" else 2
+    for path in sorted(p for p in fs.find(base) if p != base):
+        rel = path[len(base) + 1 :]
+        parts = rel.split("/")
+        if len(parts) != depth and not _hidden(rel):
+            yield Raw(rel, None, reject="unexpected_location", detail=f"{rel}: expected root/{dataset.folder_layout}/<file>")
+            continue
+        raw = _remote_image(fs, path, rel)
+        if len(parts) == depth:
+            raw.label = parts[-2]
+            raw.source_split = parts[0] if depth == 3 and dataset.source_split == "keep" else None
+        yield raw
+
+
+def _remote_entry(fs, root: str, entry: str, number: int, manifest: str, *, allow_absolute: bool = False) -> Raw:
+    """One manifest entry read from the manifest's filesystem: a path under `root`, never above it."""
+    where = f"{manifest}:{number}"
+    if not entry:
+        return Raw(f"{manifest}:{number}", number, reject="missing_path", detail=f"{where}: empty path")
+    entry = entry.replace("\\", "/")
+    if entry.startswith("/") or is_url(entry):
+        if not allow_absolute:
+            return Raw(entry, number, reject="absolute_path", detail=f"{where}: absolute paths are refused (allow_absolute_paths)")
+        where_fs, path = _filesystem(entry) if is_url(entry) else (fs, posixpath.normpath(entry))
+        raw = _remote_image(where_fs, path, entry)
+    else:
+        entry = posixpath.normpath(entry)
+        if entry == ".." or entry.startswith("../"):
+            return Raw(entry, number, reject="outside_root", detail=f"{where}: {entry} resolves outside the image root")
+        raw = _remote_image(fs, f"{root}/{entry}", entry)
+    raw.source_row = number
+    if raw.detail:
+        raw.detail = f"{where}: {raw.detail}"
+    return raw
+
+
+def _remote_image(fs, path: str, rel: str) -> Raw:
+    """Bytes of one image file on `fs`, or a rejection (hidden, not an image, missing)."""
+    if _hidden(rel):
+        return Raw(rel, None, reject="hidden_file", detail=f"{rel}: hidden file or folder")
+    suffix = posixpath.splitext(rel)[1]
+    if suffix.lower() not in IMAGE_EXTENSIONS:
+        return Raw(rel, None, reject="not_an_image_file", detail=f"{rel}: extension {suffix or '(none)'!r}")
+    try:
+        return Raw(rel, None, image=fs.cat_file(path))
+    except (FileNotFoundError, IsADirectoryError):
+        return Raw(rel, None, reject="missing_file", detail=f"{rel}: not found")

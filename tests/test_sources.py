@@ -543,6 +543,65 @@ def test_an_fsspec_url_reads_like_a_folder(tmp_path):
         fs.rm("/corpus-test", recursive=True)
 
 
+def test_image_manifests_by_split_read_each_beside_itself_with_ids_apart(tmp_path):
+    """A corpus shipped as train/ and test/ folders, each with its manifest: `files` maps the
+    splits to them; the same entry on the same line of two manifests is two records."""
+    for split, colour in (("train", (200, 10, 10)), ("test", (10, 200, 10))):
+        (tmp_path / "corpus" / split / "cat").mkdir(parents=True)
+        (tmp_path / "corpus" / split / "cat" / "a.png").write_bytes(png(colour))
+        (tmp_path / "corpus" / split / "manifest.csv").write_text("path,label\ncat/a.png,cat\n../../x.png,cat\n")
+    (tmp_path / "x.png").write_bytes(png())
+    ds = dataset("corpus", "image_manifest", files={"train": "train/manifest.csv", "test": "test/manifest.csv"},
+                 source_split="keep")
+    frame = read_source(ds, tmp_path)
+    kept = accepted(frame)
+    assert kept[["source", "source_row", "source_split"]].values.tolist() == [["cat/a.png", 2, "train"], ["cat/a.png", 2, "test"]]
+    assert kept["image"].tolist() == [png((200, 10, 10)), png((10, 200, 10))]
+    assert kept["id"].nunique() == 2
+    assert frame.loc[frame["reject"] == "outside_root", "detail"].str.startswith(("train/manifest.csv:3:", "test/manifest.csv:3:")).all()
+    single = read_source(dataset("corpus/train/manifest.csv", "image_manifest"), tmp_path)
+    assert accepted(single)["id"].tolist() != kept["id"].tolist()[:1]  # ids name the manifest only among several
+
+
+def test_an_image_manifest_at_a_url_reads_its_images_from_beside_it(tmp_path):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe({"/images-test/manifest.csv": b"path,label\ncat/a.png,cat\n../secret.png,cat\n/abs.png,cat\ncat/gone.png,cat\n",
+             "/images-test/cat/a.png": png(), "/secret.png": png(), "/abs.png": png()})
+    try:
+        frame = read_source(dataset("memory://images-test/manifest.csv", "image_manifest"), tmp_path)
+        assert accepted(frame)[["source", "label", "image"]].values.tolist() == [["cat/a.png", "cat", png()]]
+        assert frame["reject"].dropna().tolist() == ["outside_root", "absolute_path", "missing_file"]
+        assert frame["detail"].dropna().str.startswith(("manifest.csv:3:", "manifest.csv:4:", "manifest.csv:5:")).all()
+        allowed = read_source(dataset("memory://images-test/manifest.csv", "image_manifest", allow_absolute_paths=True), tmp_path)
+        assert accepted(allowed)["source"].tolist() == ["cat/a.png", "/abs.png"]
+    finally:
+        for path in ("/images-test", "/secret.png", "/abs.png"):
+            fs.rm(path, recursive=True)
+
+
+def test_an_image_folder_at_a_url_reads_like_a_local_one(tmp_path):
+    import fsspec
+
+    files = {"cat/a.png": png(), "dog/b.png": png((1, 2, 3)), "dog/.c.png": png(), "stray.png": png(), "dog/notes.txt": b"x"}
+    local = tmp_path / "local"
+    for name, data in files.items():
+        (local / name).parent.mkdir(parents=True, exist_ok=True)
+        (local / name).write_bytes(data)
+    fs = fsspec.filesystem("memory")
+    fs.pipe({f"/folder-test/{name}": data for name, data in files.items()})
+    try:
+        remote = read_source(dataset("memory://folder-test", "image_folder"), tmp_path)
+        here = read_source(dataset("local", "image_folder"), tmp_path)
+        assert remote.drop(columns="detail").equals(here.drop(columns="detail"))
+        assert sorted(remote["reject"].dropna()) == ["hidden_file", "not_an_image_file", "unexpected_location"]
+        with pytest.raises(SourceError, match="not a folder"):
+            read_source(dataset("memory://folder-test/cat/a.png", "image_folder"), tmp_path)
+    finally:
+        fs.rm("/folder-test", recursive=True)
+
+
 def test_a_url_whose_filesystem_package_is_missing_says_so(tmp_path):
     pytest.importorskip("fsspec")
     if importlib.util.find_spec("gcsfs") is not None:
