@@ -225,6 +225,18 @@ def test_other_text_strategies_train(tmp_path, strategy):
     assert [row["trainable_groups"] for row in history] == expected
 
 
+@pytest.mark.slow  # exports and runs the graph
+def test_onnx_export_is_checked_on_the_first_val_records(tmp_path):
+    final = text_final(tmp_path, n=8)
+    out = run_chain(tmp_path, TEXT, final, onnx=True)
+    report = metrics(out, "finetune")["onnx"]
+    train, val = (read_records(final / f"{s}.parquet") for s in ("train", "val"))
+    known = val["label"].isin(set(train["label"])).sum()  # val records of a label train lacks are not scored
+    assert report["checked_records"] == min(16, known) and report["max_abs_difference"] < 1e-3
+    assert (out / "model" / "model.onnx").stat().st_size > 0
+    assert json.loads((out / "model" / "card.json").read_text())["files"]["onnx"] == "model.onnx"
+
+
 @pytest.mark.slow
 def test_image_chain(tmp_path):
     out = run_chain(tmp_path, IMAGE, image_final(tmp_path))
