@@ -283,3 +283,41 @@ def test_counting_single_record_groups_gives_the_split_of_listing_them(small_cla
     assert {**where, **dict(zip(ranked["group_id"], ranked["split"]))} == whole
     assert train_only == whole_train_only == (["c"] if small_class == "train_only" else [])
     assert len(whole) == len(counts) and set(whole.values()) == set(SPLITS)
+
+
+@pytest.mark.parametrize("shipped, partition_rows", [(("train", "test"), 37), (("train", "test"), 100_000), (("train", "dev"), 53),
+                                                     (("train", "validation", "test"), 61)])
+def test_a_kept_source_split_from_counts_is_the_whole_table_plan(tmp_path, shipped, partition_rows):
+    """The stage carves what a shipped split lacks out of its train part from counts (groups of two
+    or more train records gathered, the rest counted), in partitions: every record lands where the
+    whole-table plan puts it. Among the groups, some span the source's splits with one train record
+    and are named after a record of another split."""
+    import numpy as np
+
+    from conftest import write_params
+    from pipeline.io import read_records, write_records
+    from pipeline.stages import split
+
+    rng = np.random.default_rng(7)
+    n = 400
+    labels = rng.choice(["a", "b", "c"], n, p=[0.6, 0.37, 0.03]).tolist()
+    records = text_records([(label, f"message {i} of kind {label}") for i, label in enumerate(labels)])
+    names = rng.choice(list(shipped), n, p=[0.7] + [0.3 / (len(shipped) - 1)] * (len(shipped) - 1))
+    groups = records["id"].to_numpy(object).copy()
+    order = rng.permutation(n)
+    for start in range(0, 120, 3):  # groups of three; whichever split each record is in
+        members = order[start:start + 3]
+        groups[members] = min(records["id"].iloc[members])
+    records = records.assign(group_id=groups, source_split=names)
+    spans = records.groupby("group_id").filter(lambda g: (g["source_split"] == "train").sum() == 1 and len(g) > 1)
+    assert (spans["group_id"] != spans["id"]).any()  # some single-train-record groups are named after another record
+    write_records(records, tmp_path / "dedup.parquet")
+    datasets = {"t": {"modality": "text", "source": "x.tsv", "format": "tsv", "source_split": "keep", "columns": {"split": "split"}}}
+    params = write_params(tmp_path / "params.yaml", datasets, engine={"partition_rows": partition_rows}, seed=11)
+    assert split.main(["--dataset", "t", "--params", str(params), "--input", str(tmp_path / "dedup.parquet"),
+                       "--output", str(tmp_path / "split"), "--leakage", str(tmp_path / "leakage.json"),
+                       "--metrics", str(tmp_path / "m.json")]) == 0
+    got = {i: s for s in SPLITS for i in read_records(tmp_path / "split" / f"{s}.parquet")["id"]}
+    want = source_split_plan(records, SplitParams(), seed=11).assignment
+    assert got == dict(zip(records["id"], want))
+    assert set(got.values()) == set(SPLITS)

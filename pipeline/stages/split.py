@@ -4,9 +4,11 @@ Runs before augment and rebalance, so generated records can only ever exist in t
 leakage certificate, computed from the content independently of the grouping, and fails if any
 record has a duplicate across the split (with a source's own split: reports, or drops them).
 
-Partitioned: each partition counts its records per (group, label, source split); the sums are all
-the split decision needs (one row per group, never one per record), so the plan is made from them
-here and applied to every partition. The certificate's exact pairs meet in a shuffle on the
+Partitioned: each partition counts its records per (group, label, source split), and the plan is
+made from the sums: groups of two or more records are gathered here (one row per group), single
+records only counted per class and bucket of the seed's order (`_assigned`). A source's own split
+needs its names' totals, and the same counting for what it carves out of its train part;
+multi-label sets gather one row per group. The plan is applied to every partition. The certificate's exact pairs meet in a shuffle on the
 content hash, its near pairs as dedup's do, with their own MinHash seed.
 """
 from __future__ import annotations
@@ -31,14 +33,18 @@ from pipeline.steps.candidates import id_keys
 from pipeline.steps.leakage import Leak, certificate, cross_split_leaks, evaluation_side_ids, exact_cross_pairs, method_text
 from pipeline.steps.neardup import NearDupSettings
 from pipeline.steps.order import bucket_of
-from pipeline.steps.split import (SPLITS, GroupPlan, group_counts, group_plan, plan_groups, single_ranks, sized_groups, split_report_from_totals,
-                                  stratify_groups, two_sided_groups)
+from pipeline.steps.split import (SPLITS, GroupPlan, SourceLayout, group_counts, group_plan, plan_groups, single_ranks, sized_groups,
+                                  source_layout, source_train_rows, split_report_from_totals, stratify_groups, two_sided_groups)
 
 KEYS = ["group_id", "label", "source_split"]
 COUNTS = pa.schema([("group_id", pa.string()), ("label", pa.string()), ("source_split", pa.string()), ("n", pa.int64())])
-SIZED = pa.schema([("group_id", pa.string()), ("label", pa.string()), ("size", pa.int64()), ("order", pa.uint64())])
-SINGLES = pa.schema([("label", pa.string()), ("bucket", pa.int64()), ("order", pa.uint64()), ("group_id", pa.string()), ("n", pa.int64())])
-RANKED = pa.schema([("key", pa.uint64()), ("group_id", pa.string()), ("split", pa.string())])
+SIZED = pa.schema([("group_id", pa.string()), ("label", pa.string()), ("size", pa.int64()), ("order", pa.uint64()),
+                   ("total", pa.int64())])
+SINGLES = pa.schema([("label", pa.string()), ("bucket", pa.int64()), ("order", pa.uint64()), ("group_id", pa.string()), ("n", pa.int64()),
+                     ("total", pa.int64())])
+RANKED = pa.schema([("key", pa.uint64()), ("group_id", pa.string()), ("split", pa.string()), ("total", pa.int64())])
+PER_SOURCE_SPLIT = pa.schema([("source_split", pa.string()), ("n", pa.int64())])
+NO_SPLIT = "\x00"  # stands for a record without a source split in the totals (which drop missing keys)
 TWO_SIDED = pa.schema([("groups", pa.int64())])
 SPLIT_COUNTS = pa.schema([("group_id", pa.string()), ("label", pa.string()), ("split", pa.string()), ("n", pa.int64())])
 LEAK_EXTRA = [("split", pa.string()), ("content_hash", pa.string())]
@@ -57,11 +63,12 @@ def run(ctx: Context) -> Outcome:
     separator = ctx.dataset.label_separator if ctx.dataset.multi_label else None
     records = engine.read_records(ctx.args.input, modality=modality)
     counted = engine.map(records, functools.partial(group_counts, keep_source=keep_source), meta=empty(COUNTS))
-    if keep_source or separator:
-        counts = _summed(engine, counted, KEYS, COUNTS)
-        plan = plan_groups(counts, params, seed, separator=separator, keep_source=keep_source)
+    if separator:
+        plan = plan_groups(_summed(engine, counted, KEYS, COUNTS), params, seed, separator=separator)
         assigned = engine.map(records, _with_split, meta=_with_split_meta(records), plan=plan)
         train_only = plan.train_only_classes
+    elif keep_source:
+        assigned, train_only = _source_assigned(ctx, records, counted)
     else:
         assigned, train_only = _assigned(ctx, records, counted)
     leaks, dropped = _certify(ctx, assigned, keep_source)
@@ -76,27 +83,67 @@ def run(ctx: Context) -> Outcome:
     return Outcome(record_count(ctx.args.input), n_out, extra)
 
 
-def _assigned(ctx: Context, records: Partitioned, counted: Partitioned) -> tuple[Partitioned, list[str]]:
+def _source_assigned(ctx: Context, records: Partitioned, counted: Partitioned) -> tuple[Partitioned, list[str]]:
+    """Every record with its source's split, from the records counted per source split; what the
+    source lacks is carved out of its train part as `_assigned` splits a corpus."""
+    engine = ctx.engine
+    per_split = engine.map(counted, _per_source_split, meta=empty(PER_SOURCE_SPLIT))
+    totals = engine.totals(per_split, ["source_split"], "n")
+    totals["source_split"] = totals["source_split"].replace({NO_SPLIT: None})
+    layout = source_layout(totals, ctx.params.split)
+    if not layout.carve:
+        plan = group_plan({}, [], source=True, val_is_test=layout.val_is_test)
+        return engine.map(records, _with_split, meta=_with_split_meta(records), plan=plan), []
+    return _assigned(ctx, records, counted, layout)
+
+
+def _per_source_split(counts: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"source_split": counts["source_split"].fillna(NO_SPLIT).to_numpy(object), "n": counts["n"].to_numpy(np.int64)})
+
+
+def _assigned(ctx: Context, records: Partitioned, counted: Partitioned,
+              source: SourceLayout | None = None) -> tuple[Partitioned, list[str]]:
     """Every record with its split, decided from aggregates: the groups of two or more records are
     gathered (one row per group), single-record groups only counted per class and bucket of their
-    order, then ranked where their bucket meets in a shuffle (`single_ranks`)."""
+    order, then ranked where their bucket meets in a shuffle (`single_ranks`).
+
+    With a `source` layout, only the groups' rows from the source's train split are split, by its
+    carve ratios. A group with one train record but others in the source's val or test is ranked
+    as a single-record group, but its name need not be that record's id, so its split joins the
+    plan instead of being routed to the record (such groups are few: they span source splits)."""
     engine, params = ctx.engine, ctx.params.split
-    summed = engine.group(counted, ["group_id"], functools.partial(_sum, keys=KEYS), order=KEYS, meta=empty(COUNTS))
-    sized = engine.materialize(engine.map(summed, functools.partial(sized_groups, seed=ctx.params.seed), meta=empty(SIZED)),
-                               schema=SIZED)
+    sized = engine.materialize(engine.group(counted, ["group_id"], functools.partial(_group_sizes, seed=ctx.params.seed,
+                                                                                     source=source is not None),
+                                            order=KEYS, meta=empty(SIZED)), schema=SIZED)
     multi = engine.collect(engine.map(sized, _multi, meta=empty(SIZED))).sort_values("group_id", kind="stable")
     singles = engine.map(sized, _bucketed, meta=empty(SINGLES))
     per_bucket = engine.totals(singles, ["label", "bucket"], "n")
-    ratios = {s: getattr(params, s) for s in SPLITS}
+    ratios = source.carve if source else {s: getattr(params, s) for s in SPLITS}
     where, schedules, train_only = stratify_groups(multi.reset_index(drop=True), per_bucket.groupby("label")["n"].sum().to_dict(),
-                                                   ratios, params.small_class)
+                                                   ratios, "train_only" if source else params.small_class)
     ranked = engine.map(engine.group(singles, ["label", "bucket"], order=["label", "bucket", "order", "group_id"], meta=empty(SINGLES)),
                         _keyed_ranks, meta=empty(RANKED), starts=_bucket_starts(per_bucket), schedules=schedules)
+    if source is not None:  # only a source's split has single-train-record groups whose name is another record's
+        ranked = engine.materialize(ranked, schema=RANKED)
+        shared = engine.collect(engine.map(ranked, _shared, meta=empty(RANKED)))
+        where.update(zip(shared["group_id"], shared["split"]))
+        ranked = engine.map(ranked, _own, meta=empty(RANKED))
     bounded = engine.with_bounds(records, ctx.args.input, modality=ctx.dataset.modality)
-    plan = group_plan(where, train_only)
+    plan = group_plan(where, train_only, source=source is not None, val_is_test=bool(source and source.val_is_test))
     routed = engine.materialize(engine.route(ranked, "key", onto=bounded), schema=RANKED)  # read by every later pass
     assigned = engine.zip(functools.partial(_with_splits, plan=plan), bounded, routed, meta=_with_split_meta(records))
     return assigned, train_only
+
+
+def _group_sizes(rows: pd.DataFrame, seed: int, source: bool) -> pd.DataFrame:
+    """Per group of `rows` (every count row of their groups): its majority label, its size and
+    its place in the seed's order (`sized_groups`), and `total`, its records in every source split.
+    With `source`, label and size count the source's train rows only (groups with none are left out)."""
+    summed = _sum(rows, keys=KEYS)
+    total = summed.groupby("group_id", sort=True)["n"].sum()
+    counted = summed[source_train_rows(summed)] if source else summed
+    sized = sized_groups(counted, seed)
+    return sized.assign(total=total.reindex(sized["group_id"]).to_numpy(np.int64))
 
 
 def _bucket_starts(per_bucket: pd.DataFrame) -> dict[tuple[str, int], int]:
@@ -110,22 +157,31 @@ def _multi(groups: pd.DataFrame) -> pd.DataFrame:
     return groups[groups["size"] > 1]
 
 
+def _shared(ranked: pd.DataFrame) -> pd.DataFrame:
+    return ranked[ranked["total"] > 1]
+
+
+def _own(ranked: pd.DataFrame) -> pd.DataFrame:
+    return ranked[ranked["total"] == 1]
+
+
 def _bucketed(groups: pd.DataFrame) -> pd.DataFrame:
     alone = groups[groups["size"] == 1]
     order = alone["order"].to_numpy(np.uint64)
     return pd.DataFrame({"label": alone["label"].to_numpy(object), "bucket": bucket_of(order),
-                         "order": order, "group_id": alone["group_id"].to_numpy(object), "n": np.ones(len(alone), np.int64)})
+                         "order": order, "group_id": alone["group_id"].to_numpy(object), "n": np.ones(len(alone), np.int64),
+                         "total": alone["total"].to_numpy(np.int64)})
 
 
 def _keyed_ranks(rows: pd.DataFrame, starts: dict, schedules: dict) -> pd.DataFrame:
     ranked = single_ranks(rows, starts, schedules)
-    return ranked.assign(key=id_keys(ranked["group_id"]))[["key", "group_id", "split"]]
+    return ranked.assign(key=id_keys(ranked["group_id"]), total=rows["total"].to_numpy(np.int64))[["key", "group_id", "split", "total"]]
 
 
 def _with_splits(records: pd.DataFrame, singles: pd.DataFrame, plan: GroupPlan) -> pd.DataFrame:
     """Records with the split of their group: from the plan (groups of two or more) or from the
     single-record groups routed here (a single record's group is its own id)."""
-    split = plan.assign(records)
+    split = plan.assign(records, unplanned=None)
     alone = split.isna().to_numpy()
     split[alone] = records.loc[alone, "group_id"].map(dict(zip(singles["group_id"], singles["split"]))).to_numpy(object)
     if split.isna().any():

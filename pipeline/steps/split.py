@@ -43,19 +43,22 @@ class GroupPlan:
     source: bool = False
     val_is_test: bool = False
 
-    def assign(self, records: pd.DataFrame) -> pd.Series:
-        """The split of each record (index kept), by its group (and its source's split)."""
+    def assign(self, records: pd.DataFrame, unplanned: str | None = "train") -> pd.Series:
+        """The split of each record (index kept), by its group (and its source's split). A record
+        of the source's train whose group the plan does not hold gets `unplanned` (None: the caller
+        has its split from elsewhere)."""
         keys = records["group_id"].to_numpy(object).astype(str)
         at = np.minimum(np.searchsorted(self.groups, keys), max(len(self.groups) - 1, 0))
         found = self.groups[at] == keys if len(self.groups) else np.zeros(len(keys), bool)
         carved = pd.Series(np.where(found, self.splits[at] if len(self.splits) else None, None), index=records.index, dtype=object)
         if not self.source:
             return carved
-        names = _source_names(records["source_split"])
+        names = canonical_source_names(records["source_split"])
         if self.val_is_test:
             names = names.replace({"val": "test"})
-        train = (names == "train").to_numpy() & found  # a train record whose group was carved goes where its group went
-        return names.where(~train, carved)
+        train = (names == "train").to_numpy()  # a train record whose group was carved goes where its group went
+        planned = names.where(~(train & found), carved)
+        return planned if unplanned == "train" else planned.where(~(train & ~found), unplanned)
 
 
 def group_counts(records: pd.DataFrame, *, keep_source: bool = False) -> pd.DataFrame:
@@ -253,26 +256,56 @@ def _fill(members: pd.DataFrame, ratios: dict[str, float], singles: int = 0) -> 
     return out, schedule
 
 
-def _source_plan(counts: pd.DataFrame, params: SplitParams, seed: int) -> GroupPlan:
-    names = _source_names(counts["source_split"])
+@dataclass(frozen=True)
+class SourceLayout:
+    """What a source's own split lacks: `carve` the ratios of train/val/test to cut from its train
+    part (empty when it has all it needs), `val_is_test` when its val serves as test."""
+
+    carve: dict[str, float]
+    val_is_test: bool
+
+
+def source_layout(totals: pd.DataFrame, params: SplitParams) -> SourceLayout:
+    """The layout of a source's splits from its records counted per raw `source_split` (`n`; a
+    missing split is NaN); SplitError for missing or unknown names, or no train split."""
+    names = _source_names(totals["source_split"], totals["n"])
     present = set(names)
     val_is_test = "test" not in present and "val" in present
     if val_is_test:
-        names = names.replace({"val": "test"})
-    missing = {s: getattr(params, s) for s in ("val", "test") if s not in set(names) and getattr(params, s) > 0}
+        present = (present - {"val"}) | {"test"}
+    missing = {s: getattr(params, s) for s in ("val", "test") if s not in present and getattr(params, s) > 0}
     if not missing:
-        return group_plan({}, [], source=True, val_is_test=val_is_test)
-    ratios = {"train": 1 - sum(missing.values()), "val": missing.get("val", 0.0), "test": missing.get("test", 0.0)}
-    where, train_only = _stratify(counts[(names == "train").to_numpy()], ratios, seed, "train_only")
-    return group_plan(where, train_only, source=True, val_is_test=val_is_test)
+        return SourceLayout({}, val_is_test)
+    return SourceLayout({"train": 1 - sum(missing.values()), "val": missing.get("val", 0.0), "test": missing.get("test", 0.0)},
+                        val_is_test)
 
 
-def _source_names(raw: pd.Series) -> pd.Series:
-    """Canonical split name per row (train/val/test); SplitError for missing or unknown names."""
-    absent = int(raw.isna().sum())
+def canonical_source_names(raw: pd.Series) -> pd.Series:
+    """train/val/test for each raw source split name (NaN where unknown: `source_layout` refuses those)."""
+    return raw.map(lambda s: SOURCE_SPLIT_NAMES.get(str(s).strip().lower()))
+
+
+def source_train_rows(counts: pd.DataFrame) -> np.ndarray:
+    """Which rows of `group_counts` come from the source's train split."""
+    return (canonical_source_names(counts["source_split"]) == "train").to_numpy()
+
+
+def _source_plan(counts: pd.DataFrame, params: SplitParams, seed: int) -> GroupPlan:
+    layout = source_layout(counts, params)
+    if not layout.carve:
+        return group_plan({}, [], source=True, val_is_test=layout.val_is_test)
+    where, train_only = _stratify(counts[source_train_rows(counts)], layout.carve, seed, "train_only")
+    return group_plan(where, train_only, source=True, val_is_test=layout.val_is_test)
+
+
+def _source_names(raw: pd.Series, records: pd.Series | None = None) -> pd.Series:
+    """Canonical split name per row (train/val/test); SplitError for missing or unknown names.
+    `records` counts the records each row stands for (one each by default)."""
+    missing = raw.isna().to_numpy()
+    absent = int(missing.sum()) if records is None else int(records.to_numpy()[missing].sum())
     if absent:
         raise SplitError(f"{absent} record(s) have no source split; every record needs one when source_split is 'keep'")
-    names = raw.map(lambda s: SOURCE_SPLIT_NAMES.get(str(s).strip().lower()))
+    names = canonical_source_names(raw)
     unknown = sorted(set(raw[names.isna()].astype(str)))
     if unknown:
         raise SplitError(f"unknown source split name(s) {unknown}; expected one of {sorted(SOURCE_SPLIT_NAMES)}")
