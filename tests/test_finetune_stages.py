@@ -266,3 +266,33 @@ def test_smote_is_refused_outside_the_linear_probe(tmp_path, caplog):
             "--metrics", str(tmp_path / "m.json")]
     assert finetune.main(args) == 2
     assert "smote_ratio applies to strategy linear_probe" in caplog.text
+
+
+@pytest.mark.parametrize("stage", ["finetune", "baselines"])
+def test_a_train_split_of_one_class_stops_with_its_counts_not_a_library_traceback(tmp_path, caplog, stage):
+    """A small corpus whose train split ended up with one class (a new user met scikit-learn's
+    "needs samples of at least 2 classes" in the linear probe)."""
+    final = text_final(tmp_path, n=4)
+    train = read_records(final / "train.parquet")
+    write_records(train[train["label"] == "spam"], final / "train.parquet")
+    params = write_params(tmp_path / "p.yaml", TEXT, finetune=QUICK, evaluate=BASELINES)
+    args = ["--dataset", "t", "--params", str(params), "--data", str(final), "--features", str(tmp_path / "features"),
+            "--metrics", str(tmp_path / "m.json")]
+    main = {"finetune": finetune.main, "baselines": baselines.main}[stage]
+    output = ["--output", str(tmp_path / ("model" if stage == "finetune" else "baselines.parquet"))]
+    assert main([*args, *output]) == 1
+    assert f"{stage}@t failed: {stage}@t: the train split holds one class ('spam': 4 records)" in caplog.text
+    assert "Traceback" not in caplog.text and not (tmp_path / "m.json").exists()
+
+
+def test_a_test_split_with_no_known_label_stops_evaluate(tmp_path, caplog):
+    final = text_final(tmp_path, n=4)
+    params = write_params(tmp_path / "p.yaml", TEXT, finetune={"text": {**QUICK["text"], "epochs": 1}})
+    assert finetune.main(["--dataset", "t", "--params", str(params), "--data", str(final), "--output", str(tmp_path / "model"),
+                          "--metrics", str(tmp_path / "f.json")]) == 0
+    test = read_records(final / "test.parquet")
+    write_records(test.assign(label="other"), final / "test.parquet")
+    code = evaluate.main(["--dataset", "t", "--params", str(params), "--data", str(final), "--model", str(tmp_path / "model"),
+                          "--predictions", str(tmp_path / "p.parquet"), "--metrics", str(tmp_path / "m.json")])
+    assert code == 1
+    assert f"the test split holds {len(test)} record(s), none with a label train has (ham, spam)" in caplog.text

@@ -26,6 +26,7 @@ from pipeline.io import read_features, read_records, scratch_folder, write_table
 from pipeline.ledger import Fates
 from pipeline.model import baselines
 from pipeline.model.device import choose_device, make_deterministic
+from pipeline.model.learnable import require_classes, require_records
 from pipeline.model.models import classifier_for
 from pipeline.model.scores import classification_scores, probability_scores, softmax
 from pipeline.model.spill import FileStore, split_frames
@@ -44,9 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(ctx: Context) -> Outcome:
     train, val, test = (read_records(ctx.args.data / f"{s}.parquet", ["id", "label"]) for s in SPLITS)
+    require_classes("baselines", ctx.name, train["label"])
     labels = sorted(set(train["label"]))
     known = {"train": train, "val": val[val["label"].isin(labels)], "test": test[test["label"].isin(labels)]}
     ctx.ledger.record(Fates.dropped(test.loc[~test["label"].isin(labels), "id"], "label_not_in_train"))
+    require_records("baselines", ctx.name, len(known["test"]), len(test), "test", labels)
     y = {name: np.array([labels.index(l) for l in f["label"]], dtype=np.int64) for name, f in known.items()}
     scores, seconds = {}, {}
     for name, make in _enabled(ctx).items():

@@ -25,6 +25,7 @@ from pipeline.errors import StageError
 from pipeline.io import read_records, scratch_folder, write_json, write_table
 from pipeline.ledger import Fates
 from pipeline.model.device import choose_device, make_deterministic
+from pipeline.model.learnable import require_records
 from pipeline.model.models import load_classifier
 from pipeline.model.scores import (classification_scores, compare_with_baselines, macro_f1_difference_interval,
                                    probability_scores, reliability, softmax)
@@ -53,6 +54,7 @@ def run(ctx: Context) -> Outcome:
     test = read_records(path, ["id", "label"])
     known = test[test["label"].isin(labels)]
     ctx.ledger.record(Fates.dropped(test.loc[~test["label"].isin(labels), "id"], "label_not_in_model"))
+    require_records("evaluate", ctx.name, len(known), len(test), "test", labels)
     with scratch_folder(ctx.args.predictions.parent, "evaluate") as scratch:
         store = FileStore(scratch)
         column = "text" if ctx.dataset.modality == "text" else "image"

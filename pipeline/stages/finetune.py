@@ -29,6 +29,7 @@ from pipeline.errors import StageError
 from pipeline.io import json_bytes, read_records, scratch_folder, write_folder
 from pipeline.ledger import Fates
 from pipeline.model.device import Device, choose_device, make_deterministic
+from pipeline.model.learnable import require_classes
 from pipeline.model.models import classifier_for
 from pipeline.model.onnx_export import FILE as ONNX_FILE
 from pipeline.model.onnx_export import export_and_check
@@ -58,6 +59,7 @@ def run(ctx: Context) -> Outcome:
     make_deterministic(seed, params.threads)
     paths = {s: ctx.args.data / f"{s}.parquet" for s in ("train", "val")}
     train, val = (read_records(paths[s], ["id", "label"]) for s in ("train", "val"))
+    require_classes("finetune", ctx.name, train["label"])
     labels = sorted(set(train["label"]))
     known_val = val[val["label"].isin(labels)]
     ctx.ledger.record(Fates.dropped(val.loc[~val["label"].isin(labels), "id"], "label_not_in_train"))
