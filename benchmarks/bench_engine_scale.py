@@ -26,7 +26,6 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import sys
 import tempfile
 from pathlib import Path
@@ -39,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_text_scale import LABELS, make_rows, write_corpus  # noqa: E402
-from measure import child_json, measured  # noqa: E402
+from measure import bench_engine, child_json, engine_ratios, run_stages  # noqa: E402
 
 STAGES = ("clean", "normalise", "dedup", "split")
 TARGETS = {"peak_rss_ratio_5m_over_1m": 1.5, "time_ratio_5m_over_1m": 5.5, "dask_worker_peak_gib": 3.0}
@@ -50,32 +49,6 @@ def write_params(folder: Path, source: Path, engine: dict[str, Any]) -> Path:
     dataset = {"modality": "text", "source": str(source), "format": "tsv", "labels": LABELS}
     path.write_text(yaml.safe_dump({"datasets": {"bench": dataset}, "engine": engine}, sort_keys=False))
     return path
-
-
-def run_stages(folder: Path, source: Path, engine: dict[str, Any]) -> dict[str, Any]:
-    """The four stages in this process under `engine`; seconds, peak RSS and counts per stage."""
-    from pipeline.stages import clean, dedup, normalise, split
-
-    params = write_params(folder, source, engine)
-    data, out = folder / "data", folder / "out"
-    common = ["--dataset", "bench", "--params", str(params)]
-    stages = {
-        "clean": (clean.main, ["--output", str(data / "clean.parquet"), "--root", str(folder)]),
-        "normalise": (normalise.main, ["--input", str(data / "clean.parquet"), "--output", str(data / "normalise.parquet")]),
-        "dedup": (dedup.main, ["--input", str(data / "normalise.parquet"), "--output", str(data / "dedup.parquet")]),
-        "split": (split.main, ["--input", str(data / "dedup.parquet"), "--output", str(data / "split"),
-                               "--leakage", str(out / "leakage.json")]),
-    }
-    report: dict[str, Any] = {}
-    for name, (main, args) in stages.items():
-        argv = [*common, *args, "--metrics", str(out / f"{name}.json"), "--ledger", str(out / f"{name}.ledger.parquet")]
-        code, seconds, peak, _ = measured(lambda: main(argv))
-        if code != 0:
-            raise SystemExit(f"stage {name} failed with exit code {code}")
-        metrics = json.loads((out / f"{name}.json").read_text())
-        report[name] = {"seconds": round(seconds, 2), "peak_rss_mib": peak, "in": metrics["in"], "out": metrics["out"],
-                        "merged": metrics["merged"], "dropped": sum(metrics["dropped"].values())}
-    return report
 
 
 def merges(folder: Path) -> dict[str, int]:
@@ -108,23 +81,8 @@ def run_one(docs: int, seed: int, kind: str, partition_rows: int) -> dict[str, A
         source = write_corpus(folder, rows)
         _write_planted(folder, near_rows)
         del rows
-        engine: dict[str, Any] = {"partition_rows": partition_rows}
-        cluster = None
-        if kind == "dask":
-            from distributed import Client, LocalCluster
-
-            cluster = LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="3GB", dashboard_address=None)
-            engine.update(kind="dask", dask={"scheduler_address": cluster.scheduler_address})
-        try:
-            stages = run_stages(folder, source, engine)
-            workers = {}
-            if cluster is not None:
-                with Client(cluster) as client:
-                    peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-                workers = {"worker_peak_rss_mib": sorted(round(v / 1024, 1) for v in peaks.values())}
-        finally:
-            if cluster is not None:
-                cluster.close()
+        with bench_engine(kind, partition_rows) as (engine, workers):
+            stages = run_stages(folder, write_params(folder, source, engine), STAGES)
         total = sum(s["seconds"] for s in stages.values())
         return {"docs": docs, "engine": kind, "partition_rows": partition_rows, "planted": planted, "stages": stages,
                 "seconds": round(total, 2), "docs_per_s": round(docs / total),
@@ -157,18 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = [_child(size, args.seed, kind, args.partition_rows) for size in sizes for kind in kinds]
     report: dict[str, Any] = {"cpus": os.cpu_count(), "load_avg_before": [round(v, 2) for v in load_before],
                               "load_avg_after": [round(v, 2) for v in os.getloadavg()], "runs": runs}
-    for kind in kinds:
-        mine = [r for r in runs if r["engine"] == kind]
-        if len(mine) > 1:
-            small, large = mine[0], mine[-1]
-            report[f"{kind}_size_ratio"] = round(large["docs"] / small["docs"], 2)
-            report[f"{kind}_time_ratio"] = round(large["seconds"] / small["seconds"], 2)
-            report[f"{kind}_peak_rss_ratio"] = round(large["peak_rss_mib"] / small["peak_rss_mib"], 2)
-    if len(kinds) == 2:
-        for size in sizes:
-            local, dask_run = (next(r for r in runs if r["docs"] == size and r["engine"] == k) for k in kinds)
-            report[f"dask_over_local_time_{size}"] = round(dask_run["seconds"] / local["seconds"], 2)
-            report[f"same_bytes_{size}"] = dask_run["digest"] == local["digest"]
+    report.update(engine_ratios(runs, kinds, "docs"))
     print(json.dumps(report))
     return 0
 

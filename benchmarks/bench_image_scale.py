@@ -26,7 +26,6 @@ import hashlib
 import io
 import json
 import os
-import resource
 import sys
 import tempfile
 from pathlib import Path
@@ -38,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from measure import child_json, measured  # noqa: E402
+from measure import bench_engine, child_json, engine_ratios, run_stages  # noqa: E402
 
 STAGES = ("clean", "normalise", "dedup")
 SIZE = 48
@@ -89,30 +88,11 @@ def _write(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def run_stages(folder: Path, engine: dict[str, Any]) -> dict[str, Any]:
-    """The three stages in this process under `engine`; seconds, peak RSS and counts per stage."""
-    from pipeline.stages import clean, dedup, normalise
-
-    params = folder / "params.yaml"
+def write_params(folder: Path, engine: dict[str, Any]) -> Path:
+    path = folder / "params.yaml"
     dataset = {"modality": "image", "source": "images", "format": "image_folder", "labels": ["circle", "square", "triangle"]}
-    params.write_text(yaml.safe_dump({"datasets": {"bench": dataset}, "engine": engine}, sort_keys=False))
-    data, out = folder / "data", folder / "out"
-    common = ["--dataset", "bench", "--params", str(params)]
-    stages = {
-        "clean": (clean.main, ["--output", str(data / "clean.parquet"), "--root", str(folder)]),
-        "normalise": (normalise.main, ["--input", str(data / "clean.parquet"), "--output", str(data / "normalise.parquet")]),
-        "dedup": (dedup.main, ["--input", str(data / "normalise.parquet"), "--output", str(data / "dedup.parquet")]),
-    }
-    report: dict[str, Any] = {}
-    for name, (main, args) in stages.items():
-        argv = [*common, *args, "--metrics", str(out / f"{name}.json"), "--ledger", str(out / f"{name}.ledger.parquet")]
-        code, seconds, peak, _ = measured(lambda: main(argv))
-        if code != 0:
-            raise SystemExit(f"stage {name} failed with exit code {code}")
-        metrics = json.loads((out / f"{name}.json").read_text())
-        report[name] = {"seconds": round(seconds, 2), "peak_rss_mib": peak, "in": metrics["in"], "out": metrics["out"],
-                        "merged": metrics["merged"], "dropped": sum(metrics["dropped"].values())}
-    return report
+    path.write_text(yaml.safe_dump({"datasets": {"bench": dataset}, "engine": engine}, sort_keys=False))
+    return path
 
 
 def merges(folder: Path) -> dict[str, int]:
@@ -141,23 +121,8 @@ def run_one(images: int, seed: int, kind: str, partition_rows: int) -> dict[str,
     with tempfile.TemporaryDirectory(prefix="bench_image_scale_", dir=os.environ.get("BENCH_TMP")) as tmp:
         folder = Path(tmp)
         planted = write_corpus(folder, images, seed)
-        engine: dict[str, Any] = {"partition_rows": partition_rows}
-        cluster = None
-        if kind == "dask":
-            from distributed import Client, LocalCluster
-
-            cluster = LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="3GB", dashboard_address=None)
-            engine.update(kind="dask", dask={"scheduler_address": cluster.scheduler_address})
-        try:
-            stages = run_stages(folder, engine)
-            workers = {}
-            if cluster is not None:
-                with Client(cluster) as client:
-                    peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-                workers = {"worker_peak_rss_mib": sorted(round(v / 1024, 1) for v in peaks.values())}
-        finally:
-            if cluster is not None:
-                cluster.close()
+        with bench_engine(kind, partition_rows) as (engine, workers):
+            stages = run_stages(folder, write_params(folder, engine), STAGES)
         total = sum(s["seconds"] for s in stages.values())
         return {"images": images, "engine": kind, "partition_rows": partition_rows, "planted": planted, "stages": stages,
                 "seconds": round(total, 2), "images_per_s": round(images / total),
@@ -183,20 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "--partition-rows", str(args.partition_rows)]) for n in sizes for kind in kinds]
     report: dict[str, Any] = {"cpus": os.cpu_count(), "load_avg_before": [round(v, 2) for v in load_before],
                               "load_avg_after": [round(v, 2) for v in os.getloadavg()], "runs": runs, "targets": TARGETS}
-    for kind in kinds:
-        mine = [r for r in runs if r["engine"] == kind]
-        if len(mine) > 1:
-            small, large = mine[0], mine[-1]
-            report[f"{kind}_size_ratio"] = round(large["images"] / small["images"], 2)
-            report[f"{kind}_time_ratio"] = round(large["seconds"] / small["seconds"], 2)
-            report[f"{kind}_peak_rss_ratio"] = round(large["peak_rss_mib"] / small["peak_rss_mib"], 2)
-            if kind == "dask":
-                report["dask_worker_peak_ratio"] = round(max(large["worker_peak_rss_mib"]) / max(small["worker_peak_rss_mib"]), 2)
-    if len(kinds) == 2:
-        for n in sizes:
-            local, dask_run = (next(r for r in runs if r["images"] == n and r["engine"] == k) for k in kinds)
-            report[f"dask_over_local_time_{n}"] = round(dask_run["seconds"] / local["seconds"], 2)
-            report[f"same_bytes_{n}"] = dask_run["digest"] == local["digest"]
+    report.update(engine_ratios(runs, kinds, "images"))
     print(json.dumps(report))
     return 0
 

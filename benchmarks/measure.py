@@ -1,10 +1,11 @@
 """Measuring helpers shared by the benchmark scripts: wall and CPU time, peak resident memory."""
 from __future__ import annotations
 
+import contextlib
 import gc
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +66,82 @@ def child_json(script: str | Path, args: list[str]) -> dict[str, Any]:
     if done.returncode != 0:
         raise SystemExit(f"{Path(script).name} {' '.join(args)} failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --- the data stages, run for real ----------------------------------------------------------
+
+def stage_argv(folder: Path, names: tuple[str, ...]) -> dict[str, list[str]]:
+    """The arguments of each data stage of `names`, on `folder/data` from the source under `folder`."""
+    data, out = folder / "data", folder / "out"
+    args = {
+        "clean": ["--output", str(data / "clean.parquet"), "--root", str(folder)],
+        "normalise": ["--input", str(data / "clean.parquet"), "--output", str(data / "normalise.parquet")],
+        "dedup": ["--input", str(data / "normalise.parquet"), "--output", str(data / "dedup.parquet")],
+        "split": ["--input", str(data / "dedup.parquet"), "--output", str(data / "split"), "--leakage", str(out / "leakage.json")],
+    }
+    return {name: [*args[name], "--metrics", str(out / f"{name}.json"), "--ledger", str(out / f"{name}.ledger.parquet")]
+            for name in names}
+
+
+def run_stages(folder: Path, params: Path, names: tuple[str, ...]) -> dict[str, Any]:
+    """The real stages `names` one after the other in this process, dataset `bench` of `params`:
+    seconds, peak RSS (`measured`) and record counts per stage."""
+    import json
+    from importlib import import_module
+
+    report: dict[str, Any] = {}
+    for name, args in stage_argv(folder, names).items():
+        main = import_module(f"pipeline.stages.{name}").main
+        argv = ["--dataset", "bench", "--params", str(params), *args]
+        code, seconds, peak, _ = measured(lambda: main(argv))
+        if code != 0:
+            raise SystemExit(f"stage {name} failed with exit code {code}")
+        metrics = json.loads((folder / "out" / f"{name}.json").read_text())
+        report[name] = {"seconds": round(seconds, 2), "peak_rss_mib": peak, "in": metrics["in"], "out": metrics["out"],
+                        "merged": metrics["merged"], "dropped": sum(metrics["dropped"].values())}
+    return report
+
+
+@contextlib.contextmanager
+def bench_engine(kind: str, partition_rows: int) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """(`engine` params, worker figures) for `kind`: local, or a LocalCluster of 2 worker processes
+    of 3 GB each that the stages join by its address. The worker figures are filled on exit, before
+    the cluster closes: each worker's peak RSS over the run (`worker_peak_rss_mib`)."""
+    engine: dict[str, Any] = {"partition_rows": partition_rows}
+    workers: dict[str, Any] = {}
+    if kind != "dask":
+        yield engine, workers
+        return
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="3GB", dashboard_address=None)
+    engine.update(kind="dask", dask={"scheduler_address": cluster.scheduler_address})
+    try:
+        yield engine, workers
+        with Client(cluster) as client:
+            peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        workers["worker_peak_rss_mib"] = sorted(round(v / 1024, 1) for v in peaks.values())
+    finally:
+        cluster.close()
+
+
+def engine_ratios(runs: list[dict[str, Any]], kinds: list[str], size: str) -> dict[str, Any]:
+    """Across sizes (the run key `size`), per engine kind: the size, time and peak RSS ratios of the
+    largest to the smallest; with both kinds, per size, dask's time over local's and whether their
+    outputs are the same bytes (`digest`)."""
+    report: dict[str, Any] = {}
+    for kind in kinds:
+        mine = [r for r in runs if r["engine"] == kind]
+        if len(mine) > 1:
+            small, large = mine[0], mine[-1]
+            report[f"{kind}_size_ratio"] = round(large[size] / small[size], 2)
+            report[f"{kind}_time_ratio"] = round(large["seconds"] / small["seconds"], 2)
+            report[f"{kind}_peak_rss_ratio"] = round(large["peak_rss_mib"] / small["peak_rss_mib"], 2)
+            if kind == "dask":
+                report["dask_worker_peak_ratio"] = round(max(large["worker_peak_rss_mib"]) / max(small["worker_peak_rss_mib"]), 2)
+    if len(kinds) == 2:
+        for n in sorted({r[size] for r in runs}):
+            local, dask_run = (next(r for r in runs if r[size] == n and r["engine"] == k) for k in kinds)
+            report[f"dask_over_local_time_{n}"] = round(dask_run["seconds"] / local["seconds"], 2)
+            report[f"same_bytes_{n}"] = dask_run["digest"] == local["digest"]
+    return report
