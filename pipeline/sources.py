@@ -18,7 +18,7 @@ import os
 import posixpath
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -449,23 +449,28 @@ PARQUET_BATCH = 65_536
 # --- image formats --------------------------------------------------------------------------
 
 def _read_image_folder(path: Path, dataset: DatasetParams) -> Iterator[Raw]:
-    depth = 3 if dataset.folder_layout == "split/label" else 2
     root = path.resolve()
     for file in _walk(path):
-        parts = file.relative_to(path).parts
-        rel = "/".join(parts)
+        rel = "/".join(file.relative_to(path).parts)
         if file.is_symlink() and file.is_dir():
             yield Raw(rel, None, reject="outside_root" if not file.resolve().is_relative_to(root) else "symlinked_folder",
                       detail=f"{rel}: symlinked folder, not followed")
             continue
-        if len(parts) != depth and not _hidden(rel):
-            yield Raw(rel, None, reject="unexpected_location", detail=f"{rel}: expected root/{dataset.folder_layout}/<file>")
-            continue
-        raw = _image_file(file, rel, root)
-        if len(parts) == depth:
-            raw.label = parts[-2]
-            raw.source_split = parts[0] if depth == 3 and dataset.source_split == "keep" else None
-        yield raw
+        yield _placed(rel, dataset, functools.partial(_image_file, file, rel, root))
+
+
+def _placed(rel: str, dataset: DatasetParams, read: Callable[[], Raw]) -> Raw:
+    """The file at `rel` in an image folder, read by `read`, with the label (and split) its place
+    in the layout gives; unexpected_location, unread, where the layout has no place for it."""
+    parts = rel.split("/")
+    depth = 3 if dataset.folder_layout == "split/label" else 2
+    if len(parts) != depth and not _hidden(rel):
+        return Raw(rel, None, reject="unexpected_location", detail=f"{rel}: expected root/{dataset.folder_layout}/<file>")
+    raw = read()
+    if len(parts) == depth:
+        raw.label = parts[-2]
+        raw.source_split = parts[0] if depth == 3 and dataset.source_split == "keep" else None
+    return raw
 
 
 def _walk(path: Path) -> list[Path]:
@@ -570,18 +575,9 @@ def _read_remote_image_folder(url: str, dataset: DatasetParams) -> Iterator[Raw]
     base = base.rstrip("/")
     if not fs.isdir(base):
         raise SourceError(f"source {url!r} is not a folder (an image folder is root/{dataset.folder_layout}/<file>)")
-    depth = 3 if dataset.folder_layout == "split/label" else 2
     for path in sorted(p for p in fs.find(base) if p != base):
         rel = path[len(base) + 1 :]
-        parts = rel.split("/")
-        if len(parts) != depth and not _hidden(rel):
-            yield Raw(rel, None, reject="unexpected_location", detail=f"{rel}: expected root/{dataset.folder_layout}/<file>")
-            continue
-        raw = _remote_image(fs, path, rel)
-        if len(parts) == depth:
-            raw.label = parts[-2]
-            raw.source_split = parts[0] if depth == 3 and dataset.source_split == "keep" else None
-        yield raw
+        yield _placed(rel, dataset, functools.partial(_remote_image, fs, path, rel))
 
 
 def _remote_entry(fs, root: str, entry: str, number: int, manifest: str, *, allow_absolute: bool = False) -> Raw:
