@@ -321,3 +321,105 @@ def test_a_kept_source_split_from_counts_is_the_whole_table_plan(tmp_path, shipp
     want = source_split_plan(records, SplitParams(), seed=11).assignment
     assert got == dict(zip(records["id"], want))
     assert set(got.values()) == set(SPLITS)
+
+
+def test_dealing_single_records_in_runs_gives_the_one_at_a_time_splits():
+    """Single-record groups of one label set are dealt a run at a time where one split lacks the
+    label by more than one record; the codes are those of dealing them one at a time."""
+    import numpy as np
+
+    from pipeline.steps.split import _deal
+
+    def one_at_a_time(n, lacking, room, codes):
+        lacking, room, out = list(lacking), list(room), []
+        for _ in range(n):
+            best = max(range(len(codes)), key=lambda i: (lacking[i], room[i], -codes[i]))
+            out.append(codes[best])
+            lacking[best] -= 1
+            room[best] -= 1
+        return out
+
+    rng = np.random.default_rng(2)
+    for _ in range(300):
+        k = int(rng.integers(1, 4))
+        codes = sorted(rng.choice(3, k, replace=False).tolist())
+        lacking = np.round(rng.uniform(-5, 60, k), int(rng.integers(0, 3))).tolist()  # ties and fractions
+        room = rng.integers(0, 80, k).astype(float).tolist()
+        n = int(rng.integers(0, 120))
+        assert _deal(n, lacking, room, codes).tolist() == one_at_a_time(n, lacking, room, codes)
+
+
+def _multi_label_records(n: int, seed: int) -> pd.DataFrame:
+    """Records of label sets over five labels (one rare), a third of them in groups of two to four
+    that share their first record's label set (as near duplicates do)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    names, weights = ["health", "politics", "rare", "sports", "tech"], [0.2, 0.4, 0.04, 0.5, 0.3]
+    sets = np.array(["|".join(n for n, w in zip(names, weights) if rng.random() < w) or "tech" for _ in range(n)], dtype=object)
+    groups = np.array([None] * n, dtype=object)
+    order, start = rng.permutation(n), 0
+    while start < n // 3:
+        members = order[start:start + int(rng.integers(2, 5))]
+        sets[members], groups[members] = sets[members[0]], min(members)
+        start += len(members)
+    records = text_records([(s, f"doc {i} about {s}") for i, s in enumerate(sets)])
+    ids = records["id"].to_numpy(object)
+    return records.assign(group_id=[ids[g] if g is not None else i for g, i in zip(groups, ids)])
+
+
+@pytest.mark.parametrize("partition_rows", [29, 100_000])
+def test_multi_label_split_from_counts_is_the_whole_table_plan(tmp_path, partition_rows):
+    """The stage splits a multi-label set from counts (groups of two or more gathered, single
+    records counted per label set and ranked where their bucket meets), in partitions: every
+    record lands where the whole-table iterative plan puts it, groups whole, every label near 80%
+    in train."""
+    from conftest import write_params
+    from pipeline.io import read_records, write_records
+    from pipeline.stages import split
+    from pipeline.steps.split import iterative_group_split
+
+    records = _multi_label_records(600, seed=4)
+    write_records(records, tmp_path / "dedup.parquet")
+    datasets = {"t": {"modality": "text", "source": "x.tsv", "format": "tsv", "multi_label": True}}
+    params = write_params(tmp_path / "params.yaml", datasets, engine={"partition_rows": partition_rows}, seed=11)
+    assert split.main(["--dataset", "t", "--params", str(params), "--input", str(tmp_path / "dedup.parquet"),
+                       "--output", str(tmp_path / "split"), "--leakage", str(tmp_path / "leakage.json"),
+                       "--metrics", str(tmp_path / "m.json")]) == 0
+    got = {i: s for s in SPLITS for i in read_records(tmp_path / "split" / f"{s}.parquet")["id"]}
+    want = iterative_group_split(records, SplitParams(), seed=11, separator="|").assignment
+    assert got == dict(zip(records["id"], want))
+    assert records.assign(split=want).groupby("group_id")["split"].nunique().max() == 1
+    exploded = records.assign(split=want, label=records["label"].str.split("|")).explode("label")
+    for label, rows in exploded.groupby("label"):
+        shares = rows["split"].value_counts(normalize=True)
+        assert abs(shares.get("train", 0) - 0.8) < 0.06 and shares.get("val", 0) > 0 and shares.get("test", 0) > 0, label
+
+
+def test_multi_label_source_split_is_kept_and_what_it_lacks_is_carved(tmp_path):
+    """With source_split keep, a multi-label set keeps its shipped test records in test and carves
+    val out of its train part by iterative stratification (it used to ignore the source's split)."""
+    import numpy as np
+
+    from conftest import write_params
+    from pipeline.io import read_records, write_records
+    from pipeline.stages import split
+    from pipeline.steps.split import source_split_plan
+
+    records = _multi_label_records(500, seed=6)
+    records = records.assign(source_split=np.where(np.random.default_rng(1).random(len(records)) < 0.75, "train", "test"))
+    records.loc[records["group_id"].duplicated(keep=False), "source_split"] = "train"  # no group spans the shipped split
+    write_records(records, tmp_path / "dedup.parquet")
+    datasets = {"t": {"modality": "text", "source": "x.tsv", "format": "tsv", "multi_label": True, "source_split": "keep",
+                      "columns": {"split": "split"}}}
+    params = write_params(tmp_path / "params.yaml", datasets, engine={"partition_rows": 41}, seed=11)
+    assert split.main(["--dataset", "t", "--params", str(params), "--input", str(tmp_path / "dedup.parquet"),
+                       "--output", str(tmp_path / "split"), "--leakage", str(tmp_path / "leakage.json"),
+                       "--metrics", str(tmp_path / "m.json")]) == 0
+    got = {i: s for s in SPLITS for i in read_records(tmp_path / "split" / f"{s}.parquet")["id"]}
+    want = dict(zip(records["id"], source_split_plan(records, SplitParams(), seed=11, separator="|").assignment))
+    assert got == want
+    shipped = dict(zip(records["id"], records["source_split"]))
+    assert all(got[i] == "test" for i, s in shipped.items() if s == "test")
+    carved = [got[i] for i, s in shipped.items() if s == "train"]
+    assert 0.08 < carved.count("val") / len(carved) < 0.16 and "test" not in carved

@@ -6,9 +6,9 @@ record has a duplicate across the split (with a source's own split: reports, or 
 
 Partitioned: each partition counts its records per (group, label, source split), and the plan is
 made from the sums: groups of two or more records are gathered here (one row per group), single
-records only counted per class and bucket of the seed's order (`_assigned`). A source's own split
-needs its names' totals, and the same counting for what it carves out of its train part;
-multi-label sets gather one row per group. The plan is applied to every partition. The certificate's exact pairs meet in a shuffle on the
+records only counted per class (or label set) and bucket of the seed's order (`_assigned`). A
+source's own split needs its names' totals, and the same counting for what it carves out of its
+train part. The plan is applied to every partition. The certificate's exact pairs meet in a shuffle on the
 content hash, its near pairs as dedup's do, with their own MinHash seed.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pipeline.steps.candidates import id_keys
 from pipeline.steps.leakage import Leak, certificate, cross_split_leaks, evaluation_side_ids, exact_cross_pairs, method_text
 from pipeline.steps.neardup import NearDupSettings
 from pipeline.steps.order import bucket_of
-from pipeline.steps.split import (SPLITS, GroupPlan, SourceLayout, group_counts, group_plan, plan_groups, single_ranks, sized_groups,
+from pipeline.steps.split import (SPLITS, GroupPlan, SourceLayout, group_counts, group_plan, iterate_groups, single_ranks, sized_groups,
                                   source_layout, source_train_rows, split_report_from_totals, stratify_groups, two_sided_groups)
 
 KEYS = ["group_id", "label", "source_split"]
@@ -58,19 +58,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(ctx: Context) -> Outcome:
     engine, modality = ctx.engine, ctx.dataset.modality
-    params, seed = ctx.params.split, ctx.params.seed
+    params = ctx.params.split
     keep_source = ctx.dataset.source_split == "keep"
     separator = ctx.dataset.label_separator if ctx.dataset.multi_label else None
     records = engine.read_records(ctx.args.input, modality=modality)
     counted = engine.map(records, functools.partial(group_counts, keep_source=keep_source), meta=empty(COUNTS))
-    if separator:
-        plan = plan_groups(_summed(engine, counted, KEYS, COUNTS), params, seed, separator=separator)
-        assigned = engine.map(records, _with_split, meta=_with_split_meta(records), plan=plan)
-        train_only = plan.train_only_classes
-    elif keep_source:
-        assigned, train_only = _source_assigned(ctx, records, counted)
+    if keep_source:
+        assigned, train_only = _source_assigned(ctx, records, counted, separator)
     else:
-        assigned, train_only = _assigned(ctx, records, counted)
+        assigned, train_only = _assigned(ctx, records, counted, separator=separator)
     leaks, dropped = _certify(ctx, assigned, keep_source)
     kept = engine.map(assigned, _without_ids, meta=assigned.frame._meta, ids=np.sort(id_keys(pd.Series(sorted(dropped)))))
     n_out = sum(engine.write_records(engine.map(kept, functools.partial(_only, split=s), meta=records.frame._meta),
@@ -83,7 +79,8 @@ def run(ctx: Context) -> Outcome:
     return Outcome(record_count(ctx.args.input), n_out, extra)
 
 
-def _source_assigned(ctx: Context, records: Partitioned, counted: Partitioned) -> tuple[Partitioned, list[str]]:
+def _source_assigned(ctx: Context, records: Partitioned, counted: Partitioned,
+                     separator: str | None) -> tuple[Partitioned, list[str]]:
     """Every record with its source's split, from the records counted per source split; what the
     source lacks is carved out of its train part as `_assigned` splits a corpus."""
     engine = ctx.engine
@@ -94,33 +91,37 @@ def _source_assigned(ctx: Context, records: Partitioned, counted: Partitioned) -
     if not layout.carve:
         plan = group_plan({}, [], source=True, val_is_test=layout.val_is_test)
         return engine.map(records, _with_split, meta=_with_split_meta(records), plan=plan), []
-    return _assigned(ctx, records, counted, layout)
+    return _assigned(ctx, records, counted, layout, separator=separator)
 
 
 def _per_source_split(counts: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"source_split": counts["source_split"].fillna(NO_SPLIT).to_numpy(object), "n": counts["n"].to_numpy(np.int64)})
 
 
-def _assigned(ctx: Context, records: Partitioned, counted: Partitioned,
-              source: SourceLayout | None = None) -> tuple[Partitioned, list[str]]:
+def _assigned(ctx: Context, records: Partitioned, counted: Partitioned, source: SourceLayout | None = None, *,
+              separator: str | None = None) -> tuple[Partitioned, list[str]]:
     """Every record with its split, decided from aggregates: the groups of two or more records are
-    gathered (one row per group), single-record groups only counted per class and bucket of their
-    order, then ranked where their bucket meets in a shuffle (`single_ranks`).
+    gathered (one row per group), single-record groups only counted per class (multi-label: per
+    label set) and bucket of their order, then ranked where their bucket meets in a shuffle
+    (`single_ranks`).
 
     With a `source` layout, only the groups' rows from the source's train split are split, by its
     carve ratios. A group with one train record but others in the source's val or test is ranked
     as a single-record group, but its name need not be that record's id, so its split joins the
     plan instead of being routed to the record (such groups are few: they span source splits)."""
     engine, params = ctx.engine, ctx.params.split
-    sized = engine.materialize(engine.group(counted, ["group_id"], functools.partial(_group_sizes, seed=ctx.params.seed,
-                                                                                     source=source is not None),
-                                            order=KEYS, meta=empty(SIZED)), schema=SIZED)
+    sizes = functools.partial(_group_sizes, seed=ctx.params.seed, source=source is not None, separator=separator)
+    sized = engine.materialize(engine.group(counted, ["group_id"], sizes, order=KEYS, meta=empty(SIZED)), schema=SIZED)
     multi = engine.collect(engine.map(sized, _multi, meta=empty(SIZED))).sort_values("group_id", kind="stable")
     singles = engine.map(sized, _bucketed, meta=empty(SINGLES))
     per_bucket = engine.totals(singles, ["label", "bucket"], "n")
     ratios = source.carve if source else {s: getattr(params, s) for s in SPLITS}
-    where, schedules, train_only = stratify_groups(multi.reset_index(drop=True), per_bucket.groupby("label")["n"].sum().to_dict(),
-                                                   ratios, "train_only" if source else params.small_class)
+    singles_per_label = per_bucket.groupby("label")["n"].sum().to_dict()
+    if separator:
+        where, schedules, train_only = iterate_groups(multi.reset_index(drop=True), singles_per_label, ratios, separator)
+    else:
+        where, schedules, train_only = stratify_groups(multi.reset_index(drop=True), singles_per_label, ratios,
+                                                       "train_only" if source else params.small_class)
     ranked = engine.map(engine.group(singles, ["label", "bucket"], order=["label", "bucket", "order", "group_id"], meta=empty(SINGLES)),
                         _keyed_ranks, meta=empty(RANKED), starts=_bucket_starts(per_bucket), schedules=schedules)
     if source is not None:  # only a source's split has single-train-record groups whose name is another record's
@@ -135,14 +136,15 @@ def _assigned(ctx: Context, records: Partitioned, counted: Partitioned,
     return assigned, train_only
 
 
-def _group_sizes(rows: pd.DataFrame, seed: int, source: bool) -> pd.DataFrame:
-    """Per group of `rows` (every count row of their groups): its majority label, its size and
-    its place in the seed's order (`sized_groups`), and `total`, its records in every source split.
+def _group_sizes(rows: pd.DataFrame, seed: int, source: bool, separator: str | None) -> pd.DataFrame:
+    """Per group of `rows` (every count row of their groups): its majority label (multi-label: the
+    union of its label sets), its size and its place in the seed's order (`sized_groups`), and
+    `total`, its records in every source split.
     With `source`, label and size count the source's train rows only (groups with none are left out)."""
     summed = _sum(rows, keys=KEYS)
     total = summed.groupby("group_id", sort=True)["n"].sum()
     counted = summed[source_train_rows(summed)] if source else summed
-    sized = sized_groups(counted, seed)
+    sized = sized_groups(counted, seed, separator)
     return sized.assign(total=total.reindex(sized["group_id"]).to_numpy(np.int64))
 
 
@@ -251,12 +253,6 @@ def _checked(engine: Engine, assigned: Partitioned, dropped: set[str]) -> dict[s
     counts = engine.value_counts(engine.map(assigned, _without_ids, meta=assigned.frame._meta,
                                             ids=np.sort(id_keys(pd.Series(sorted(dropped))))), "split")
     return {s: counts.get(s, 0) for s in SPLITS}
-
-
-def _summed(engine: Engine, counts: Partitioned, keys: list[str], schema: pa.Schema) -> pd.DataFrame:
-    """Partition counts summed per key (a shuffle on the keys), gathered here: one row per group."""
-    summed = engine.group(counts, keys, functools.partial(_sum, keys=keys), order=keys, meta=empty(schema))
-    return engine.collect(summed).sort_values(keys, kind="stable", na_position="first").reset_index(drop=True)
 
 
 def _sum(frame: pd.DataFrame, *, keys: list[str]) -> pd.DataFrame:

@@ -7,6 +7,7 @@ lands every split within one record of its target per class.
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -77,7 +78,7 @@ def plan_groups(counts: pd.DataFrame, params: SplitParams, seed: int, *, separat
     label, or by iterative stratification of label sets (`separator`), or the source's own split
     with what it lacks carved out of its train part (`keep_source`)."""
     if keep_source:
-        return _source_plan(counts, params, seed)
+        return _source_plan(counts, params, seed, separator)
     ratios = {s: getattr(params, s) for s in SPLITS}
     if separator:
         where, train_only = _iterative(counts, ratios, seed, separator), []
@@ -95,21 +96,22 @@ def iterative_group_split(records: pd.DataFrame, params: SplitParams, seed: int,
     """Multi-label split by iterative stratification (Sechidis et al., 2011), over whole groups.
 
     Repeatedly takes the label with the fewest records still unassigned and gives each group that
-    carries it (largest first, then in an order keyed on the seed) to the split that most lacks
-    that label, breaking ties by the split that most lacks records. Labels are the separator-joined
-    sets the clean stage writes.
+    carries it to the split that most lacks that label, breaking ties by the split that most lacks
+    records (`iterate_groups`). Labels are the separator-joined sets the clean stage writes.
     """
     return _applied(records, plan_groups(group_counts(records), params, seed, separator=separator))
 
 
-def source_split_plan(records: pd.DataFrame, params: SplitParams, seed: int) -> SplitPlan:
-    """Keep the split a source ships, carving what it lacks out of its train part.
+def source_split_plan(records: pd.DataFrame, params: SplitParams, seed: int, separator: str | None = None) -> SplitPlan:
+    """Keep the split a source ships, carving what it lacks out of its train part (by iterative
+    stratification of label sets, with a multi-label `separator`).
 
     A source with train and val only (like an image folder with `train/` and `val/`) is evaluated
     on its own val: that becomes test, and a new val is carved from train. A source with train
     only gets val and test carved from train by the configured ratios.
     """
-    return _applied(records, plan_groups(group_counts(records, keep_source=True), params, seed, keep_source=True))
+    counts = group_counts(records, keep_source=True)
+    return _applied(records, plan_groups(counts, params, seed, separator=separator, keep_source=True))
 
 
 def single_ranks(rows: pd.DataFrame, starts: dict[tuple[str, int], int], schedules: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -154,10 +156,10 @@ def _stratify(counts: pd.DataFrame, ratios: dict[str, float], seed: int, small_c
     return where, train_only
 
 
-def sized_groups(counts: pd.DataFrame, seed: int) -> pd.DataFrame:
-    """`group_labels` with each group's place in the seed's order (`order`), from summed counts
-    that hold every row of their groups."""
-    groups = group_labels(counts)
+def sized_groups(counts: pd.DataFrame, seed: int, separator: str | None = None) -> pd.DataFrame:
+    """`group_labels` (or, with a multi-label `separator`, `label_sets`) with each group's place in
+    the seed's order (`order`), from summed counts that hold every row of their groups."""
+    groups = label_sets(counts, separator) if separator else group_labels(counts)
     return groups.assign(order=np.array([derive_seed(seed, "split", g) for g in groups["group_id"]], dtype=np.uint64))
 
 
@@ -194,35 +196,92 @@ def stratify_groups(groups: pd.DataFrame, singles: dict[str, int], ratios: dict[
 
 
 def _iterative(counts: pd.DataFrame, ratios: dict[str, float], seed: int, separator: str) -> dict[str, str]:
-    candidates = [s for s in SPLITS if ratios[s] > 0]
-    groups = _label_sets(counts, separator)
-    groups["order"] = [derive_seed(seed, "split", g) for g in groups["group_id"]]
-    groups = groups.sort_values(["size", "order"], ascending=[False, True])
-    per_label = Counter(label for labels, n in zip(groups["labels"], groups["size"]) for label in labels for _ in range(n))
-    wanted = {s: {label: n * ratios[s] for label, n in per_label.items()} for s in SPLITS}
-    room = {s: int(counts["n"].sum()) * ratios[s] for s in SPLITS}
-    where: dict[str, str] = {}
-    remaining = per_label.copy()
-    pending = list(zip(groups["group_id"], groups["labels"], groups["size"]))
-    while pending:
-        label = min((l for l, n in remaining.items() if n > 0), key=lambda l: (remaining[l], l), default=None)
-        chosen = [g for g in pending if label is None or label in g[1]]
-        for group, labels, size in chosen:
-            split = max(candidates, key=lambda s: (wanted[s].get(label, 0) if label else 0, room[s], -SPLITS.index(s)))
-            where[group] = split
-            room[split] -= size
-            for l in labels:
-                wanted[split][l] -= size
-                remaining[l] -= size
-        pending = [g for g in pending if g[0] not in where]
+    groups = sized_groups(counts, seed, separator)
+    alone = groups[groups["size"] == 1]
+    where, schedules, _ = iterate_groups(groups[groups["size"] > 1], alone["label"].value_counts().to_dict(), ratios, separator)
+    ranked = alone.sort_values(["label", "order", "group_id"], kind="stable")
+    rank = ranked.groupby("label", sort=False).cumcount().to_numpy()
+    for group, label, r in zip(ranked["group_id"], ranked["label"], rank):
+        where[group] = SPLITS[schedules[label][r]]
     return where
 
 
-def _label_sets(counts: pd.DataFrame, separator: str) -> pd.DataFrame:
-    """One row per group: its id, size and the union of its records' labels (a frozenset)."""
-    sets = counts.groupby("group_id")["label"].agg(lambda labels: frozenset(l for v in labels for l in v.split(separator)))
-    sizes = counts.groupby("group_id")["n"].sum()
-    return pd.DataFrame({"group_id": sets.index, "labels": sets.to_numpy(), "size": sizes.loc[sets.index].to_numpy()})
+def iterate_groups(groups: pd.DataFrame, singles: dict[str, int], ratios: dict[str, float],
+                   separator: str) -> tuple[dict[str, str], dict[str, np.ndarray], list[str]]:
+    """Iterative stratification (Sechidis et al., 2011) of whole groups: the split of every group
+    of `groups` (`sized_groups` with a `separator`), and of `singles[label_set]` single-record
+    groups per label set that are not among them, by their rank in the seed's order (order, then
+    id): (group -> split, label set -> split code per rank, no train-only classes).
+
+    Repeatedly takes the label with the fewest records still unassigned; the groups that carry it go,
+    largest first, then by order, each to the split that most lacks that label (ties: the split
+    that most lacks records, then train, val, test); then the single-record groups of each label set
+    that carries it, label set by label set in name order, one at a time the same way. Single-record
+    groups of one label set are alike to that rule, so only their count is needed: which of them
+    gets which split follows their rank.
+    """
+    candidates = [s for s in SPLITS if ratios[s] > 0]
+    members = groups.sort_values(["size", "order"], ascending=[False, True], kind="stable")
+    pending = [(g, frozenset(l.split(separator)), int(n)) for g, l, n in zip(members["group_id"], members["label"], members["size"])]
+    pools = {name: (frozenset(name.split(separator)), int(n)) for name, n in sorted(singles.items()) if n}
+    per_label: Counter[str] = Counter()
+    for labels, n in [(labels, n) for _, labels, n in pending] + list(pools.values()):
+        per_label.update(dict.fromkeys(labels, n))
+    total = sum(n for _, _, n in pending) + sum(n for _, n in pools.values())
+    wanted = {s: {label: n * ratios[s] for label, n in per_label.items()} for s in SPLITS}
+    room = {s: total * ratios[s] for s in SPLITS}
+    remaining = per_label.copy()
+
+    def take(labels: frozenset, split: str, n: int) -> None:
+        room[split] -= n
+        for l in labels:
+            wanted[split][l] -= n
+            remaining[l] -= n
+
+    where: dict[str, str] = {}
+    schedules: dict[str, np.ndarray] = {}
+    while pending or pools:
+        label = min((l for l, n in remaining.items() if n > 0), key=lambda l: (remaining[l], l), default=None)
+        for group, labels, size in [g for g in pending if label is None or label in g[1]]:
+            where[group] = max(candidates, key=lambda s: (wanted[s].get(label, 0) if label else 0, room[s], -SPLITS.index(s)))
+            take(labels, where[group], size)
+        for name in [name for name, (labels, _) in pools.items() if label is None or label in labels]:
+            labels, n = pools.pop(name)
+            schedules[name] = _deal(n, [wanted[s].get(label, 0) if label else 0 for s in candidates],
+                                    [room[s] for s in candidates], [SPLITS.index(s) for s in candidates])
+            for code, dealt in enumerate(np.bincount(schedules[name], minlength=len(SPLITS)).tolist()):
+                if dealt:
+                    take(labels, SPLITS[code], dealt)
+        pending = [g for g in pending if g[0] not in where]
+    return where, schedules, []
+
+
+def _deal(n: int, lacking: list[float], room: list[float], codes: list[int]) -> np.ndarray:
+    """The split codes of `n` single records dealt one at a time to the candidate that most lacks the
+    label (`lacking`), then records (`room`), then comes first in `codes`; each takes one from both.
+    A run that one candidate wins by more than one record is dealt at once (the same result)."""
+    lacking, room = list(lacking), list(room)
+    out = np.empty(n, np.uint8)
+    dealt = 0
+    while dealt < n:
+        best = max(range(len(codes)), key=lambda i: (lacking[i], room[i], -codes[i]))
+        gap = lacking[best] - max((lacking[i] for i in range(len(codes)) if i != best), default=math.inf)
+        run = n - dealt if gap == math.inf else (min(n - dealt, math.ceil(gap) - 1) if gap > 1 else 1)
+        out[dealt:dealt + run] = codes[best]
+        lacking[best] -= run
+        room[best] -= run
+        dealt += run
+    return out
+
+
+def label_sets(counts: pd.DataFrame, separator: str) -> pd.DataFrame:
+    """One row per group: its id, size and the union of its records' labels (`label`, sorted and
+    joined by `separator`, as the clean stage writes a record's labels)."""
+    sets = counts.groupby("group_id", sort=True)["label"].agg(
+        lambda labels: separator.join(sorted({l for v in labels for l in v.split(separator)})))
+    sizes = counts.groupby("group_id", sort=True)["n"].sum()
+    return pd.DataFrame({"group_id": sets.index.to_numpy(object), "label": sets.to_numpy(object),
+                         "size": sizes.loc[sets.index].to_numpy(np.int64)})
 
 
 def _fill(members: pd.DataFrame, ratios: dict[str, float], singles: int = 0) -> tuple[dict[str, str], np.ndarray]:
@@ -290,11 +349,15 @@ def source_train_rows(counts: pd.DataFrame) -> np.ndarray:
     return (canonical_source_names(counts["source_split"]) == "train").to_numpy()
 
 
-def _source_plan(counts: pd.DataFrame, params: SplitParams, seed: int) -> GroupPlan:
+def _source_plan(counts: pd.DataFrame, params: SplitParams, seed: int, separator: str | None) -> GroupPlan:
     layout = source_layout(counts, params)
     if not layout.carve:
         return group_plan({}, [], source=True, val_is_test=layout.val_is_test)
-    where, train_only = _stratify(counts[source_train_rows(counts)], layout.carve, seed, "train_only")
+    train = counts[source_train_rows(counts)]
+    if separator:
+        where, train_only = _iterative(train, layout.carve, seed, separator), []
+    else:
+        where, train_only = _stratify(train, layout.carve, seed, "train_only")
     return group_plan(where, train_only, source=True, val_is_test=layout.val_is_test)
 
 
