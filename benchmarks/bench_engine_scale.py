@@ -5,13 +5,14 @@
 
 The corpus is `bench_text_scale`'s (seeded short texts from a Zipf vocabulary, three labels, a
 tenth exact copies and a tenth edited copies, some rows needing repair). For each size and engine
-the real stages run one after the other in a fresh process, with default params but `engine`:
+the real stages run one after the other, each in a process of its own as `dvc repro` runs them,
+with default params but `engine`:
 
-* local: the default engine, in the stage's process; the peak RSS is the kernel's per stage
-  (VmHWM, reset through /proc/self/clear_refs before each stage).
+* local: the default engine, in the stage's process; the peak RSS is that process's (the
+  kernel's accounting of the stage's process alone).
 * dask: a LocalCluster of 2 worker processes of 3 GB each, started by this benchmark and joined
   by every stage through `engine.dask.scheduler_address`; the peak RSS is each worker's own
-  (ru_maxrss over the run) and the stage process's, as for local.
+  (ru_maxrss over the run, all stages) and the stage process's, as for local.
 
 It prints one JSON object: per run, seconds and peak RSS per stage, the planted and merged counts
 (near-duplicate recall and precision against exact Jaccard are `bench_text_dedup`'s: the same

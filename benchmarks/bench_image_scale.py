@@ -6,10 +6,10 @@ The corpus is an image folder (root/<label>/<file>.png) of seeded 48-pixel pictu
 demo draws them (a shape on a textured gradient, `pipeline.demo.draw_shape`): 80% originals, 10%
 exact copies of an original (the same bytes under another name) and 10% near copies (an original
 re-encoded as a quality-70 JPEG). For each size and engine the real stages run one after the
-other in a fresh process, with default params but `engine`, as `bench_engine_scale` runs them:
+other, each in a process of its own, with default params but `engine`, as `bench_engine_scale`
+runs them:
 
-* local: the default engine, in the stage's process; peak RSS per stage is the kernel's (VmHWM,
-  reset before each stage);
+* local: the default engine, in the stage's process; peak RSS per stage is that process's;
 * dask: a LocalCluster of 2 worker processes of 3 GB each, joined by every stage through
   `engine.dask.scheduler_address`; each worker's peak RSS (ru_maxrss over the run) besides.
 

@@ -84,22 +84,33 @@ def stage_argv(folder: Path, names: tuple[str, ...]) -> dict[str, list[str]]:
 
 
 def run_stages(folder: Path, params: Path, names: tuple[str, ...]) -> dict[str, Any]:
-    """The real stages `names` one after the other in this process, dataset `bench` of `params`:
-    seconds, peak RSS (`measured`) and record counts per stage."""
+    """The real stages `names` one after the other, dataset `bench` of `params`, each in a process
+    of its own as `dvc repro` runs them: seconds, peak RSS and record counts per stage."""
     import json
-    from importlib import import_module
 
     report: dict[str, Any] = {}
     for name, args in stage_argv(folder, names).items():
-        main = import_module(f"pipeline.stages.{name}").main
-        argv = ["--dataset", "bench", "--params", str(params), *args]
-        code, seconds, peak, _ = measured(lambda: main(argv))
+        code, seconds, peak = stage_process(name, ["--dataset", "bench", "--params", str(params), *args])
         if code != 0:
             raise SystemExit(f"stage {name} failed with exit code {code}")
         metrics = json.loads((folder / "out" / f"{name}.json").read_text())
         report[name] = {"seconds": round(seconds, 2), "peak_rss_mib": peak, "in": metrics["in"], "out": metrics["out"],
                         "merged": metrics["merged"], "dropped": sum(metrics["dropped"].values())}
     return report
+
+
+def stage_process(name: str, argv: list[str]) -> tuple[int, float, float]:
+    """Run `python -m pipeline.stages.<name> argv` in a fresh process: (exit code, wall seconds, its
+    peak RSS in MiB, from the kernel's accounting of that process alone)."""
+    import os
+    import subprocess
+    import sys
+
+    start = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-m", f"pipeline.stages.{name}", *argv], cwd=Path(__file__).resolve().parents[1])
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    return child.returncode, time.perf_counter() - start, round(usage.ru_maxrss / 1024, 1)
 
 
 @contextlib.contextmanager

@@ -473,13 +473,20 @@ def _placed(rel: str, dataset: DatasetParams, read: Callable[[], Raw]) -> Raw:
     return raw
 
 
-def _walk(path: Path) -> list[Path]:
-    """Every file, and every symlinked folder (not followed), under `path`, sorted."""
-    found = []
-    for folder, dirs, files in os.walk(path, followlinks=False):
-        found.extend(Path(folder) / name for name in files)
-        found.extend(Path(folder) / name for name in dirs if (Path(folder) / name).is_symlink())
-    return sorted(found)
+def _walk(path: Path) -> Iterator[Path]:
+    """Every file, and every symlinked folder (not followed), under `path`, in the order of the
+    sorted paths: depth first, each folder's names sorted, so only the names of the folders on the
+    way are held, not the corpus's paths."""
+    try:
+        with os.scandir(path) as entries:
+            names = sorted((entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries)
+    except OSError as exc:
+        raise SourceError(f"cannot list the image folder {str(path)!r}: {exc.strerror or exc}") from exc
+    for name, is_folder in names:
+        if is_folder:
+            yield from _walk(path / name)
+        else:
+            yield path / name
 
 
 def _hidden(rel: str) -> bool:

@@ -724,3 +724,22 @@ def test_a_parquet_file_is_read_in_batches_with_rows_numbered_across_them(tmp_pa
     batched = read_source(dataset("c.parquet", "parquet"), tmp_path)
     pd.testing.assert_frame_equal(whole, batched)
     assert batched["source_row"].tolist() == list(range(1, 26))
+
+
+def test_an_image_folder_is_walked_in_the_order_of_its_sorted_paths(tmp_path):
+    """The walk streams (one folder's names at a time) in the order that sorting every path gave:
+    a folder's files and subfolders interleaved by name; symlinked folders listed, not followed."""
+    from pipeline.sources import _walk
+
+    root = tmp_path / "root"
+    for rel in ["a/x.png", "a/b/y.png", "a/c.png", "a.png", "b/z.png", "a-b/w.png", ".hidden/v.png", "a/b/.u.png"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "t.png").write_bytes(b"")
+    (root / "a" / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (root / "a" / "dangling.png").symlink_to(tmp_path / "missing.png")
+    walked = list(_walk(root))
+    every = [p for p in root.rglob("*") if p.is_symlink() or p.is_file()]
+    assert walked == sorted(every)
+    assert root / "a" / "linked" in walked and not any("elsewhere" in str(p) for p in walked)
