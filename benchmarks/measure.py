@@ -99,18 +99,33 @@ def run_stages(folder: Path, params: Path, names: tuple[str, ...]) -> dict[str, 
     return report
 
 
+# Starts a command and reports its exit code and peak RSS (KiB). A process's peak starts from the
+# memory of the process it was forked from (the kernel carries the old image's high-water mark
+# across exec), so the stage is started from this small launcher, not from the benchmark, which
+# may hold a whole generated corpus.
+LAUNCHER = """
+import os, sys
+pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ)
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as out:
+    out.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}")
+"""
+
+
 def stage_process(name: str, argv: list[str]) -> tuple[int, float, float]:
     """Run `python -m pipeline.stages.<name> argv` in a fresh process: (exit code, wall seconds, its
     peak RSS in MiB, from the kernel's accounting of that process alone)."""
-    import os
     import subprocess
     import sys
+    import tempfile
 
-    start = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-m", f"pipeline.stages.{name}", *argv], cwd=Path(__file__).resolve().parents[1])
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    return child.returncode, time.perf_counter() - start, round(usage.ru_maxrss / 1024, 1)
+    with tempfile.NamedTemporaryFile("r", suffix=".txt") as report:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", LAUNCHER, report.name, sys.executable, "-m", f"pipeline.stages.{name}", *argv],
+                       cwd=Path(__file__).resolve().parents[1], check=True)
+        seconds = time.perf_counter() - start
+        code, peak_kib = (int(v) for v in Path(report.name).read_text().split())
+    return code, seconds, round(peak_kib / 1024, 1)
 
 
 @contextlib.contextmanager

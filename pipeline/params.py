@@ -522,6 +522,10 @@ class ImageFinetuneParams(TrainingParams):
 
 class FinetuneParams(Section):
     threads: PositiveInt = Field(2, description="torch CPU threads; pinned because it changes the bits of the result.")
+    portable: bool = Field(True, description=(
+        "Every stage's CPU float kernels (torch, MKL, oneDNN, OpenBLAS, numpy) pinned to AVX2 ones chosen alike on "
+        "Intel and AMD, so the model stages give the same bytes on any x86-64 CPU of the last ten years; false: "
+        "each library picks this CPU's fastest (the bytes then depend on the CPU type)."))
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA with mixed precision when present, else CPU.")
     onnx: bool = Field(False, description="Also export model.onnx and check it against torch on a validation batch.")
     text: TextFinetuneParams = TextFinetuneParams()

@@ -58,3 +58,41 @@ def make_deterministic(seed: int, threads: int) -> None:
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
     torch.set_num_threads(threads)
+
+
+# MKL's conditional-numerical-reproducibility branches (mkl_cbwr.h), by the number it reports.
+MKL_BRANCHES = {0: "OFF", 1: "BRANCH_OFF", 2: "AUTO", 3: "COMPATIBLE", 4: "SSE2", 6: "SSSE3", 7: "SSE4_1", 8: "SSE4_2",
+                9: "AVX", 10: "AVX2", 11: "AVX512_MIC", 12: "AVX512", 13: "AVX512_MIC_E1", 14: "AVX512_E1"}
+
+
+def cpu_kernels() -> dict[str, str | None]:
+    """The CPU float kernels in force in this process, as each library reports them: torch's vector
+    capability, MKL's reproducible branch (BRANCH_OFF: none, MKL picks by CPU), OpenBLAS's core
+    type and numpy's widest dispatched instruction group (None where a library does not say)."""
+    return {"torch": torch.backends.cpu.get_cpu_capability(), "mkl": _mkl_branch(), "openblas": _openblas_core(),
+            "numpy": _numpy_group()}
+
+
+def _mkl_branch() -> str | None:
+    import ctypes
+
+    torch.ones(2, 2) @ torch.ones(2, 2)  # MKL reads its settings on its first call
+    try:
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+        code = lib.mkl_serv_cbwr_get(1)  # MKL_CBWR_BRANCH
+    except (OSError, AttributeError):
+        return None
+    return MKL_BRANCHES.get(code & 0xFFFF, str(code))
+
+
+def _openblas_core() -> str | None:
+    from threadpoolctl import threadpool_info
+
+    cores = sorted({str(lib.get("architecture")) for lib in threadpool_info() if lib.get("internal_api") == "openblas"})
+    return ", ".join(cores) or None
+
+
+def _numpy_group() -> str | None:
+    from numpy._core._multiarray_umath import __cpu_features__ as features
+
+    return next((group for group in ("X86_V4", "X86_V3", "X86_V2") if features.get(group)), None)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.errors import UserError
 from pipeline.io import write_json, write_table
 from pipeline.ledger import Ledger
-from pipeline.params import DatasetParams, Params, load_params
+from pipeline.params import DatasetParams, FinetuneParams, Params, load_params
 
 if TYPE_CHECKING:
     from pipeline.engines import Engine
@@ -32,6 +32,19 @@ log = logging.getLogger(__name__)
 # user set wins, except PYTHONHASHSEED, which decides set order and so the output bytes.
 PINNED_ENV = {"PYTHONHASHSEED": "0"}
 DEFAULT_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "NO_ALBUMENTATIONS_UPDATE": "1"}
+# With `finetune.portable` (the default), forced too: the CPU float kernels of every library, pinned
+# to ones every x86-64 CPU of the last ten years runs (AVX2), chosen alike on Intel and AMD. Left to
+# themselves they pick by CPU type, and the model stages' bytes follow: measured under QEMU's Intel
+# Haswell and Skylake and AMD EPYC-Rome CPUs against an AMD EPYC with AVX-512 (tests/test_portable.py),
+# MKL's GEMM takes another path on Intel than on AMD, torch's and oneDNN's kernels and numpy's exp
+# and log follow AVX-512, and OpenBLAS takes SkylakeX kernels on AVX-512 Intel CPUs.
+PORTABLE_ENV = {
+    "ATEN_CPU_CAPABILITY": "avx2",  # torch's own vectorised kernels
+    "MKL_CBWR": "COMPATIBLE",  # MKL's reproducible branch: the one it keeps on AMD too (it refuses AVX2 there)
+    "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN's JIT kernels (torch's convolutions)
+    "OPENBLAS_CORETYPE": "Haswell",  # numpy's and scipy's OpenBLAS (scikit-learn's baselines)
+    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",  # numpy's AVX-512 loops
+}
 
 
 @dataclass(slots=True)
@@ -129,14 +142,29 @@ def configure_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def stage_environment(environ: dict[str, str]) -> dict[str, str]:
-    """`environ` with the stage defaults filled in and the pinned values forced."""
-    return {**DEFAULT_ENV, **environ, **PINNED_ENV}
+def stage_environment(environ: dict[str, str], *, portable: bool = True, threads: int = 2) -> dict[str, str]:
+    """`environ` with the stage defaults filled in and the pinned values forced: with `portable`,
+    the CPU float kernels too, and OpenBLAS's thread count (`threads`, as torch's: it changes bits)."""
+    kernels = {**PORTABLE_ENV, "OPENBLAS_NUM_THREADS": str(threads)} if portable else {}
+    return {**DEFAULT_ENV, **environ, **PINNED_ENV, **kernels}
+
+
+def kernel_settings(argv: list[str]) -> dict[str, Any]:
+    """`portable` and `threads` of params `finetune`, from the params file a stage's `argv` names
+    (the defaults where it cannot be read: the stage then says why)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--params", default="params.yaml", type=Path)
+    known, _ = parser.parse_known_args(argv)
+    try:
+        finetune = load_params(known.params).finetune
+    except UserError:
+        finetune = FinetuneParams()
+    return {"portable": finetune.portable, "threads": finetune.threads}
 
 
 def entry(module: str, main: Callable[[], int]) -> None:
     """Run `main` as a script, first re-executing in the stage environment if this process lacks it."""
-    env = stage_environment(dict(os.environ))
+    env = stage_environment(dict(os.environ), **kernel_settings(sys.argv[1:]))
     if env != dict(os.environ):
         os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], env)
     sys.exit(main())

@@ -28,7 +28,7 @@ import torch
 from pipeline.errors import StageError
 from pipeline.io import json_bytes, read_records, scratch_folder, write_folder
 from pipeline.ledger import Fates
-from pipeline.model.device import Device, choose_device, make_deterministic
+from pipeline.model.device import Device, choose_device, cpu_kernels, make_deterministic
 from pipeline.model.learnable import require_classes
 from pipeline.model.models import classifier_for
 from pipeline.model.onnx_export import FILE as ONNX_FILE
@@ -154,9 +154,9 @@ def model_card(ctx: Context, card: dict, labels: list[str], result: FitResult, d
         "base_model": base,
         "labels": labels,
         "params": {"seed": ctx.params.seed, "threads": ctx.params.finetune.threads, "device": ctx.params.finetune.device,
-                   modality: section.model_dump(mode="json")},
+                   "portable": ctx.params.finetune.portable, modality: section.model_dump(mode="json")},
         "training": {"best_epoch": result.best_epoch, "epochs_run": len(result.history), "stopped_early": result.stopped_early,
-                     **device.describe()},
+                     **device.describe(), **({"cpu_kernels": cpu_kernels()} if device.type == "cpu" else {})},
         "metrics": {"validation": {k.removeprefix("val_"): v for k, v in result.best.items() if k.startswith("val_")}},
         "files": {"weights": "model.safetensors", "config": "classifier.json", **({"onnx": "model.onnx"} if onnx else {})},
         "software": {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
