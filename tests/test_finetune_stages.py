@@ -296,3 +296,23 @@ def test_a_test_split_with_no_known_label_stops_evaluate(tmp_path, caplog):
                           "--predictions", str(tmp_path / "p.parquet"), "--metrics", str(tmp_path / "m.json")])
     assert code == 1
     assert f"the test split holds {len(test)} record(s), none with a label train has (ham, spam)" in caplog.text
+
+
+def test_an_empty_val_split_trains_the_last_epoch_and_an_empty_test_split_stops_scoring(tmp_path, caplog):
+    """An empty split is a clear outcome, not a traceback from the tokenizer or torch: features of
+    no record are none, finetune keeps its last epoch and says that nothing validated it, and the
+    baselines stop because there is nothing to score."""
+    final = text_final(tmp_path, n=4)
+    for name in ("val", "test"):
+        write_records(read_records(final / f"{name}.parquet").iloc[0:0], final / f"{name}.parquet")
+    params = write_params(tmp_path / "p.yaml", TEXT, finetune={"text": {**QUICK["text"], "epochs": 2}}, evaluate=BASELINES)
+    common = ["--dataset", "t", "--params", str(params), "--data", str(final)]
+    assert features.main([*common, "--output", str(tmp_path / "features"), "--metrics", str(tmp_path / "fe.json")]) == 0
+    assert pq.read_table(tmp_path / "features" / "val.parquet").num_rows == 0
+    assert finetune.main([*common, "--output", str(tmp_path / "model"), "--metrics", str(tmp_path / "fi.json")]) == 0
+    assert json.loads((tmp_path / "fi.json").read_text())["best_epoch"] == 2
+    assert "the val split holds no record of a class train has (0 record(s) in all)" in caplog.text
+    code = baselines.main([*common, "--features", str(tmp_path / "features"), "--output", str(tmp_path / "b.parquet"),
+                           "--metrics", str(tmp_path / "b.json")])
+    assert code == 1 and "baselines@t: the test split is empty; there is nothing to score" in caplog.text
+    assert "Traceback" not in caplog.text

@@ -37,7 +37,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from pipeline.io import json_bytes
 from pipeline.model.device import CPU, Device, choose_device, make_deterministic
-from pipeline.model.spill import MEMORY, Rows, Store, frames, runs, stacked
+from pipeline.model.spill import MEMORY, Rows, Store, frames, index_batches, runs, stacked
 from pipeline.params import FinetuneParams, ImageFinetuneParams, TextFinetuneParams
 
 MODEL_FILE = "model.safetensors"
@@ -241,6 +241,8 @@ class TextClassifier:
     def _tokens(self, records: pd.DataFrame | Iterable[pd.DataFrame], store: Store = MEMORY) -> TextInputs:
         ids, lengths = store.rows("ids", torch.long), []
         for frame in frames(records):
+            if not len(frame):  # the tokenizer fails on no text at all
+                continue
             for row in self.tokenizer(list(frame["text"]), truncation=True, max_length=self.max_length)["input_ids"]:
                 ids.append(torch.tensor(row, dtype=torch.long))
                 lengths.append(len(row))
@@ -253,7 +255,7 @@ class TextClassifier:
         self.net.eval()
         out = [torch.empty(0)] * len(inputs.ids) if out is None else out
         order = torch.argsort(inputs.lengths, descending=True, stable=True)
-        for index in order.split(batch_size):
+        for index in index_batches(order, batch_size):
             batch = self.device.put(self._token_batch(inputs, index))
             with self.device.autocast():
                 hidden = self.net.run_layers(self.net.embed(batch["input_ids"]), batch["attention_mask"], 0, stop)

@@ -161,6 +161,12 @@ def runs(values: Iterable[object], size: int) -> Iterator[list[object]]:
         yield run
 
 
+def index_batches(order: torch.Tensor, size: int) -> tuple[torch.Tensor, ...]:
+    """`order` (row indices) cut into batches of `size`; none when it is empty, where torch's own
+    split gives one empty batch (an empty split trains or scores nothing, it does not fail)."""
+    return order.split(size) if len(order) else ()
+
+
 def stacked(rows: Rows, index: torch.Tensor | slice | Sequence[int]) -> torch.Tensor:
     """The rows at `index`, stacked along a new first axis."""
     picked = range(len(rows))[index] if isinstance(index, slice) else (index.tolist() if torch.is_tensor(index) else index)

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from pipeline.model.device import CPU, Device, make_deterministic  # noqa: F401 (re-exported)
 from pipeline.model.scores import macro_f1
+from pipeline.model.spill import index_batches
 from pipeline.params import TrainingParams
 
 Schedule = Literal["constant", "linear", "cosine"]
@@ -139,11 +140,11 @@ def batch_order(n: int, batch_size: int, generator: torch.Generator, lengths: to
     """
     permutation = torch.randperm(n, generator=generator)
     if lengths is None:
-        return list(permutation.split(batch_size))
+        return list(index_batches(permutation, batch_size))
     batches: list[torch.Tensor] = []
-    for chunk in permutation.split(batch_size * window):
+    for chunk in index_batches(permutation, batch_size * window):
         ranked = chunk[torch.argsort(lengths[chunk], descending=True, stable=True)]
-        batches.extend(ranked.split(batch_size))
+        batches.extend(index_batches(ranked, batch_size))
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
@@ -287,7 +288,7 @@ def predict_logits(model: Trainable, inputs: Any, batch_size: int, device: Devic
     order = torch.arange(n) if lengths is None else torch.argsort(lengths, descending=True, stable=True)
     parts = []
     with torch.inference_mode(), device.autocast():
-        for index in order.split(batch_size):
+        for index in index_batches(order, batch_size):
             parts.append(model.logits(device.put(model.take(inputs, index))).float().cpu())
     if not parts:
         return np.zeros((0, 0), dtype=np.float32)

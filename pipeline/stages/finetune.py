@@ -63,6 +63,9 @@ def run(ctx: Context) -> Outcome:
     labels = sorted(set(train["label"]))
     known_val = val[val["label"].isin(labels)]
     ctx.ledger.record(Fates.dropped(val.loc[~val["label"].isin(labels), "id"], "label_not_in_train"))
+    if known_val.empty:
+        log.warning("finetune@%s: the val split holds no record of a class train has (%d record(s) in all): nothing "
+                    "validates the epochs, the last is kept and its val metrics read 0", ctx.name, len(val))
     model = classifier_for(section, labels, device=device)
     with scratch_folder(ctx.args.output.parent, "finetune") as scratch:
         store = FileStore(scratch)
