@@ -7,9 +7,23 @@ from __future__ import annotations
 
 
 class UserError(Exception):
-    """The run cannot go on for a reason the user can fix; the message names the file, key or record."""
+    """The run cannot go on for a reason the user can fix; the message names the file, key or record.
+
+    `key`, where given, is the params key at fault (dotted, maybe relative to a dataset's entry), so
+    that the stage, which knows the params file, can name both (`in_params`).
+    """
 
     exit_code = 1
+
+    def __init__(self, message: str = "", *, key: str | None = None) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key, self.problem = key, message
+
+    def in_params(self, params: object, prefix: str = "") -> UserError:
+        """This error as a params error reads: `file: prefix.key: problem` (itself when it has no key)."""
+        if self.key is None:
+            return self
+        return type(self)(f"{params}: {prefix}{self.key}: {self.problem}")
 
 
 class ParamsError(UserError):

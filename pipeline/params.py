@@ -9,10 +9,13 @@ import codecs
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
+from pydantic_core import PydanticCustomError
 
 from pipeline.errors import ParamsError
 
@@ -21,16 +24,62 @@ SOURCE_SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "vali
                       "dev": "val", "test": "test", "testing": "test"}  # a source's split name -> ours
 IMAGE_FORMATS = ("image_folder", "image_manifest")
 
-PositiveInt = Annotated[int, Field(gt=0)]
-Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
-Byte = Annotated[int, Field(ge=0, le=255)]
+
+def _not_boolean(value: Any) -> Any:
+    """Refuse true/false as a number (pydantic would read 1 and 0) in a list, tuple or mapping."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("bool_for_number", "Input should be a number, not true or false")
+    return value
+
+
+PositiveInt = Annotated[int, Field(gt=0), BeforeValidator(_not_boolean)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0), BeforeValidator(_not_boolean)]
+Byte = Annotated[int, Field(ge=0, le=255), BeforeValidator(_not_boolean)]
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """Refuse true/false where a number goes: pydantic would read them as 1 and 0, so a gate
+        set to `false` to turn it off would become a threshold of 0 (inside containers: `_not_boolean`)."""
+        annotation = cls.model_fields[info.field_name].annotation if info.field_name else None
+        if isinstance(value, bool) and _takes_number(annotation):
+            unset = " (or null, to leave it unset)" if type(None) in _leaf_types(annotation) else ""
+            raise PydanticCustomError("bool_for_number", f"Input should be a number{unset}, not true or false")
+        return value
+
+
+def _takes_number(annotation: Any) -> bool:
+    """Whether a field of this annotation takes an int or float and no boolean."""
+    leaves = _leaf_types(annotation)
+    return (int in leaves or float in leaves) and bool not in leaves
+
+
+def _leaf_types(annotation: Any) -> list[Any]:
+    """The types a (maybe constrained, maybe optional) annotation is made of, unions opened."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _leaf_types(get_args(annotation)[0])
+    if origin in (Union, UnionType):
+        return [leaf for arg in get_args(annotation) for leaf in _leaf_types(arg)]
+    return [annotation]
+
 
 # --- datasets -------------------------------------------------------------------------------
+
+def _files_shape(value: Any) -> Any:
+    """`files` of a shape it can take, else one line saying which (pydantic would give one per union member)."""
+    def patterns(v: Any) -> bool:
+        return isinstance(v, str) or (isinstance(v, list) and all(isinstance(p, str) for p in v))
+
+    mapping = isinstance(value, dict) and all(isinstance(k, str) and patterns(v) for k, v in value.items())
+    if value is None or patterns(value) or mapping:
+        return value
+    raise PydanticCustomError("files_shape", "Input should be a file pattern, a list of them, or a mapping split -> pattern(s)")
+
 
 class Columns(Section):
     """Names of the source columns (tabular formats and image manifests)."""
@@ -47,7 +96,7 @@ class DatasetParams(Section):
     modality: Literal["text", "image"]
     source: str = Field(description="File (tabular, manifest), folder (image folder, or what `files` are in), relative "
                                     "to the project root; or an fsspec URL (s3://bucket/corpus).")
-    files: str | list[str] | dict[str, str | list[str]] | None = Field(
+    files: Annotated[str | list[str] | dict[str, str | list[str]] | None, BeforeValidator(_files_shape)] = Field(
         None, description="Text formats and image manifests: the files of the `source` folder to read, relative to it: a "
                           "glob, a list of files or globs, or a mapping split -> files (with source_split keep, the split "
                           "of their records).")
@@ -213,7 +262,12 @@ class TextCleanParams(Section):
         return self
 
 
-Action = Literal["drop", "flag", "off"]
+def _yaml_off(value: Any) -> Any:
+    """An action written `off` without quotes: YAML 1.1 reads it as false."""
+    return "off" if value is False else value
+
+
+Action = Annotated[Literal["drop", "flag", "off"], BeforeValidator(_yaml_off)]
 
 
 class SizeCheck(Section):
@@ -413,6 +467,26 @@ class ImageAugmentParams(Section):
     targets: dict[str, PositiveInt] | None = Field(None, description="Per-class record counts to reach with variants (replaces variants/classes).")
     transform: dict[str, Any] = Field(default_factory=_default_image_transform, description="albumentations A.to_dict() form.")
 
+    @field_validator("transform")
+    @classmethod
+    def _transform_shape(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """The A.to_dict() shape, on load. The transform names and arguments are albumentations' to
+        judge when augment starts (importing it here would add seconds to every stage)."""
+        problem = _transform_problem(value.get("transform"), "transform")
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+def _transform_problem(node: Any, where: str) -> str | None:
+    """What is wrong with the shape of the transform at `where` (and those it composes), or None."""
+    if not isinstance(node, dict) or not isinstance(node.get("__class_fullname__"), str):
+        return f"{where} must be a transform: a mapping naming its albumentations class in __class_fullname__"
+    children = node.get("transforms", [])
+    if not isinstance(children, list):
+        return f"{where}.transforms must be a list of transforms"
+    return next(filter(None, (_transform_problem(child, f"{where}.transforms.{i}") for i, child in enumerate(children))), None)
+
 
 class AugmentParams(Section):
     text: TextAugmentParams = TextAugmentParams()
@@ -428,7 +502,7 @@ class RebalanceParams(Section):
         "originals; the last two clean train by embeddings of the offline models.",
     )
     ratio: Annotated[float, Field(gt=0.0, le=1.0)] = Field(1.0, description="Target smallest/largest class ratio after resampling.")
-    counts: dict[str, Annotated[int, Field(ge=1)]] | None = Field(
+    counts: dict[str, PositiveInt] | None = Field(
         None, description="Per-class record counts to reach instead of a ratio (random_* strategies)."
     )
     n_neighbors: PositiveInt = Field(3, description="edited_nearest_neighbours: neighbours that must agree.")
@@ -664,7 +738,7 @@ def describe_errors(exc: ValidationError, path: Path) -> str:
         if err["type"] == "extra_forbidden":
             lines.append(f"{path}: {key}: unknown key (check its spelling and section)")
             continue
-        got = err.get("input")
-        got_text = f" Got {got!r} instead." if got is not None and not isinstance(got, dict) else ""
+        got = err.get("input", {})
+        got_text = "" if isinstance(got, dict) else " Got null instead." if got is None else f" Got {got!r} instead."
         lines.append(f"{path}: {key}: {err['msg']}.{got_text}")
     return "\n".join(lines)

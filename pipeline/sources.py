@@ -145,10 +145,10 @@ def source_files(dataset: DatasetParams, root: Path = Path(".")) -> list[SourceF
     for split, pattern in file_patterns(dataset.files):
         found = lister(pattern)
         if not found:
-            raise SourceError(f"files: {pattern!r} matches no file in {dataset.source}")
+            raise SourceError(f"{pattern!r} matches no file in {dataset.source}", key="files")
         for location, name in found:
             if name in chosen:
-                raise SourceError(f"files: {name} is picked by both {chosen[name][1]!r} and {pattern!r}; pick each file once")
+                raise SourceError(f"{name} is picked by both {chosen[name][1]!r} and {pattern!r}; pick each file once", key="files")
             chosen[name] = SourceFile(location, name, split if keep else None), pattern
     return [file for file, _ in chosen.values()]
 
@@ -157,14 +157,14 @@ def _whole_source(dataset: DatasetParams, root: Path) -> list[SourceFile]:
     if is_url(dataset.source):
         fs, path = _filesystem(dataset.source)
         if not fs.exists(path):
-            raise SourceError(f"source {dataset.source!r} does not exist")
+            raise SourceError(f"{dataset.source!r} does not exist", key="source")
         if fs.isdir(path):
             return [SourceFile(location, name) for location, name in _url_lister(dataset.source)("*.parquet")]
         return [SourceFile(dataset.source, posixpath.basename(path))]
     path = _local_source(dataset, root)
     if path.is_dir():
         if dataset.format != "parquet":
-            raise SourceError(f"source {dataset.source!r} is a folder; name its files with `files` (a glob, a list or a split mapping)")
+            raise SourceError(f"{dataset.source!r} is a folder; name its files with `files` (a glob, a list or a split mapping)", key="source")
         return [SourceFile(str(file), file.name) for file in sorted(path.glob("*.parquet"))]
     return [SourceFile(str(path), path.name)]
 
@@ -172,14 +172,14 @@ def _whole_source(dataset: DatasetParams, root: Path) -> list[SourceFile]:
 def _local_source(dataset: DatasetParams, root: Path) -> Path:
     path = root / dataset.source
     if not path.exists():
-        raise SourceError(f"source {dataset.source!r} does not exist (resolved to {path})")
+        raise SourceError(f"{dataset.source!r} does not exist (resolved to {path})", key="source")
     return path
 
 
 def _local_lister(dataset: DatasetParams, root: Path):
     folder = _local_source(dataset, root)
     if not folder.is_dir():
-        raise SourceError(f"source {dataset.source!r} must be the folder its `files` are in")
+        raise SourceError(f"{dataset.source!r} must be the folder its `files` are in", key="source")
     inside = folder.resolve()
 
     def matches(pattern: str) -> list[tuple[str, str]]:
@@ -189,7 +189,7 @@ def _local_lister(dataset: DatasetParams, root: Path):
             files = [folder / pattern] if (folder / pattern).is_file() else []
         for file in files:
             if not file.resolve().is_relative_to(inside):
-                raise SourceError(f"files: {file.relative_to(folder).as_posix()} resolves outside {dataset.source}; not read")
+                raise SourceError(f"{file.relative_to(folder).as_posix()} resolves outside {dataset.source}; not read", key="files")
         return [(str(file), file.relative_to(folder).as_posix()) for file in files]
 
     return matches
@@ -343,7 +343,7 @@ def _delimited_rows(path: SourceFile, dataset: DatasetParams, text: io.TextIOWra
     missing = [c for c in want if c not in names]
     if missing:
         hint = "" if dataset.header else " (without a header, columns are named by position: '0', '1', ...)"
-        raise SourceError(f"{path.name}: columns {missing} not in {names}{hint}")
+        raise SourceError(f"{path.name}: columns {missing} not in {names}{hint}", key=column_key(dataset, missing[0]))
     index = {name: names.index(name) for name in want}
     for start, fields in itertools.chain([] if dataset.header else [first], rows):
         if isinstance(fields, Raw):
@@ -385,6 +385,11 @@ def _text_columns(dataset: DatasetParams) -> list[str]:
     return [cols.text, cols.label] + ([cols.split] if cols.split and dataset.source_split == "keep" else [])
 
 
+def column_key(dataset: DatasetParams, column: str) -> str:
+    """The params key (under the dataset's entry) that names `column`: `columns.text`, `columns.label`, ..."""
+    return next(f"columns.{field}" for field, name in dataset.columns if name == column)
+
+
 def _row_to_raw(source: str, row: int, fields: list[str], names: list[str], index: dict[str, int]) -> Raw:
     where = f"{source}:{row}"
     if len(fields) != len(names):
@@ -408,22 +413,30 @@ def _values_to_raw(source: str, row: int, values: dict[str, object], order: list
 
 def _read_jsonl(path: SourceFile, dataset: DatasetParams) -> Iterator[Raw]:
     order = _text_columns(dataset)
+    seen: set[str] = set()  # the wanted columns some object held
+    objects = False
     # Lines end at "\n" only: str.splitlines() also breaks at U+2028/U+2029/U+0085, which JSON
     # writers leave unescaped inside strings.
     with _text_stream(path, dataset.encoding, newline="\n") as text:
         for number, line in enumerate(text, start=1):
             line = line.removesuffix("\n").removesuffix("\r")
             if line.strip():
-                yield _jsonl_row(path.name, number, line, order)
+                raw = _jsonl_row(path.name, number, line, order, seen)
+                objects = objects or raw.reject != "malformed_json"
+                yield raw
+    missing = [c for c in order if c not in seen]
+    if objects and missing:  # a column no object has is a misnamed one, not records without it
+        raise SourceError(f"{path.name}: columns {missing} in none of its objects", key=column_key(dataset, missing[0]))
 
 
-def _jsonl_row(name: str, number: int, line: str, order: list[str]) -> Raw:
+def _jsonl_row(name: str, number: int, line: str, order: list[str], seen: set[str]) -> Raw:
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
         return Raw(name, number, reject="malformed_json", detail=f"{name}:{number}: {exc.msg}")
     if not isinstance(obj, dict):
         return Raw(name, number, reject="malformed_json", detail=f"{name}:{number}: not a JSON object")
+    seen.update(c for c in order if c in obj)
     return _values_to_raw(name, number, {c: obj.get(c) for c in order}, order)
 
 
@@ -434,7 +447,7 @@ def _read_parquet(file: SourceFile, dataset: DatasetParams) -> Iterator[Raw]:
         names = reader.schema_arrow.names
         missing = [c for c in order if c not in names]
         if missing:
-            raise SourceError(f"{file.name}: columns {missing} not in {names}")
+            raise SourceError(f"{file.name}: columns {missing} not in {names}", key=column_key(dataset, missing[0]))
         row = 0
         for batch in reader.iter_batches(batch_size=PARQUET_BATCH, columns=order):
             columns = batch.to_pydict()
@@ -523,7 +536,7 @@ def _read_image_manifest(file: SourceFile, dataset: DatasetParams) -> Iterator[R
         reader = csv.DictReader(text)
         missing = [c for c in (cols.path, cols.label) if c not in (reader.fieldnames or [])]
         if missing:
-            raise SourceError(f"{file.name}: columns {missing} not in header {reader.fieldnames}")
+            raise SourceError(f"{file.name}: columns {missing} not in header {reader.fieldnames}", key=column_key(dataset, missing[0]))
         for row in reader:
             raw = entry(str(row.get(cols.path) or ""), reader.line_num, file.name)
             raw.label, raw.origin = row.get(cols.label), origin
@@ -581,7 +594,7 @@ def _read_remote_image_folder(url: str, dataset: DatasetParams) -> Iterator[Raw]
     fs, base = _filesystem(url)
     base = base.rstrip("/")
     if not fs.isdir(base):
-        raise SourceError(f"source {url!r} is not a folder (an image folder is root/{dataset.folder_layout}/<file>)")
+        raise SourceError(f"{url!r} is not a folder (an image folder is root/{dataset.folder_layout}/<file>)", key="source")
     for path in sorted(p for p in fs.find(base) if p != base):
         rel = path[len(base) + 1 :]
         yield _placed(rel, dataset, functools.partial(_remote_image, fs, path, rel))

@@ -148,11 +148,39 @@ def test_default_transforms_apply_independently():
     ids=["unknown-class", "bad-argument", "no-transform-key"],
 )
 def test_unloadable_transform_raises(transform):
-    """A transform dict albumentations cannot load fails before any image is touched."""
-    params = ImageAugmentParams(transform=transform)
+    """A transform dict albumentations cannot load fails before any image is touched (its shape, on load)."""
     with warnings.catch_warnings(), pytest.raises((KeyError, ValueError, TypeError)):
         warnings.simplefilter("ignore")
-        augment_images(IMAGES[:1], params, seed=0)
+        augment_images(IMAGES[:1], ImageAugmentParams(transform=transform), seed=0)
+
+
+@pytest.mark.parametrize("transform, key, expected", [
+    ({"__class_fullname__": "HorizontalFlip", "p": 2}, "transforms.1", "less than or equal to 1"),
+    ({"__class_fullname__": "HorizontalFlip", "p": 0.5, "prob": 0.5}, "transforms.1", "'prob' are not valid"),
+    ({"__class_fullname__": "OneOf", "p": 0.5, "transforms": [{"__class_fullname__": "Blurr", "p": 1}]},
+     "transforms.1.transforms.0.__class_fullname__", "unknown albumentations transform 'Blurr'"),
+])
+def test_a_transform_albumentations_refuses_is_named_by_its_key(transform, key, expected):
+    """augment checks the transforms before any work and names the one at fault by its dotted key, in one line."""
+    from pipeline.errors import AugmenterUnavailable
+    from pipeline.steps.augment import check_available
+
+    tree = {"transform": {"__class_fullname__": "Compose", "p": 1.0, "transforms": [{"__class_fullname__": "Affine", "p": 0.5}, transform]}}
+    with pytest.raises(AugmenterUnavailable) as info:
+        check_available("image", ImageAugmentParams(transform=tree))
+    assert str(info.value).startswith(f"augment.image.transform.transform.{key}: ") and expected in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_an_argument_nlpaug_does_not_take_is_named_by_its_key():
+    """A misspelt augmenter argument fails augment before any work, naming that augmenter's `args`."""
+    from pipeline.errors import AugmenterUnavailable
+    from pipeline.params import TextAugmenter
+    from pipeline.steps.augment import check_available
+
+    params = TextAugmentParams(augmenters=[TextAugmenter(name="KeyboardAug"), TextAugmenter(name="OcrAug", args={"aug_chr_p": 0.1})])
+    with pytest.raises(AugmenterUnavailable, match=r"^augment\.text\.augmenters\.1\.args: nlpaug cannot make OcrAug: .*'aug_chr_p'"):
+        check_available("text", params)
 
 
 # --- per-class targets and unavailable augmenters -------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,7 +139,7 @@ def check_augmenters(augmenters: Sequence[TextAugmenter]) -> None:
         raise AugmenterUnavailable(
             "SynonymAug needs nltk and its WordNet data, which are not installed here. Install them "
             "(pip install nltk; then Debian's wordnet-base, or nltk.download('wordnet') where a network "
-            "is available), or remove SynonymAug from params augment.text.augmenters"
+            "is available), or remove SynonymAug from params augment.text.augmenters", key="augment.text.augmenters"
         ) from None
 
 
@@ -146,11 +147,41 @@ def check_available(modality: str, params: TextAugmentParams | ImageAugmentParam
     """Raise AugmenterUnavailable, saying why, when the configured augmentation cannot run."""
     if modality == "text":
         check_augmenters(params.augmenters)
+        for i, augmenter in enumerate(params.augmenters):
+            try:
+                _text_augmenters(augmenter_spec([augmenter]))
+            except (TypeError, ValueError) as exc:  # an argument nlpaug does not take
+                raise AugmenterUnavailable(f"nlpaug cannot make {augmenter.name}: {exc}", key=f"augment.text.augmenters.{i}.args") from None
         return
+    problem = transform_problem(params.transform["transform"])
+    if problem:
+        raise AugmenterUnavailable(problem[1], key=f"augment.image.transform.{problem[0]}")
+
+
+def transform_problem(node: dict[str, Any], where: str = "transform") -> tuple[str, str] | None:
+    """(where, why) for the first transform of an A.to_dict() tree, its children before it, that
+    albumentations cannot build: an unknown name, an argument it refuses or does not know."""
+    import albumentations as A
+
+    for i, child in enumerate(node.get("transforms", [])):
+        if problem := transform_problem(child, f"{where}.transforms.{i}"):
+            return problem
+    name = node["__class_fullname__"]
     try:
-        transform_spec(params.transform)
-    except Exception as exc:  # albumentations raises many types for a bad dict
-        raise AugmenterUnavailable(f"params augment.image.transform is not a loadable albumentations dict: {exc}") from None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            A.from_dict({"transform": node})
+    except KeyError:
+        return f"{where}.__class_fullname__", f"unknown albumentations transform {name!r}"
+    except Exception as exc:  # albumentations raises many types for a bad argument
+        return where, f"albumentations cannot make {name}: {_one_line(str(exc))}"
+    unknown = [str(w.message) for w in caught if "not valid for transform" in str(w.message)]
+    return (where, f"{name}: {unknown[0]}") if unknown else None
+
+
+def _one_line(message: str) -> str:
+    """A (pydantic) message of several lines as one, without its links."""
+    return " ".join(line.strip() for line in message.splitlines() if not line.strip().startswith("For further information"))
 
 
 def augmenter_spec(augmenters: Sequence[TextAugmenter]) -> str:
