@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
+import errno
 import functools
 import glob
 import io
@@ -17,8 +18,9 @@ import json
 import os
 import posixpath
 import re
+import stat
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -401,14 +403,22 @@ def _row_to_raw(source: str, row: int, fields: list[str], names: list[str], inde
 def _values_to_raw(source: str, row: int, values: dict[str, object], order: list[str]) -> Raw:
     text_col, label_col = order[0], order[1]
     split_col = order[2] if len(order) > 2 else None
-    where = f"{source}:{row}"
-    joined = "".join(str(v) for v in values.values() if v is not None)
-    if _has_surrogates(joined):
-        return Raw(source, row, reject="invalid_encoding", detail=f"{where}: bytes not valid in the declared encoding")
-    if "\x00" in joined:
-        return Raw(source, row, reject="nul_byte", detail=f"{where}: NUL byte in a field")
+    problem = _field_problem(f"{source}:{row}", values.values())
+    if problem:
+        return Raw(source, row, reject=problem[0], detail=problem[1])
     split = values.get(split_col) if split_col else None
     return Raw(source, row, label=values.get(label_col), text=values.get(text_col), source_split=None if split is None else str(split))
+
+
+def _field_problem(where: str, values: Iterable[object]) -> tuple[str, str] | None:
+    """(reason, detail) for fields no record can hold: bytes undecodable in the declared encoding
+    (UTF-8 cannot store them) or a NUL byte (no file path can hold one either)."""
+    joined = "".join(str(v) for v in values if v is not None)
+    if _has_surrogates(joined):
+        return "invalid_encoding", f"{where}: bytes not valid in the declared encoding"
+    if "\x00" in joined:
+        return "nul_byte", f"{where}: NUL byte in a field"
+    return None
 
 
 def _read_jsonl(path: SourceFile, dataset: DatasetParams) -> Iterator[Raw]:
@@ -434,6 +444,8 @@ def _jsonl_row(name: str, number: int, line: str, order: list[str], seen: set[st
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
         return Raw(name, number, reject="malformed_json", detail=f"{name}:{number}: {exc.msg}")
+    except (ValueError, RecursionError) as exc:  # a number past int()'s digit limit, nesting past the recursion limit
+        return Raw(name, number, reject="malformed_json", detail=f"{name}:{number}: {str(exc)[:200]}")
     if not isinstance(obj, dict):
         return Raw(name, number, reject="malformed_json", detail=f"{name}:{number}: not a JSON object")
     seen.update(c for c in order if c in obj)
@@ -465,11 +477,25 @@ def _read_image_folder(path: Path, dataset: DatasetParams) -> Iterator[Raw]:
     root = path.resolve()
     for file in _walk(path):
         rel = "/".join(file.relative_to(path).parts)
+        if _has_surrogates(rel):
+            yield _undecodable_name(rel)
+            continue
         if file.is_symlink() and file.is_dir():
             yield Raw(rel, None, reject="outside_root" if not file.resolve().is_relative_to(root) else "symlinked_folder",
                       detail=f"{rel}: symlinked folder, not followed")
             continue
         yield _placed(rel, dataset, functools.partial(_image_file, file, rel, root))
+
+
+def _undecodable_name(rel: str) -> Raw:
+    """A file whose path is not UTF-8: no record or ledger can hold its name, so it is refused,
+    named with its odd bytes escaped (`\\xe9`)."""
+    try:
+        raw = rel.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = rel.encode("utf-8", "backslashreplace")
+    shown = raw.decode("utf-8", "backslashreplace")
+    return Raw(shown, None, reject="invalid_encoding", detail=f"{shown}: file name is not valid UTF-8")
 
 
 def _placed(rel: str, dataset: DatasetParams, read: Callable[[], Raw]) -> Raw:
@@ -510,13 +536,32 @@ def _image_file(file: Path, rel: str, root: Path) -> Raw:
     """Bytes of one image file, or a rejection (hidden, outside the root, not an image)."""
     if _hidden(rel):
         return Raw(rel, None, reject="hidden_file", detail=f"{rel}: hidden file or folder")
-    if not file.resolve().is_relative_to(root):
+    if not _real(file).is_relative_to(root):
         return Raw(rel, None, reject="outside_root", detail=f"{rel}: resolves outside the dataset root")
     if file.suffix.lower() not in IMAGE_EXTENSIONS:
         return Raw(rel, None, reject="not_an_image_file", detail=f"{rel}: extension {file.suffix or '(none)'!r}")
-    if not file.is_file():
-        return Raw(rel, None, reject="missing_file", detail=f"{rel}: broken link or not a regular file")
-    return Raw(rel, None, image=file.read_bytes())
+    if missing := _unusable_file(file):
+        return Raw(rel, None, reject="missing_file", detail=f"{rel}: broken link or not a regular file ({missing})")
+    try:
+        return Raw(rel, None, image=file.read_bytes())
+    except OSError as exc:
+        return Raw(rel, None, reject="missing_file", detail=f"{rel}: cannot be read ({exc.strerror or exc})")
+
+
+def _real(file: Path) -> Path:
+    """`file` with its links followed, as `Path.resolve` but without its RuntimeError on a symlink
+    loop: the loop is left unresolved, to be refused by `_unusable_file`."""
+    return Path(os.path.realpath(file))
+
+
+def _unusable_file(file: Path) -> str | None:
+    """Why `file` is not a regular file to read (None when it is): missing, a folder or a pipe, a
+    symlink loop, or a path the system refuses (a name too long)."""
+    try:
+        mode = file.stat().st_mode
+    except OSError as exc:
+        return "not found" if exc.errno == errno.ENOENT else (exc.strerror or str(exc)).lower()
+    return None if stat.S_ISREG(mode) else "not a regular file"
 
 
 def _read_image_manifest(file: SourceFile, dataset: DatasetParams) -> Iterator[Raw]:
@@ -538,11 +583,22 @@ def _read_image_manifest(file: SourceFile, dataset: DatasetParams) -> Iterator[R
         if missing:
             raise SourceError(f"{file.name}: columns {missing} not in header {reader.fieldnames}", key=column_key(dataset, missing[0]))
         for row in reader:
-            raw = entry(str(row.get(cols.path) or ""), reader.line_num, file.name)
-            raw.label, raw.origin = row.get(cols.label), origin
-            if cols.split and dataset.source_split == "keep":
-                raw.source_split = row.get(cols.split)
+            raw = _manifest_row(row, reader.line_num, file.name, dataset, entry)
+            raw.origin = origin
             yield raw
+
+
+def _manifest_row(row: dict, number: int, manifest: str, dataset: DatasetParams, entry: Callable[..., Raw]) -> Raw:
+    """One manifest row as a raw record: its image read by `entry`, with its label (and split);
+    a row whose fields no record can hold is refused before its path is used."""
+    cols = dataset.columns
+    split = row.get(cols.split) if cols.split and dataset.source_split == "keep" else None
+    problem = _field_problem(f"{manifest}:{number}", [row.get(cols.path), row.get(cols.label), split])
+    if problem:
+        return Raw(f"{manifest}:{number}", number, reject=problem[0], detail=problem[1])
+    raw = entry(str(row.get(cols.path) or ""), number, manifest)
+    raw.label, raw.source_split = row.get(cols.label), split
+    return raw
 
 
 def _local_path(location: str) -> Path | None:
@@ -557,8 +613,9 @@ def _local_path(location: str) -> Path | None:
 
 def _absolute_entry(file: Path, number: int, where: str) -> Raw:
     """An absolute manifest path the user allowed: read as given, recorded as given."""
-    raw = _image_file(file, file.name, file.parent.resolve()) if file.is_file() else \
-        Raw(str(file), number, reject="missing_file", detail=f"{where}: {file} not found")
+    missing = _unusable_file(file)
+    raw = Raw(str(file), number, reject="missing_file", detail=f"{where}: {file} {missing}") if missing else \
+        _image_file(file, file.name, file.parent.resolve())
     raw.source, raw.source_row = str(file), number
     if raw.detail and not raw.detail.startswith(where):
         raw.detail = f"{where}: {raw.detail}"
@@ -575,10 +632,11 @@ def _manifest_entry(root: Path, entry: str, number: int, manifest: str, *, allow
         return _absolute_entry(Path(entry), number, where)
     entry = posixpath.normpath(entry.replace("\\", "/"))
     file = root / entry
-    if not file.resolve().is_relative_to(root.resolve()):
+    if not _real(file).is_relative_to(root.resolve()):
         return Raw(entry, number, reject="outside_root", detail=f"{where}: {entry} resolves outside the image root")
-    if not file.is_file():
-        return Raw(entry, number, reject="missing_file", detail=f"{where}: {entry} not found")
+    missing = _unusable_file(file)
+    if missing:
+        return Raw(entry, number, reject="missing_file", detail=f"{where}: {entry} {missing}")
     raw = _image_file(file, entry, root.resolve())
     raw.source_row = number
     if raw.detail:

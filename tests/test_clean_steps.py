@@ -39,6 +39,43 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
+def dds_unknown_pixel_format() -> bytes:
+    """A DDS whose pixel format flags name no format: Pillow's DDS reader raises NotImplementedError."""
+    data = bytearray(encode(noise((8, 8)), "DDS"))
+    data[80:84] = struct.pack("<I", 0)
+    return bytes(data)
+
+
+def tiff_second_frame_without_size() -> bytes:
+    """A two-page TIFF whose second page has no width or height: counting pages raises TypeError."""
+    return two_page_tiff([(262, 1)])  # photometric interpretation only
+
+
+def tiff_second_frame_of_unknown_compression() -> bytes:
+    """A two-page TIFF whose second page names compression 285, which Pillow has no entry for: KeyError."""
+    return two_page_tiff([(256, 4), (257, 4), (259, 285), (262, 1)])
+
+
+def two_page_tiff(second_page: list[tuple[int, int]]) -> bytes:
+    """A 4x4 grey TIFF, then a second page of the given (tag, LONG value) entries and no pixels."""
+    def ifd(entries: list[tuple[int, int]], following: int) -> bytes:
+        rows = b"".join(struct.pack("<HHII", tag, 4, 1, value) for tag, value in entries)  # LONG values
+        return struct.pack("<H", len(entries)) + rows + struct.pack("<I", following)
+    pixels = bytes(16)
+    second_at = 8 + len(ifd([(0, 0)] * 8, 0))
+    second = ifd(second_page, 0)
+    first = [(256, 4), (257, 4), (258, 8), (259, 1), (262, 1), (273, second_at + len(second)), (278, 4), (279, len(pixels))]
+    return b"II*\x00" + struct.pack("<I", 8) + ifd(first, second_at) + second + pixels
+
+
+def spider_image_outside_a_stack() -> bytes:
+    """A SPIDER header naming an image of a stack without the stack: Pillow raises AttributeError."""
+    header = [0.0] * 27
+    header[0], header[1], header[4], header[11] = 4, 4, 1, 4  # slices, rows, iform 1 (2D image), samples
+    header[12], header[21], header[22], header[26] = 1, 1024, 1024, 1  # 1 record of 1024 bytes; image number 1
+    return struct.pack(">27f", *header) + bytes(1024)
+
+
 # --- labels ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("raw, expected", [
@@ -206,6 +243,20 @@ def test_inspect_image_truncated_png_fails_verify():
     verdict = inspect_image(data[: len(data) // 2], ImageCleanParams())
     assert verdict.reason == "corrupt_image"
     assert verdict.detail
+
+
+@pytest.mark.parametrize("make, error", [
+    (dds_unknown_pixel_format, "NotImplementedError"),
+    (tiff_second_frame_without_size, "TypeError"),
+    (tiff_second_frame_of_unknown_compression, "KeyError"),
+    (spider_image_outside_a_stack, "AttributeError"),
+])
+def test_inspect_image_headers_pillow_cannot_parse_are_corrupt(make, error):
+    """Pillow's format readers raise more than OSError and ValueError on malformed headers (found by
+    tests/test_properties.py): such a file is a corrupt image, not a traceback."""
+    verdict = inspect_image(make(), ImageCleanParams())
+    assert verdict.reason == "corrupt_image"
+    assert verdict.detail.startswith(f"{error}: ")
 
 
 def test_inspect_image_reads_headers_only():

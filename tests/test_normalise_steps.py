@@ -294,6 +294,19 @@ def test_a_header_without_pixels_is_corrupt():
     assert normalise_image(png_header_only(100, 100), ImageNormaliseParams()).reason == "corrupt_image"
 
 
+def blp_unknown_compression() -> bytes:
+    """A BLP1 header that clean accepts, naming a compression Pillow's decoder does not know."""
+    return b"BLP1" + struct.pack("<iIIIi", 5, 0, 24, 24, 0) + bytes(4) + bytes(2048)
+
+
+def test_pixel_data_pillow_cannot_decode_is_corrupt():
+    """The decoder raises NotImplementedError (BLPFormatError), not OSError (found by
+    tests/test_properties.py): the image is dropped as corrupt, not a traceback."""
+    result = normalise_image(blp_unknown_compression(), ImageNormaliseParams())
+    assert result.reason == "corrupt_image"
+    assert result.detail.startswith("BLPFormatError: ")
+
+
 def test_a_jpeg_decoded_at_a_reduced_scale_is_still_judged_at_its_full_size():
     """The DCT-scaled decode is for speed only: size checks see the header's size."""
     data = encode(noise((600, 90)), "JPEG", quality=90)  # 6.67:1, decodable at 1/2 scale for size 32

@@ -229,6 +229,20 @@ def test_jsonl_malformed_or_non_object_line_is_rejected(tmp_path, bad, hint):
     assert accepted(frame)["text"].tolist() == ["ok", "ok2"]
 
 
+@pytest.mark.parametrize("bad, hint", [
+    ('{"text": "x", "label": ' + "9" * 5_000 + "}", "integer string conversion"),  # Python's int() digit limit
+    ("[" * 100_000, "recursion"),  # nesting deeper than the recursion limit
+])
+def test_jsonl_line_json_cannot_parse_is_rejected(tmp_path, bad, hint):
+    """json.loads raises ValueError and RecursionError besides JSONDecodeError (found by
+    tests/test_properties.py): the line is malformed_json, not a traceback."""
+    (tmp_path / "c.jsonl").write_text(f'{bad}\n{{"text": "ok", "label": "a"}}\n', encoding="utf-8")
+    frame = read_source(dataset("c.jsonl", "jsonl"), tmp_path)
+    row = rejection(frame, "malformed_json")
+    assert row["detail"].startswith("c.jsonl:1:") and hint in row["detail"]
+    assert accepted(frame)["text"].tolist() == ["ok"]
+
+
 @pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85"])
 def test_jsonl_line_separator_inside_a_string_is_text(tmp_path, separator):
     """json.dumps(ensure_ascii=False) writes U+2028/U+0085 raw; JSON Lines records end only at '\\n'."""

@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from pipeline.ledger import Fates, Processed
 from pipeline.params import CleanParams, DatasetParams, ImageCleanParams, TextCleanParams
 from pipeline.records import conform, source_location, text_hash
-from pipeline.steps.pixels import pillow_pixel_guard_off
+from pipeline.steps.pixels import UNREADABLE, pillow_pixel_guard_off
 
 TAG = re.compile(r"<(?:/?[A-Za-z][^<>]{0,200}|!--.*?--)>", re.S)  # a tag or comment, not '3 < 5 and 7 > 2'
 # Zero-width characters and bidirectional controls: invisible, but they make equal texts differ.
@@ -198,7 +198,7 @@ def inspect_image(data: bytes | None, params: ImageCleanParams) -> Verdict:
         return Verdict(reason="too_many_pixels", detail=str(exc)[:200])
     except UnidentifiedImageError:
         return Verdict(reason="not_an_image", detail="content is not a decodable image")
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except UNREADABLE as exc:
         return Verdict(reason="corrupt_image", detail=f"{type(exc).__name__}: {exc}"[:200])
 
 

@@ -22,7 +22,7 @@ from PIL import Image, ImageOps
 from pipeline.ledger import Fates, Processed
 from pipeline.params import ImageNormaliseParams, NormaliseParams, TextNormaliseParams
 from pipeline.records import pixel_hash, source_location, text_hash
-from pipeline.steps.pixels import pillow_pixel_guard_off, resample
+from pipeline.steps.pixels import UNREADABLE, pillow_pixel_guard_off, resample
 from pipeline.steps.quality import judge, measure_working_copy, working_copy
 
 ORIENTATION = 0x0112  # the EXIF tag
@@ -81,7 +81,7 @@ def normalise_image(data: bytes, params: ImageNormaliseParams) -> Normalised:
     """
     try:
         width, height, pixels = _decode(data, params)
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # UnidentifiedImageError is an OSError
+    except UNREADABLE as exc:
         return Normalised(reason="corrupt_image", detail=f"{type(exc).__name__}: {exc}"[:200])
     small = working_copy(pixels, params.quality.working_side)
     reason, detail, flags = judge(measure_working_copy(small, width=width, height=height), params.quality)

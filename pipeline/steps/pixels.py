@@ -3,11 +3,20 @@ from __future__ import annotations
 
 import contextlib
 import math
+import struct
 from collections.abc import Iterator
 
 import cv2
 import numpy as np
 from PIL import Image
+
+# What Pillow raises on a file it cannot read: OSError (UnidentifiedImageError), ValueError,
+# SyntaxError and EOFError, and what its format readers let escape on malformed headers and pixel
+# data: TypeError, IndexError and struct.error (which its own `Image.open` takes for "not this
+# format"), KeyError (TIFF compressions), NotImplementedError (DDS pixel formats, BLP compressions)
+# and AttributeError (SPIDER). Found by fuzzing; see tests/test_properties.py.
+UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, TypeError, IndexError, struct.error, KeyError,
+              NotImplementedError, AttributeError)
 
 
 @contextlib.contextmanager
