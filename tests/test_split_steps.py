@@ -423,3 +423,22 @@ def test_multi_label_source_split_is_kept_and_what_it_lacks_is_carved(tmp_path):
     assert all(got[i] == "test" for i, s in shipped.items() if s == "test")
     carved = [got[i] for i, s in shipped.items() if s == "train"]
     assert 0.08 < carved.count("val") / len(carved) < 0.16 and "test" not in carved
+
+
+@pytest.mark.parametrize("labels, says", [(["a"] * 30, "train holds one class ('a': 24)"), ([], "train holds no record")])
+def test_split_warns_when_train_cannot_teach_a_classifier(tmp_path, caplog, labels, says):
+    """Fewer than two classes left after clean and dedup: the split is still written (the corpus
+    may serve another purpose), with a warning naming the counts, before finetune stops on it."""
+    import logging
+
+    from conftest import write_params
+    from pipeline.io import write_records
+    from pipeline.stages import split
+
+    write_records(text_records([(label, f"text {i}") for i, label in enumerate(labels)]), tmp_path / "dedup.parquet")
+    params = write_params(tmp_path / "params.yaml", {"t": {"modality": "text", "source": "x.tsv", "format": "tsv"}})
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        assert split.main(["--dataset", "t", "--params", str(params), "--input", str(tmp_path / "dedup.parquet"),
+                           "--output", str(tmp_path / "split"), "--leakage", str(tmp_path / "leakage.json"),
+                           "--metrics", str(tmp_path / "m.json")]) == 0
+    assert f"split@t: {says} after the earlier stages; a classifier needs at least two classes" in caplog.text

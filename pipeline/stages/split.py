@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,7 @@ NO_SPLIT = "\x00"  # stands for a record without a source split in the totals (w
 TWO_SIDED = pa.schema([("groups", pa.int64())])
 SPLIT_COUNTS = pa.schema([("group_id", pa.string()), ("label", pa.string()), ("split", pa.string()), ("n", pa.int64())])
 LEAK_EXTRA = [("split", pa.string()), ("content_hash", pa.string())]
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,7 +78,19 @@ def run(ctx: Context) -> Outcome:
         raise RuntimeError(f"bug: {report['groups_on_two_sides']} groups ended up on two sides of the split")
     extra = {**report, "train_only_classes": train_only, "source_split": keep_source,
              "leakage": {"cross_split_pairs": len(leaks)}}
+    _warn_if_unlearnable(ctx.name, report["per_class"])
     return Outcome(record_count(ctx.args.input), n_out, extra)
+
+
+def _warn_if_unlearnable(dataset: str, per_class: dict[str, dict]) -> None:
+    """Say so when fewer than two classes have train records: the data stages go on (the corpus
+    may be meant for something else), but finetune and the baselines will stop."""
+    trained = {label: counts["train"] for label, counts in per_class.items() if counts["train"]}
+    if len(trained) < 2:
+        held = ", ".join(f"{label!r}: {n}" for label, n in trained.items()) or "no record"
+        log.warning("split@%s: train holds %s after the earlier stages; a classifier needs at least two classes, "
+                    "so finetune and the baselines will stop (the earlier stages' ledgers and metrics say where the records went)",
+                    dataset, f"one class ({held})" if trained else held)
 
 
 def _source_assigned(ctx: Context, records: Partitioned, counted: Partitioned,
