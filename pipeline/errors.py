@@ -58,3 +58,11 @@ class ExportError(UserError):
 
 class DiffError(UserError):
     """A version cannot be read (unknown revision, data not in the DVC cache), with what to do."""
+
+
+class StorageError(UserError):
+    """An output cannot be written: the disk is full, a file size or quota limit was hit, or the folder is read-only."""
+
+
+class OutOfMemory(UserError):
+    """The stage ran out of memory (a MemoryError): it says what bounds a stage's memory."""

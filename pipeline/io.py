@@ -8,6 +8,8 @@ after a crash) sees the previous output or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import json
 import os
 import shutil
@@ -23,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.errors import StageError
+from pipeline.errors import StageError, StorageError
 from pipeline.records import SCHEMA, conform, to_table
 
 SHARD_ROWS = 200_000
@@ -31,6 +33,12 @@ SHARD_BYTES = 128 * 1024 * 1024
 MAX_SHARDS = 4096  # shard boundaries are id prefixes of three hex digits
 ROW_GROUP = 16_384
 SPILL_ROW_GROUP = 8_192
+# Why a write can fail that the user can fix, and what to do about it.
+UNWRITABLE = {
+    errno.ENOSPC: "free some space", errno.EDQUOT: "free some space or raise the quota",
+    errno.EFBIG: "a file size limit, ulimit -f, stopped it", errno.EROFS: "write the outputs to a writable file system",
+    errno.EACCES: "make the folder writable", errno.EPERM: "make the folder writable, or mutable if chattr +i",
+}
 
 
 @dataclass(slots=True, frozen=True)
@@ -178,14 +186,16 @@ def write_spill(frame: pd.DataFrame, path: Path, *, schema: pa.Schema = SCHEMA, 
     if sort:
         table = table.take(pc.sort_indices(table, sort_keys=[("id", "ascending")]))
     table = table.replace_schema_metadata({"payload": str(payload_bytes(table))})
-    pq.write_table(table, path, compression="lz4", row_group_size=SPILL_ROW_GROUP)
+    with writing(path):
+        pq.write_table(table, path, compression="lz4", row_group_size=SPILL_ROW_GROUP)
     return path
 
 
 def write_table_spill(frame: pd.DataFrame, path: Path, schema: pa.Schema) -> Path:
     """A scratch copy of any table (signatures, pairs, edges) with the given types."""
     table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False).replace_schema_metadata(None)
-    pq.write_table(table, path, compression="lz4", row_group_size=SPILL_ROW_GROUP)
+    with writing(path):
+        pq.write_table(table, path, compression="lz4", row_group_size=SPILL_ROW_GROUP)
     return path
 
 
@@ -214,10 +224,11 @@ def scratch_folder(beside: Path, stage: str) -> Iterator[Path]:
     filesystem they are on), removed afterwards, with any an earlier run of the stage left when it
     was killed."""
     beside = Path(beside).resolve()
-    beside.mkdir(parents=True, exist_ok=True)
-    for stale in beside.glob(f".{stage}-scratch-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{stage}-scratch-", dir=beside))
+    with writing(beside):
+        beside.mkdir(parents=True, exist_ok=True)
+        for stale in beside.glob(f".{stage}-scratch-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{stage}-scratch-", dir=beside))
     try:
         yield scratch
     finally:
@@ -226,23 +237,54 @@ def scratch_folder(beside: Path, stage: str) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def replacing_folder(path: Path) -> Iterator[Path]:
-    """A temporary folder beside `path` that replaces it, atomically, when the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    """A temporary folder beside `path` that replaces it, atomically, when the block succeeds. The
+    temporary folders a killed run left beside `path` go first (they may hold a whole record set).
+    A write in the block that fails for want of space or permission names `path`."""
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*"):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            yield tmp
+            _replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+@contextlib.contextmanager
+def writing(path: Path, tmp: Path | None = None) -> Iterator[None]:
+    """A write of `path` (through the temporary file `tmp`, removed if the write fails). A failure
+    for want of space, size or permission becomes a StorageError naming `path`, one line for the
+    user: Arrow's errors name no file at all."""
     try:
-        yield tmp
-        _replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        yield
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in UNWRITABLE:
+            raise StorageError(f"cannot write {path}: {os.strerror(exc.errno)} ({UNWRITABLE[exc.errno]})") from exc
         raise
 
 
 def _replace(tmp: Path, path: Path) -> None:
+    """Rename `tmp` to `path`. An old folder is renamed aside (under a hidden name) first and removed
+    after, so a process killed at any moment leaves the old folder whole, the new one, or neither:
+    never an old folder with part of its files removed."""
+    old = None
     if path.is_dir():
-        shutil.rmtree(path)
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        os.replace(path, old / path.name)
     elif path.exists():
         path.unlink()
     os.replace(tmp, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def json_bytes(data: Any) -> bytes:
@@ -258,10 +300,11 @@ def write_json(data: Any, path: str | Path) -> None:
 def write_bytes(data: bytes, path: str | Path) -> None:
     """Write one file atomically (a report, a preview)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with writing(path, tmp):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
 
 
 def write_folder(files: Mapping[str, bytes], path: str | Path) -> None:
@@ -274,10 +317,11 @@ def write_folder(files: Mapping[str, bytes], path: str | Path) -> None:
 def write_table(table: pa.Table, path: str | Path) -> None:
     """Write a small non-record table (a ledger, predictions) as one Parquet file, atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table.replace_schema_metadata(None), tmp, compression="zstd")
-    os.replace(tmp, path)
+    with writing(path, tmp):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table.replace_schema_metadata(None), tmp, compression="zstd")
+        os.replace(tmp, path)
 
 
 def features_table(frame: pd.DataFrame, matrix: np.ndarray) -> pa.Table:
@@ -294,21 +338,22 @@ def write_table_chunks(tables: Iterable[pa.Table], path: str | Path) -> int:
     """Write tables of one schema, in order, as the row groups of one Parquet file, atomically (a
     table too large to hold whole); return its rows. No table: no file is written."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    writer, rows = None, 0
-    try:
-        for table in tables:
-            table = table.replace_schema_metadata(None)
-            writer = writer or pq.ParquetWriter(tmp, table.schema, compression="zstd")
-            writer.write_table(table)
-            rows += table.num_rows
-    finally:
-        if writer is not None:
-            writer.close()
-    if writer is None:
-        raise ValueError(f"nothing to write at {path}")
-    os.replace(tmp, path)
+    with writing(path, tmp):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer, rows = None, 0
+        try:
+            for table in tables:
+                table = table.replace_schema_metadata(None)
+                writer = writer or pq.ParquetWriter(tmp, table.schema, compression="zstd")
+                writer.write_table(table)
+                rows += table.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            raise ValueError(f"nothing to write at {path}")
+        os.replace(tmp, path)
     return rows
 
 

@@ -364,7 +364,7 @@ def _scatter(data: pd.DataFrame, target: Callable[[pd.DataFrame], np.ndarray], o
     offsets = np.zeros(outputs + 1, dtype=np.int64)
     tmp = path.with_name(path.name + ".tmp")
     columns = {name: _column(data[name]) for name in data.columns}
-    with open(tmp, "wb") as out:
+    with io.writing(path, tmp), open(tmp, "wb") as out:
         for j in range(outputs):
             if starts[j + 1] > starts[j]:
                 rows = order[starts[j]:starts[j + 1]]

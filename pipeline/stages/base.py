@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import UserError
+from pipeline.errors import OutOfMemory, UserError
 from pipeline.io import write_json, write_table
 from pipeline.ledger import Ledger
 from pipeline.params import DatasetParams, FinetuneParams, Params, load_params
@@ -111,6 +111,10 @@ def stage_main(
     except UserError as exc:
         log.error("%s@%s failed: %s", stage, args.dataset, exc)
         return exc.exit_code
+    except MemoryError as exc:  # names no file: say what bounds a stage's memory
+        error = OutOfMemory(f"out of memory ({type(exc).__name__}: {exc}): lower engine.partition_rows or raise the memory limit")
+        log.error("%s@%s failed: %s", stage, args.dataset, error)
+        return error.exit_code
     log.info("%s@%s: in %d, out %d, dropped %s", stage, args.dataset, outcome.n_in, outcome.n_out, metrics["dropped"])
     return 0
 
