@@ -9,20 +9,23 @@ from __future__ import annotations
 class UserError(Exception):
     """The run cannot go on for a reason the user can fix; the message names the file, key or record.
 
-    `key`, where given, is the params key at fault (dotted, maybe relative to a dataset's entry), so
-    that the stage, which knows the params file, can name both (`in_params`).
+    `key`, where given, is the params key at fault (dotted; under the dataset's entry for errors
+    with `dataset_key`), so that `stage_main`, which knows the params file and the dataset, can
+    name both (`in_params`).
     """
 
     exit_code = 1
+    dataset_key = False
 
     def __init__(self, message: str = "", *, key: str | None = None) -> None:
         super().__init__(f"{key}: {message}" if key else message)
         self.key, self.problem = key, message
 
-    def in_params(self, params: object, prefix: str = "") -> UserError:
-        """This error as a params error reads: `file: prefix.key: problem` (itself when it has no key)."""
+    def in_params(self, params: object, dataset: str) -> UserError:
+        """This error as a params error reads: `file: dotted.key: problem` (itself when it has no key)."""
         if self.key is None:
             return self
+        prefix = f"datasets.{dataset}." if self.dataset_key else ""
         return type(self)(f"{params}: {prefix}{self.key}: {self.problem}")
 
 
@@ -33,7 +36,9 @@ class ParamsError(UserError):
 
 
 class SourceError(UserError):
-    """A source that cannot be read at all (missing file, missing column)."""
+    """A source that cannot be read at all (missing file, missing column); its key is the dataset's."""
+
+    dataset_key = True
 
 
 class StageError(UserError):

@@ -17,7 +17,6 @@ import pandas as pd
 from pipeline.engines import Engine, Partitioned, open_engine
 from pipeline.engines.ranks import first_cutoffs
 from pipeline.engines.variants import new_variants
-from pipeline.errors import AugmenterUnavailable
 from pipeline.io import empty_records, record_count, write_folder
 from pipeline.params import ImageAugmentParams, TextAugmentParams
 from pipeline.report.preview import preview_candidates, preview_files
@@ -33,10 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(ctx: Context) -> Outcome:
     engine, modality = ctx.engine, ctx.dataset.modality
     params = ctx.params.augment.text if modality == "text" else ctx.params.augment.image
-    try:
-        steps.check_available(modality, params)
-    except AugmenterUnavailable as exc:  # named as a params error: the file and the dotted key
-        raise exc.in_params(ctx.args.params) from None
+    steps.check_available(modality, params)
     train = engine.read_records(ctx.args.input / "train.parquet", modality=modality)
     plan = variant_plan(engine, train, params, ctx.params.seed)
     existing = [ctx.args.input / f"{s}.parquet" for s in ("train", "val", "test")]

@@ -109,7 +109,7 @@ def stage_main(
             outcome = run(ctx)
             metrics = _finish(ctx, outcome, started)
     except UserError as exc:
-        log.error("%s@%s failed: %s", stage, args.dataset, exc)
+        log.error("%s@%s failed: %s", stage, args.dataset, exc.in_params(args.params, args.dataset))
         return exc.exit_code
     except MemoryError as exc:  # names no file: say what bounds a stage's memory
         error = OutOfMemory(f"out of memory ({type(exc).__name__}: {exc}): lower engine.partition_rows or raise the memory limit")

@@ -10,7 +10,6 @@ import functools
 from pathlib import Path
 
 from pipeline.engines import open_engine
-from pipeline.errors import SourceError
 from pipeline.stages.base import Context, Outcome, entry, prefixed, stage_main
 from pipeline.steps.clean import clean_partition
 
@@ -22,10 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(ctx: Context) -> Outcome:
     engine = ctx.engine
-    try:
-        raw, n_in, found = engine.read_source(ctx.dataset, ctx.args.root)
-    except SourceError as exc:  # named as a params error: the file and the dataset's dotted key
-        raise exc.in_params(ctx.args.params, f"datasets.{ctx.name}.") from None
+    raw, n_in, found = engine.read_source(ctx.dataset, ctx.args.root)
     step = functools.partial(clean_partition, dataset=ctx.dataset, params=ctx.params.clean)
     records, fates, counts = engine.process(raw, step)
     ctx.ledger.record_spills(fates)

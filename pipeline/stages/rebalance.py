@@ -21,7 +21,6 @@ import pandas as pd
 from pipeline.engines import Partitioned, open_engine
 from pipeline.engines.ranks import first_cutoffs
 from pipeline.engines.variants import new_variants
-from pipeline.errors import AugmenterUnavailable
 from pipeline.io import empty_records, record_chunks, write_json
 from pipeline.model.models import feature_extractor
 from pipeline.seeding import derive_seed
@@ -75,10 +74,7 @@ def _augment_over(ctx: Context, train: Partitioned, class_counts: dict[str, int]
     """Train and new minority records made as fresh augmented variants of its originals (not copies)."""
     engine, modality = ctx.engine, ctx.dataset.modality
     params = ctx.params.augment.text if modality == "text" else ctx.params.augment.image
-    try:
-        check_available(modality, params)
-    except AugmenterUnavailable as exc:  # named as a params error: the file and the dotted key
-        raise exc.in_params(ctx.args.params) from None
+    check_available(modality, params)
     originals = engine.map(train, _originals, meta=empty_records())
     short = steps.augment_shortfalls(class_counts, engine.value_counts(originals, "label"), ctx.params.rebalance)
     cutoff = first_cutoffs(engine, originals, extra_variants(short), seed=ctx.params.seed, namespace=steps.ORDER)
