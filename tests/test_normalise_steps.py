@@ -299,12 +299,12 @@ def blp_unknown_compression() -> bytes:
     return b"BLP1" + struct.pack("<iIIIi", 5, 0, 24, 24, 0) + bytes(4) + bytes(2048)
 
 
-def test_pixel_data_pillow_cannot_decode_is_corrupt():
-    """The decoder raises NotImplementedError (BLPFormatError), not OSError (found by
-    tests/test_properties.py): the image is dropped as corrupt, not a traceback."""
+def test_content_of_another_format_is_corrupt_not_decoded():
+    """BLP content whose decoder raised NotImplementedError (found by tests/test_properties.py) is
+    no longer handed to that decoder: only the formats of the accepted extensions are read."""
     result = normalise_image(blp_unknown_compression(), ImageNormaliseParams())
     assert result.reason == "corrupt_image"
-    assert result.detail.startswith("BLPFormatError: ")
+    assert result.detail.startswith("UnidentifiedImageError: ")
 
 
 def test_a_jpeg_decoded_at_a_reduced_scale_is_still_judged_at_its_full_size():

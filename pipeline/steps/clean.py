@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import html
-import io
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -21,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from pipeline.ledger import Fates, Processed
 from pipeline.params import CleanParams, DatasetParams, ImageCleanParams, TextCleanParams
 from pipeline.records import conform, source_location, text_hash
-from pipeline.steps.pixels import UNREADABLE, pillow_pixel_guard_off
+from pipeline.steps.pixels import UNREADABLE, open_raster, pillow_pixel_guard_off
 
 TAG = re.compile(r"<(?:/?[A-Za-z][^<>]{0,200}|!--.*?--)>", re.S)  # a tag or comment, not '3 < 5 and 7 > 2'
 # Zero-width characters and bidirectional controls: invisible, but they make equal texts differ.
@@ -203,7 +202,7 @@ def inspect_image(data: bytes | None, params: ImageCleanParams) -> Verdict:
 
 
 def _inspect(data: bytes, params: ImageCleanParams) -> Verdict:
-    with Image.open(io.BytesIO(data)) as probe:
+    with open_raster(data) as probe:
         width, height = probe.size
         if width * height > params.max_pixels:
             return Verdict(reason="too_many_pixels", detail=f"{width}x{height} > {params.max_pixels} pixels")

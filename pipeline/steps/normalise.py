@@ -22,7 +22,7 @@ from PIL import Image, ImageOps
 from pipeline.ledger import Fates, Processed
 from pipeline.params import ImageNormaliseParams, NormaliseParams, TextNormaliseParams
 from pipeline.records import pixel_hash, source_location, text_hash
-from pipeline.steps.pixels import UNREADABLE, pillow_pixel_guard_off, resample
+from pipeline.steps.pixels import UNREADABLE, open_raster, pillow_pixel_guard_off, resample
 from pipeline.steps.quality import judge, measure_working_copy, working_copy
 
 ORIENTATION = 0x0112  # the EXIF tag
@@ -107,7 +107,7 @@ def normalise_images(blobs: Sequence[bytes], params: ImageNormaliseParams) -> li
 
 def _decode(data: bytes, params: ImageNormaliseParams) -> tuple[int, int, np.ndarray]:
     """Width and height from the header, and the oriented RGB pixels (H x W x 3 uint8)."""
-    with pillow_pixel_guard_off(), Image.open(io.BytesIO(data)) as image:  # clean has already refused oversized images
+    with pillow_pixel_guard_off(), open_raster(data) as image:  # clean has already refused oversized images
         width, height = image.size
         if image.format == "JPEG":
             side = max(params.size, params.quality.working_side)

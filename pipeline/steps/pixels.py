@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import struct
 from collections.abc import Iterator
@@ -17,6 +18,17 @@ from PIL import Image
 # and AttributeError (SPIDER). Found by fuzzing; see tests/test_properties.py.
 UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, TypeError, IndexError, struct.error, KeyError,
               NotImplementedError, AttributeError)
+# The formats of the image extensions a source may hold, tried whatever a file's extension says
+# (Pillow's JPEG reader also opens a camera's MPO). Pillow would otherwise try every reader it has
+# on a corpus file, EPS among them, which runs Ghostscript on the file's PostScript wherever
+# Ghostscript is installed.
+RASTER_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
+
+
+def open_raster(data: bytes) -> Image.Image:
+    """A corpus image opened lazily, read only as one of `RASTER_FORMATS` (any other content is
+    Pillow's UnidentifiedImageError)."""
+    return Image.open(io.BytesIO(data), formats=RASTER_FORMATS)
 
 
 @contextlib.contextmanager
