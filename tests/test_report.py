@@ -86,6 +86,20 @@ def test_page_is_self_contained_with_every_section():
     assert "http://" not in page and "https://" not in page and "src='data:image/png;base64," in page
 
 
+def test_corpus_strings_in_tables_stay_text():
+    """A label, a reason or an id that looks like HTML is escaped in every table: the corpus is not
+    trusted, the markup the report makes itself is kept."""
+    hostile = "<script>alert(1)</script>"
+    metrics = {**METRICS, "split": {**METRICS["split"], "per_class": {hostile: {"train": 1, "val": 1, "test": 1}}},
+               "clean": {**METRICS["clean"], "dropped": {"<img src=x onerror=alert(2)>": 3}}}
+    inputs = _inputs()
+    page = render(ReportInputs(inputs.dataset, inputs.modality, CARD, LEAKAGE, metrics, inputs.gates, inputs.class_phases,
+                               duplicates=inputs.duplicates, flagged=inputs.flagged, preview_png=inputs.preview_png))
+    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(2)&gt;" in page
+    assert "<span class='ok'>pass</span>" in page and "<code>abc123</code>" in page
+
+
 def _chromium() -> str:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:

@@ -73,9 +73,15 @@ def _section(key: str, heading: str, body: str) -> str:
     return f"<section id='{key}'><h2>{html.escape(heading)}</h2>{body}</section>"
 
 
+class Markup(str):
+    """HTML this module made itself, put in a table as it is; every other cell is escaped (labels,
+    ids and reasons come from the corpus: a label such as `<script>` must stay text)."""
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c if str(c).startswith('<') else html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td>{c if isinstance(c, Markup) else html.escape(str(c))}</td>" for c in row) + "</tr>"
+                   for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -104,7 +110,7 @@ def _example(example: Example) -> str:
 
 def _summary(inputs: ReportInputs) -> str:
     card = inputs.card
-    rows = [["dataset", inputs.dataset], ["modality", inputs.modality], ["version", f"<code>{html.escape(card.get('version', ''))}</code>"]]
+    rows = [["dataset", inputs.dataset], ["modality", inputs.modality], ["version", Markup(f"<code>{html.escape(card.get('version', ''))}</code>")]]
     rows += [[f"{split} records", n] for split, n in card.get("records", {}).items()]
     rows += [[f"{split} generated", n] for split, n in card.get("generated", {}).items()]
     violated = sum(not g.passed for g in inputs.gates)
@@ -113,7 +119,7 @@ def _summary(inputs: ReportInputs) -> str:
 
 
 def _gates(gates: list[Gate]) -> str:
-    rows = [[g.name, g.where, g.value, g.threshold, "<span class='ok'>pass</span>" if g.passed else "<span class='bad'>VIOLATED</span>"]
+    rows = [[g.name, g.where, g.value, g.threshold, Markup("<span class='ok'>pass</span>" if g.passed else "<span class='bad'>VIOLATED</span>")]
             for g in gates]
     return _section("gates", "Quality gates", _table(["gate", "where", "value", "threshold", "verdict"], rows) if rows else "<p>No gates configured.</p>")
 
