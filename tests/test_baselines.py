@@ -48,3 +48,15 @@ def test_tfidf_probabilities_are_scaled_on_held_out_margins():
     assert scores.shape == (2, 3) and (scores[:, 2] == 0).all() and np.allclose(scores.sum(axis=1), 1.0)
     assert scores.argmax(axis=1).tolist() == [1, 0]
     assert np.array_equal(scores, tfidf_svm(ham + spam, y, test, n_classes=3, seed=0))
+
+
+def test_a_class_of_one_training_record_is_too_small_to_hold_out_but_still_scored():
+    """Issue 17: a split too small for the baselines' cross-validation (a class of one record, two
+    records in all) gives probabilities for both baselines, not scikit-learn's fold error."""
+    train, y = [SPAM[0], *HAM], np.array([1, 0, 0, 0, 0])
+    scores = tfidf_svm(train, y, ["WIN a FREE prize now", "see you at lunch"], n_classes=2)
+    assert scores.shape == (2, 2) and np.allclose(scores.sum(axis=1), 1.0)
+    two = tfidf_svm([SPAM[0], HAM[0]], np.array([1, 0]), [SPAM[1]], n_classes=2)
+    assert two.shape == (1, 2) and np.isfinite(two).all()
+    probs = linear_probe(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([1, 0]), np.array([[0.9, 0.1]]), n_classes=2)
+    assert probs.shape == (1, 2) and probs.argmax() == 1
