@@ -187,7 +187,7 @@ def file_patterns(files: str | list[str] | dict[str, str | list[str]] | None) ->
 # --- stages ---------------------------------------------------------------------------------
 
 class DemoParams(Section):
-    text_records: PositiveInt = 600
+    text_records: PositiveInt = 400
     image_records: PositiveInt = 240
     image_size: PositiveInt = 96
 

@@ -34,10 +34,11 @@ PINNED_ENV = {"PYTHONHASHSEED": "0"}
 DEFAULT_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "NO_ALBUMENTATIONS_UPDATE": "1"}
 # With `finetune.portable` (the default), forced too: the CPU float kernels of every library, pinned
 # to ones every x86-64 CPU of the last ten years runs (AVX2), chosen alike on Intel and AMD. Left to
-# themselves they pick by CPU type, and the model stages' bytes follow: measured under QEMU's Intel
-# Haswell and Skylake and AMD EPYC-Rome CPUs against an AMD EPYC with AVX-512 (tests/test_portable.py),
-# MKL's GEMM takes another path on Intel than on AMD, torch's and oneDNN's kernels and numpy's exp
-# and log follow AVX-512, and OpenBLAS takes SkylakeX kernels on AVX-512 Intel CPUs.
+# themselves they pick by CPU type, and the model stages' bytes follow. Measured with probes under
+# QEMU's Intel Haswell and Skylake and AMD EPYC-Rome CPUs against an AMD EPYC with AVX-512 (and the
+# stages themselves in tests/test_portable.py): MKL's GEMM takes another path on Intel than on AMD,
+# torch's and oneDNN's kernels and numpy's exp and log follow AVX-512, and OpenBLAS takes SkylakeX
+# kernels on AVX-512 Intel CPUs.
 PORTABLE_ENV = {
     "ATEN_CPU_CAPABILITY": "avx2",  # torch's own vectorised kernels
     "MKL_CBWR": "COMPATIBLE",  # MKL's reproducible branch: the one it keeps on AMD too (it refuses AVX2 there)
