@@ -235,3 +235,61 @@ def test_a_shuffle_moves_every_row_with_its_types_and_leaves_no_file(tmp_path, p
     for i, rows in enumerate(by_partition):
         assert ((rows["key"] >= bounds[i]) & (rows["key"] < bounds[i + 1])).all()
     assert sum(map(len, by_partition)) == n and leftovers == []
+
+
+# --- corpus-relative quality limits: fitted over every partition, applied per partition ------------
+
+def write_photos(root: Path, count: int = 40) -> None:
+    """Textured PNGs in two classes; every eighth blurred hard, so the corpus's own fence catches it."""
+    import cv2
+    from PIL import Image
+
+    gen = np.random.default_rng(count)
+    for i in range(count):
+        folder = root / "photos" / ("a" if i % 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        blocks = cv2.resize(gen.integers(0, 256, (6, 6, 3), dtype=np.uint8), (48, 48), interpolation=cv2.INTER_NEAREST)
+        pixels = np.clip(blocks + gen.normal(0, 4 + i % 5, blocks.shape), 0, 255).astype(np.uint8)
+        if i % 8 == 3:
+            pixels = cv2.GaussianBlur(pixels, (0, 0), 3.0)
+        Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+
+
+def run_normalise(root: Path, engine: dict) -> tuple[dict[str, str], dict]:
+    """clean and normalise of the photos with a relative `blurry` limit: output digests and metrics."""
+    quality = {"blurry": {"min": None, "outlier_iqr": 1.5}, "low_information": {"min": 3.0, "action": "off"}}
+    dataset = {"modality": "image", "source": "photos", "format": "image_folder"}
+    params = write_params(root / "params.yaml", {"im": dataset}, engine=engine, normalise={"image": {"size": 32, "quality": quality}})
+    d, common = root / "data", ["--dataset", "im", "--params", str(params)]
+    assert clean.main([*common, "--root", str(root), "--output", str(d / "clean.parquet"), "--metrics", str(d / "clean.json")]) == 0
+    assert normalise.main([*common, "--input", str(d / "clean.parquet"), "--output", str(d / "normalise.parquet"),
+                           "--ledger", str(d / "ledger.parquet"), "--metrics", str(d / "normalise.json")]) == 0
+    digests = {name: digest(d / name) if (d / name).is_dir() else hashlib.sha256((d / name).read_bytes()).hexdigest()
+               for name in ("normalise.parquet", "ledger.parquet")}
+    return digests, json.loads((d / "normalise.json").read_text())
+
+
+@pytest.mark.parametrize("engine", [
+    {"partition_rows": 5 * 32},                                                  # 5 images a partition
+    pytest.param({"kind": "dask", "partition_rows": 7 * 32, "dask": {"workers": 2, "memory_limit": "1GB"}},
+                 marks=pytest.mark.slow),
+])
+def test_relative_quality_limits_are_fitted_on_the_whole_corpus_whatever_the_partitions(tmp_path_factory, engine):
+    whole_root, other_root = tmp_path_factory.mktemp("whole"), tmp_path_factory.mktemp("parts")
+    write_photos(whole_root)
+    write_photos(other_root)
+    whole, metrics = run_normalise(whole_root, {})
+    assert run_normalise(other_root, engine) == (whole, metrics)
+    limit = metrics["quality_limits"]["blurry"]
+    assert limit["absolute"] is None and limit["applied"] == limit["fence"] > 0
+    flagged = pd.read_parquet(whole_root / "data" / "ledger.parquet").query("reason == 'blurry'")
+    assert sorted(flagged["id"]) == sorted(read_ids(whole_root, lambda name: int(name[:3]) % 8 == 3))
+    assert metrics["flagged"] == {"blurry": 5}
+
+
+def read_ids(root: Path, chosen) -> list[str]:
+    """Record ids of the clean output whose file name `chosen` accepts."""
+    from pipeline.io import read_records
+
+    records = read_records(root / "data" / "clean.parquet")
+    return records.loc[[chosen(Path(s).name) for s in records["source"]], "id"].tolist()

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
+from conftest import SHARED
 from pipeline.params import ImageQualityParams
-from pipeline.steps.quality import Flag, check_images, check_quality, decode_rgb, measure
+from pipeline.steps.quality import Flag, check_images, check_quality, decode_rgb, fix_relative_limits, measure, measure_columns
 
 
 def sharp_colourful(seed: int = 0, size: int = 256) -> np.ndarray:
@@ -123,3 +125,75 @@ def test_on_real_photos_a_sigma_2_blur_is_flagged_blurry(shared_datasets: Path):
     blurred = [cv2.GaussianBlur(s, (0, 0), 2) for s in small]
     assert all("blurry" not in names(flags) for flags in check_images(small))
     assert all("blurry" in names(flags) for flags in check_images(blurred))
+
+
+def shorter_side(pixels: np.ndarray, side: int) -> np.ndarray:
+    """Resized (area interpolation) so that the shorter side is `side`, as a corpus of small photos is made."""
+    height, width = pixels.shape[:2]
+    scale = side / min(height, width)
+    return cv2.resize(pixels, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
+
+
+@pytest.fixture(scope="module")
+def hymenoptera_pixels() -> list[np.ndarray]:
+    """The 398 hymenoptera photos, decoded once for the module."""
+    if not SHARED.is_dir():
+        pytest.skip(f"real datasets not found at {SHARED} (they exist beside the checkout in CI only)")
+    return [decode_rgb(f.read_bytes()) for f in sorted(SHARED.glob("hymenoptera/*/*/*"))]
+
+
+def blurry_share(images: list[np.ndarray], params: ImageQualityParams | None = None) -> float:
+    return float(np.mean(["blurry" in names(flags) for flags in check_images(images, params)]))
+
+
+@pytest.mark.parametrize("side", [224, 128, 64])
+def test_small_photos_are_not_blurry_until_blurred_at_their_own_size(hymenoptera_pixels, side):
+    """Images under the working side are measured as they are, so the absolute threshold holds at any size."""
+    small = [shorter_side(p, side) for p in hymenoptera_pixels]
+    assert blurry_share(small) < 0.05
+    assert blurry_share([cv2.GaussianBlur(p, (0, 0), 2) for p in small]) >= 0.95
+
+
+def test_a_soft_corpus_flags_its_own_blurred_outliers_with_a_relative_limit(hymenoptera_pixels):
+    """Upscaled thumbnails are soft by nature: the absolute limit flags 1 in 10 of them; a limit
+    relative to the corpus flags few of them and still every one blurred on purpose."""
+    soft = [cv2.resize(shorter_side(p, 44), (128, 128), interpolation=cv2.INTER_CUBIC) for p in hymenoptera_pixels]
+    planted = np.arange(len(soft)) % 20 == 7
+    corpus = [cv2.GaussianBlur(p, (0, 0), 2) if plant else p for p, plant in zip(soft, planted, strict=True)]
+    relative = ImageQualityParams(blurry={"min": None, "outlier_iqr": 1.0})
+    measured = pd.DataFrame([{c: getattr(measure(p), c) for c in measure_columns(relative)} for p in corpus])
+    fixed, decided = fix_relative_limits(relative, measured)
+    flagged = np.array(["blurry" in names(flags) for flags in check_images(corpus, fixed)])
+    assert blurry_share([p for p, plant in zip(corpus, planted, strict=True) if not plant]) > 0.08
+    assert flagged[~planted].mean() < 0.05 and flagged[planted].all()
+    assert decided["blurry"]["applied"] == fixed.blurry.min < 45
+
+
+def test_relative_limits_are_tukey_fences_on_the_scale_of_the_measure():
+    params = ImageQualityParams(too_dark={"min": None, "outlier_iqr": 1.5}, too_bright={"max": 230.0, "outlier_iqr": 1.5},
+                                blurry={"min": 45.0, "outlier_iqr": 1.0})
+    measured = pd.DataFrame({"brightness": [100.0, 110.0, 120.0, 130.0, 140.0],
+                             "sharpness": np.expm1([4.0, 5.0, 6.0, 7.0, 8.0])})
+    fixed, decided = fix_relative_limits(params, measured)
+    assert decided["too_dark"]["fence"] == fixed.too_dark.min == 110.0 - 1.5 * 20.0
+    assert decided["too_bright"]["fence"] == 130.0 + 1.5 * 20.0 and fixed.too_bright.max == 160.0  # the stricter
+    assert decided["blurry"]["fence"] == pytest.approx(np.expm1(5.0 - 2.0), rel=1e-6)  # log(1 + sharpness)
+    assert fixed.blurry.min == 45.0  # the absolute limit is stricter than this fence
+    assert fixed.grayscale == params.grayscale  # checks without outlier_iqr are untouched
+
+
+def test_relative_limits_do_not_depend_on_the_order_of_the_images():
+    rng = np.random.default_rng(3)
+    measured = pd.DataFrame({"sharpness": rng.lognormal(5, 1, 1001), "brightness": rng.normal(120, 30, 1001)})
+    params = ImageQualityParams(blurry={"min": None, "outlier_iqr": 1.5}, too_dark={"min": 25.0, "outlier_iqr": 2.0})
+    first = fix_relative_limits(params, measured)
+    again = fix_relative_limits(params, measured.sample(frac=1.0, random_state=7))
+    assert first == again
+
+
+def test_a_check_needs_a_limit_unless_it_is_off():
+    with pytest.raises(ValueError, match="set min, outlier_iqr or both"):
+        ImageQualityParams(blurry={"min": None})
+    with pytest.raises(ValueError, match="greater than 0"):
+        ImageQualityParams(blurry={"min": 45.0, "outlier_iqr": 0})
+    assert ImageQualityParams(blurry={"min": None, "action": "off"}).blurry.action == "off"

@@ -105,6 +105,20 @@ def normalise_images(blobs: Sequence[bytes], params: ImageNormaliseParams) -> li
     return [normalise_image(b, params) for b in blobs]
 
 
+def measure_partition(records: pd.DataFrame, params: ImageNormaliseParams, columns: Sequence[str]) -> pd.DataFrame:
+    """The measures `columns` of each decodable image of a partition, as `normalise_image` takes them
+    (what corpus-relative quality limits are fitted on); an undecodable image gives no row."""
+    rows = []
+    for data in records["image"]:
+        try:
+            width, height, pixels = _decode(data, params)
+        except UNREADABLE:
+            continue
+        measures = measure_working_copy(working_copy(pixels, params.quality.working_side), width=width, height=height)
+        rows.append([float(getattr(measures, c)) for c in columns])
+    return pd.DataFrame(np.asarray(rows, dtype=np.float64).reshape(len(rows), len(columns)), columns=list(columns))
+
+
 def _decode(data: bytes, params: ImageNormaliseParams) -> tuple[int, int, np.ndarray]:
     """Width and height from the header, and the oriented RGB pixels (H x W x 3 uint8)."""
     with pillow_pixel_guard_off(), open_raster(data) as image:  # clean has already refused oversized images

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import pandas as pd
 from PIL import Image, ImageOps
 
 from pipeline.params import ImageQualityParams, MaxCheck, MinCheck
@@ -197,8 +198,64 @@ def check_images(images: Sequence[bytes | Image.Image | np.ndarray], params: Ima
 
 
 def _below(name: str, value: float, check: MinCheck) -> Flag | None:
-    return Flag(name, value, check.min) if check.action != "off" and value < check.min else None
+    failed = check.action != "off" and check.min is not None and value < check.min
+    return Flag(name, value, check.min) if failed else None
 
 
 def _above(name: str, value: float, check: MaxCheck) -> Flag | None:
-    return Flag(name, value, check.max) if check.action != "off" and value > check.max else None
+    failed = check.action != "off" and check.max is not None and value > check.max
+    return Flag(name, value, check.max) if failed else None
+
+
+# --- corpus-relative limits -----------------------------------------------------------------
+
+MEASURED_BY = {  # the measure each threshold check compares (too_small compares the sides)
+    "extreme_aspect_ratio": "aspect_ratio", "near_constant": "grey_std", "low_information": "entropy",
+    "too_dark": "brightness", "too_bright": "brightness", "blurry": "sharpness", "grayscale": "chroma",
+}
+
+
+# Measures whose spread grows with their value (sharpness spans 10 to 10,000 on ordinary photos):
+# their fences are taken on log(1 + value), where the distribution is close to symmetric.
+LOG_SCALED = frozenset({"sharpness", "chroma", "aspect_ratio"})
+
+
+def relative_checks(params: ImageQualityParams) -> list[str]:
+    """The checks (on) whose limit depends on the corpus: those with `outlier_iqr` set."""
+    return [name for name in MEASURED_BY
+            if getattr(params, name).action != "off" and getattr(params, name).outlier_iqr is not None]
+
+
+def measure_columns(params: ImageQualityParams) -> list[str]:
+    """The `Measures` fields the relative checks need, each once, in a fixed order."""
+    return sorted({MEASURED_BY[name] for name in relative_checks(params)})
+
+
+def fix_relative_limits(params: ImageQualityParams, measures: pd.DataFrame) -> tuple[ImageQualityParams, dict[str, dict]]:
+    """`params` with each relative check's limit made absolute, and what was decided, per check.
+
+    `measures` holds one row per decodable image of the corpus (columns: `measure_columns`). A min
+    check's fence is Q1 - k x IQR (a max check's, Q3 + k x IQR) of its measure (of log(1 + measure)
+    for `LOG_SCALED`, mapped back), quartiles by linear interpolation over the sorted values, so
+    any order of the same rows gives the same limit; the limit applied is the stricter of the fence
+    and the absolute limit.
+    """
+    decided, updates = {}, {}
+    for name in relative_checks(params):
+        check = getattr(params, name)
+        measure = MEASURED_BY[name]
+        values = np.sort(measures[measure].to_numpy(dtype=np.float64))
+        if values.size == 0:
+            continue
+        scaled = np.log1p(values) if measure in LOG_SCALED else values
+        q1, q3 = (float(q) for q in np.quantile(scaled, [0.25, 0.75]))
+        is_min = isinstance(check, MinCheck)
+        fence = q1 - check.outlier_iqr * (q3 - q1) if is_min else q3 + check.outlier_iqr * (q3 - q1)
+        if measure in LOG_SCALED:
+            q1, q3, fence = (max(float(np.expm1(v)), 0.0) for v in (q1, q3, fence))
+        absolute = check.min if is_min else check.max
+        applied = fence if absolute is None else (max(fence, absolute) if is_min else min(fence, absolute))
+        decided[name] = {"measure": MEASURED_BY[name], "q1": round(q1, 6), "q3": round(q3, 6), "fence": round(fence, 6),
+                         "absolute": absolute, "applied": round(applied, 6)}
+        updates[name] = check.model_copy(update={"min" if is_min else "max": round(applied, 6)})
+    return params.model_copy(update=updates), decided
