@@ -1,6 +1,7 @@
 """The data report and the quality gates: rendered in a real browser, gates that fail a run."""
 from __future__ import annotations
 
+import html
 import io
 import json
 import shutil
@@ -169,3 +170,57 @@ def test_page_does_not_change_with_wall_clock_seconds(tmp_path):
     (metrics / "timings" / "clean.json").write_text(json.dumps({"seconds": 99.0}))
     report.main([*args, "--output", str(tmp_path / "b.html")])
     assert (tmp_path / "a.html").read_bytes() == (tmp_path / "b.html").read_bytes()
+
+
+# --- many classes ---------------------------------------------------------------------------
+
+LAYOUT_PROBE = """<script>window.addEventListener('load', () => {
+  const page = document.documentElement;
+  const images = [...document.images].map(i => [i.alt, i.naturalWidth, i.naturalHeight]);
+  const tables = [...document.querySelectorAll('table')].map(t => t.getBoundingClientRect().right);
+  const probe = document.createElement('pre');
+  probe.id = 'layout';
+  probe.textContent = JSON.stringify({scroll: page.scrollWidth, client: page.clientWidth, images, tables});
+  document.body.append(probe);
+});</script>"""
+
+
+def _many_class_inputs(classes: int) -> ReportInputs:
+    """80 classes of very different sizes, through every phase, with a model that confuses some."""
+    labels = [f"class-{i:02d}-{'x' * (i % 7)}" for i in range(classes)]
+    sizes = {label: 5 + 3 * i for i, label in enumerate(labels)}
+    phases = {phase: {label: max(1, int(n * share)) for label, n in sizes.items()}
+              for phase, share in (("ingest", 1.2), ("dedup", 1.0), ("train", 0.8), ("val", 0.1), ("test", 0.1), ("final", 0.9))}
+    matrix = [[phases["test"][labels[i]] if i == j else int((i * 7 + j) % 11 == 0) for j in range(classes)] for i in range(classes)]
+    metrics = {**METRICS,
+               "split": {**METRICS["split"], "per_class": {label: {s: phases[s][label] for s in ("train", "val", "test")} for label in labels}},
+               "evaluate": {**METRICS["evaluate"], "confusion_matrix": {"labels": labels, "rows_true_cols_pred": matrix},
+                            "per_class": {label: {"precision": 0.5, "recall": 0.5, "f1": (i % 10) / 10, "support": 3}
+                                          for i, label in enumerate(labels)}}}
+    return ReportInputs("many", "text", CARD, LEAKAGE, metrics, evaluate_gates(metrics, CARD, LEAKAGE, GatesParams()), phases)
+
+
+def test_many_classes_run_down_the_page_not_across_it():
+    page = render(_many_class_inputs(80))
+    classes = page[page.index("id='classes'"):page.index("id='duplicates'")]
+    assert classes.count("<tr>") == 81 and "<th>final</th>" in classes  # a row per class, a column per phase
+    assert classes.index("<td>class-79-xx</td>") < classes.index("<td>class-00-</td>")  # largest first
+    training = page[page.index("id='training'"):]
+    assert "Most frequent mistakes" in training and "Worst F1 first" in training
+    worst_first = training[training.index("Worst F1 first"):]
+    assert worst_first.index("<td>class-00-</td>") < worst_first.index("<td>class-09-xx</td>")  # F1 0.0 before 0.9
+
+
+@pytest.mark.slow  # starts a browser
+@pytest.mark.parametrize("classes", [80, 300])
+def test_a_report_of_many_classes_fits_the_page_in_chromium(tmp_path, classes):
+    """Measured in a real browser: nothing wider than the window, and no chart taller than a few screens."""
+    exe = _chromium()
+    page = tmp_path / "report.html"
+    page.write_text(render(_many_class_inputs(classes)).replace("</body>", LAYOUT_PROBE + "</body>"), encoding="utf-8")
+    dom = _browser(exe, tmp_path, "--window-size=1280,1000", "--dump-dom", page.as_uri()).stdout
+    layout = json.loads(html.unescape(dom.split('<pre id="layout">')[1].split("</pre>")[0]))
+    assert layout["scroll"] <= layout["client"], layout
+    assert max(right for right in layout["tables"]) <= layout["client"]
+    heights = {alt: (width, height) for alt, width, height in layout["images"]}
+    assert heights["records per class and phase"][1] <= 1800 and heights["confusion matrix"][0] <= 1100, heights

@@ -19,6 +19,9 @@ from pipeline.report import plots
 from pipeline.report.gates import Gate
 
 STAGE_ORDER = ("clean", "normalise", "dedup", "split", "augment", "rebalance", "finetune", "evaluate")
+MANY_CLASSES = 12  # above it, classes run down the page (heatmap, tables with a row per class)
+CHART_CLASSES = 80  # classes drawn in the class heatmap at most
+CONFUSED_PAIRS = 15  # most frequent (true, predicted) mistakes listed under the confusion matrix
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
 h1{margin-bottom:.2rem} h2{border-bottom:2px solid #ddd;padding-bottom:.3rem;margin-top:2.2rem}
@@ -135,11 +138,26 @@ def _flow(inputs: ReportInputs) -> str:
 
 
 def _classes(inputs: ReportInputs) -> str:
-    rows = [[phase, *(counts.get(label, 0) for label in sorted({l for c in inputs.class_phases.values() for l in c}))]
-            for phase, counts in inputs.class_phases.items()]
-    labels = sorted({l for c in inputs.class_phases.values() for l in c})
-    body = _img(plots.class_distribution(inputs.class_phases), "class distribution") + _table(["phase", *labels], rows)
-    return _section("classes", "Class distribution", body)
+    phases = inputs.class_phases
+    labels = sorted({label for counts in phases.values() for label in counts})
+    if len(labels) <= MANY_CLASSES:
+        rows = [[phase, *(counts.get(label, 0) for label in labels)] for phase, counts in phases.items()]
+        body = _img(plots.class_distribution(phases), "class distribution") + _table(["phase", *labels], rows)
+        return _section("classes", "Class distribution", body)
+    return _section("classes", "Class distribution", _many_classes(phases, labels))
+
+
+def _many_classes(phases: dict[str, dict[str, int]], labels: list[str]) -> str:
+    """Tens of classes: a heatmap (classes down, phases across) and the table the same way round,
+    largest class first by the last phase; past `CHART_CLASSES` the chart keeps both ends."""
+    last = list(phases.values())[-1]
+    ordered = sorted(labels, key=lambda label: (-last.get(label, 0), label))
+    shown = ordered if len(ordered) <= CHART_CLASSES else ordered[:CHART_CLASSES // 2] + ordered[-(CHART_CLASSES // 2):]
+    note = (f"<p class='muted'>{len(labels)} classes, largest first by {html.escape(list(phases)[-1])}"
+            + (f"; the chart shows the {CHART_CLASSES // 2} largest and the {CHART_CLASSES // 2} smallest, the table all of them"
+               if len(shown) < len(ordered) else "") + ".</p>")
+    rows = [[label, *(phases[phase].get(label, 0) for phase in phases)] for label in ordered]
+    return note + _img(plots.class_heatmap(phases, shown), "records per class and phase") + _table(["class", *phases], rows)
 
 
 def _duplicates(inputs: ReportInputs) -> str:
@@ -152,7 +170,9 @@ def _duplicates(inputs: ReportInputs) -> str:
                     for reason, detail, merged, survivor in inputs.duplicates)
     conflicts = "".join(f"<div class='pair'>{_example(a)}{_example(b)}<div class='muted'>{html.escape(reason)}</div></div>"
                         for reason, a, b in inputs.conflicts)
-    body = intro + (pairs or "<p>No duplicates.</p>") + "<h3>Label conflicts</h3>" + (conflicts or "<p>None.</p>")
+    shown = _shown(len(inputs.duplicates), dedup.get("merged", 0), "merged records")
+    body = intro + shown + (pairs or "<p>No duplicates.</p>") + "<h3>Label conflicts</h3>"
+    body += _shown(len(inputs.conflicts), dedup.get("label_conflicts", 0), "label conflicts") + (conflicts or "<p>None.</p>")
     return _section("duplicates", "Duplicate clusters", body)
 
 
@@ -161,11 +181,22 @@ def _quality(inputs: ReportInputs) -> str:
     repaired = inputs.metrics.get("clean", {}).get("repaired", {})
     rows = [[name, n] for name, n in sorted(flagged.items())]
     body = (_table(["flag", "records kept with it"], rows) if rows else "<p>No record was flagged.</p>")
+    limits = inputs.metrics.get("normalise", {}).get("quality_limits", {})
+    if limits:
+        body += "<h3>Limits relative to this corpus</h3>" + _table(
+            ["check", "measure", "Q1", "Q3", "fence", "absolute limit", "limit applied"],
+            [[name, d["measure"], d["q1"], d["q3"], d["fence"], d["absolute"], d["applied"]] for name, d in sorted(limits.items())])
     if repaired:
         body += "<h3>Text repairs</h3>" + _table(["repair", "texts changed"], [[k, v] for k, v in sorted(repaired.items())])
+    body += _shown(len(inputs.flagged), sum(flagged.values()), "flags")
     body += "".join(f"<div class='pair'>{_example(ex)}<div class='muted'>{html.escape(flag)}: {html.escape(detail or '')}</div></div>"
                     for flag, detail, ex in inputs.flagged)
     return _section("quality", "Quality flags and repairs", body)
+
+
+def _shown(shown: int, total: int, what: str) -> str:
+    """'Examples: 6 of 1,234 merged records.' where the examples are a sample."""
+    return f"<p class='muted'>Examples: {shown} of {total:,} {what}.</p>" if 0 < shown < total else ""
 
 
 def _augmentation(inputs: ReportInputs) -> str:
@@ -206,15 +237,28 @@ def _training(inputs: ReportInputs) -> str:
     matrix = evaluation.get("confusion_matrix")
     if matrix:
         body += "<h3>Confusion matrix (test)</h3>" + _img(plots.confusion(matrix["rows_true_cols_pred"], matrix["labels"]), "confusion matrix")
+        body += _confused_pairs(matrix["rows_true_cols_pred"], matrix["labels"])
     scores = [[k, evaluation[k]] for k in ("accuracy", "macro_f1", "roc_auc", "ece") if k in evaluation]
     if scores:
         body += "<h3>Test scores</h3>" + _table(["metric", "value"], scores)
     per_class = evaluation.get("per_class", {})
     if per_class:
-        body += _table(["class", "precision", "recall", "f1", "support"],
-                       [[c, v.get("precision"), v.get("recall"), v.get("f1"), v.get("support")] for c, v in sorted(per_class.items())])
+        order = sorted(per_class, key=lambda c: (per_class[c].get("f1") or 0.0, c)) if len(per_class) > MANY_CLASSES else sorted(per_class)
+        caption = "<p class='muted'>Worst F1 first.</p>" if len(per_class) > MANY_CLASSES else ""
+        body += caption + _table(["class", "precision", "recall", "f1", "support"],
+                                 [[c, *(per_class[c].get(k) for k in ("precision", "recall", "f1", "support"))] for c in order])
     body += _baselines(inputs.metrics)
     return _section("training", "Fine-tuning and evaluation", body or "<p>No model metrics.</p>")
+
+
+def _confused_pairs(matrix: list[list[int]], labels: list[str]) -> str:
+    """The most frequent mistakes, where the matrix has too many classes to read them off it."""
+    if len(labels) <= plots.CONFUSION_COUNTS_UP_TO:
+        return ""
+    pairs = sorted(((-n, labels[i], labels[j]) for i, row in enumerate(matrix) for j, n in enumerate(row) if i != j and n > 0))
+    rows = [[true, predicted, -n] for n, true, predicted in pairs[:CONFUSED_PAIRS]]
+    title = f"<h3>Most frequent mistakes ({min(len(pairs), CONFUSED_PAIRS)} of {len(pairs)} confused pairs)</h3>"
+    return title + (_table(["true", "predicted", "test records"], rows) if rows else "<p>None.</p>")
 
 
 def _baselines(metrics: dict[str, dict[str, Any]]) -> str:

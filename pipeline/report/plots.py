@@ -54,6 +54,27 @@ def class_distribution(phases: Mapping[str, Mapping[str, int]]) -> bytes:
     return _png(figure)
 
 
+def class_heatmap(phases: Mapping[str, Mapping[str, int]], labels: Sequence[str]) -> bytes:
+    """Records per class (rows, in the order given) at each phase (columns), counts in the cells:
+    readable where grouped bars are not (tens of classes)."""
+    matrix = [[phases[phase].get(label, 0) for phase in phases] for label in labels]
+    figure, axis = _axes(min(9.0, 2.5 + 1.1 * len(phases)), 1.2 + 0.2 * len(labels))
+    axis.imshow(matrix, cmap="Blues", aspect="auto")
+    axis.set_xticks(range(len(phases)), list(phases))
+    axis.xaxis.tick_top()
+    axis.set_yticks(range(len(labels)), labels, fontsize=7)
+    _write_counts(axis, matrix, fontsize=6)
+    return _png(figure)
+
+
+def _write_counts(axis, matrix: Sequence[Sequence[int]], fontsize: float = 10) -> None:
+    """Each cell's count, white on the darker half of the colour scale."""
+    peak = max((max(row) for row in matrix if row), default=0)
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            axis.text(j, i, str(value), ha="center", va="center", fontsize=fontsize, color="white" if value > peak / 2 else "black")
+
+
 def training_curves(history: Sequence[Mapping[str, float]]) -> bytes:
     """Per-epoch curves: every numeric series in the history except the epoch number."""
     series = sorted({k for row in history for k, v in row.items() if k not in ("epoch", "step") and isinstance(v, (int, float))})
@@ -67,17 +88,23 @@ def training_curves(history: Sequence[Mapping[str, float]]) -> bytes:
     return _png(figure)
 
 
+CONFUSION_COUNTS_UP_TO = 20  # classes up to which the counts are written in the cells
+CONFUSION_TICKS_UP_TO = 100  # classes up to which every row and column is named
+
+
 def confusion(matrix: Sequence[Sequence[int]], labels: Sequence[str]) -> bytes:
-    """The confusion matrix (rows true, columns predicted) with counts written in the cells."""
-    size = max(3.0, 0.7 * len(labels) + 1.5)
+    """The confusion matrix (rows true, columns predicted); counts written in the cells while they
+    fit, the figure at most 11 inches a side however many classes."""
+    size = min(11.0, max(3.0, 0.7 * len(labels) + 1.5))
     figure, axis = _axes(size, size)
     axis.imshow(matrix, cmap="Blues")
-    axis.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    axis.set_yticks(range(len(labels)), labels)
+    tick_size = 10 if len(labels) <= CONFUSION_COUNTS_UP_TO else 5
+    if len(labels) <= CONFUSION_TICKS_UP_TO:
+        axis.set_xticks(range(len(labels)), labels, rotation=45 if len(labels) <= CONFUSION_COUNTS_UP_TO else 90,
+                        ha="right" if len(labels) <= CONFUSION_COUNTS_UP_TO else "center", fontsize=tick_size)
+        axis.set_yticks(range(len(labels)), labels, fontsize=tick_size)
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
-    peak = max((max(row) for row in matrix), default=0)
-    for i, row in enumerate(matrix):
-        for j, value in enumerate(row):
-            axis.text(j, i, str(value), ha="center", va="center", color="white" if value > peak / 2 else "black")
+    if len(labels) <= CONFUSION_COUNTS_UP_TO:
+        _write_counts(axis, matrix)
     return _png(figure)
