@@ -242,6 +242,10 @@ class TextCleanParams(Section):
     languages: list[str] | None = Field(None, description="Keep only texts detected (offline, py3langid) as these ISO 639-1 codes.")
     language_min_confidence: Fraction = Field(0.5, description="Drop a text only when its detected language is this sure.")
     deny_patterns: list[str] = Field(default_factory=list, description="Regular expressions; a text matching any is dropped.")
+    min_tokens: PositiveInt | None = Field(
+        None, description="Drop texts of fewer tokens of the fine-tuning tokenizer, special tokens included (null: off).")
+    max_tokens: PositiveInt | None = Field(
+        None, description="Drop texts of more tokens than this (null: off); e.g. finetune.text.max_length, so none is truncated.")
 
     @field_validator("deny_patterns")
     @classmethod
@@ -259,7 +263,14 @@ class TextCleanParams(Section):
             raise ValueError(f"min_chars {self.min_chars} is above max_chars {self.max_chars}")
         if self.max_words is not None and self.min_words > self.max_words:
             raise ValueError(f"min_words {self.min_words} is above max_words {self.max_words}")
+        if self.min_tokens is not None and self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens {self.min_tokens} is above max_tokens {self.max_tokens}")
         return self
+
+    @property
+    def counts_tokens(self) -> bool:
+        """Whether a token bound is set (else the tokenizer is never loaded)."""
+        return self.min_tokens is not None or self.max_tokens is not None
 
 
 def _yaml_off(value: Any) -> Any:

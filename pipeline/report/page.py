@@ -1,7 +1,8 @@
 """The data report: one self-contained HTML page per dataset (images and charts embedded).
 
 `render` turns a `ReportInputs` into HTML; every section has a stable id (summary, gates, flow,
-classes, duplicates, quality, augmentation, split, training, params) so tests and people can find it.
+classes, duplicates, quality, augmentation, split, tokens (texts only), training, params) so tests and
+people can find it.
 """
 from __future__ import annotations
 
@@ -19,9 +20,12 @@ from pipeline.report import plots
 from pipeline.report.gates import Gate
 
 STAGE_ORDER = ("clean", "normalise", "dedup", "split", "augment", "rebalance", "finetune", "evaluate")
+SPLITS = ("train", "val", "test")
 MANY_CLASSES = 12  # above it, classes run down the page (heatmap, tables with a row per class)
 CHART_CLASSES = 80  # classes drawn in the class heatmap at most
 CONFUSED_PAIRS = 15  # most frequent (true, predicted) mistakes listed under the confusion matrix
+TOKEN_CLASS_ROWS = 20  # classes shown per split in the token table; the metrics hold them all
+TOKEN_COLUMNS = ("count", "mean", "p50", "p90", "p99", "max")
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
 h1{margin-bottom:.2rem} h2{border-bottom:2px solid #ddd;padding-bottom:.3rem;margin-top:2.2rem}
@@ -64,7 +68,7 @@ class ReportInputs:
 def render(inputs: ReportInputs) -> str:
     """The whole page."""
     sections = [_summary(inputs), _gates(inputs.gates), _flow(inputs), _classes(inputs), _duplicates(inputs),
-                _quality(inputs), _augmentation(inputs), _split(inputs), _training(inputs), _params(inputs)]
+                _quality(inputs), _augmentation(inputs), _split(inputs), _tokens(inputs), _training(inputs), _params(inputs)]
     title = f"Data report: {html.escape(inputs.dataset)}"
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
             f"<style>{STYLE}</style></head><body><h1>{title}</h1>{''.join(sections)}</body></html>\n")
@@ -226,6 +230,39 @@ def _split(inputs: ReportInputs) -> str:
     header = ["class", "train", "val", "test", "train share", "val share", "test share"]
     target = split.get("target", {})
     return _section("split", "Split and leakage", f"<p>Target ratios: {html.escape(json.dumps(target))}</p>" + _table(header, rows) + leak_text)
+
+
+def _tokens(inputs: ReportInputs) -> str:
+    """Token counts of the final splits (rebalance's `tokens`): per split, all records, then the
+    classes with the largest share longer than max_length first (at most `TOKEN_CLASS_ROWS`)."""
+    tokens = inputs.metrics.get("rebalance", {}).get("tokens")
+    if inputs.modality != "text" or not isinstance(tokens, dict):
+        return ""
+    max_length = tokens.get("max_length")
+    intro = (f"<p>Tokens per record of the fine-tuning tokenizer, special tokens included, over the final splits "
+             f"(train with its augmented variants and copies). The model reads at most {html.escape(str(max_length))} "
+             "tokens (<code>finetune.text.max_length</code>): the rest of a longer record it never sees.</p>")
+    body = "".join(_token_table(split, tokens[split]) for split in SPLITS if isinstance(tokens.get(split), dict))
+    return _section("tokens", "Token lengths", intro + body)
+
+
+def _token_table(split: str, summary: dict[str, Any]) -> str:
+    per_class = summary.get("per_class", {})
+    ranked = sorted(per_class.items(), key=lambda kv: (-(kv[1].get("over_max_length") or 0), -kv[1].get("count", 0), kv[0]))
+    rows = [[Markup("<b>all</b>"), *_token_cells(summary)], *([label, *_token_cells(v)] for label, v in ranked[:TOKEN_CLASS_ROWS])]
+    hidden = len(ranked) - TOKEN_CLASS_ROWS
+    note = (f"<p class='muted'>Classes with the largest share longer than max_length first"
+            + (f"; {hidden} more in the rebalance metrics" if hidden > 0 else "") + ".</p>") if len(ranked) > 1 else ""
+    header = ["class", "records", "mean", "p50", "p90", "p99", "max", "longer than max_length"]
+    return f"<h3>{html.escape(split)}</h3>" + _table(header, rows) + note
+
+
+def _token_cells(summary: dict[str, Any]) -> list[Any]:
+    """records, mean, quantiles, max and the share longer than max_length (blank for an empty split)."""
+    if not summary.get("count"):
+        return [0, *[""] * (len(TOKEN_COLUMNS))]
+    return [summary["count"], f"{summary['mean']:.1f}", *(summary[k] for k in TOKEN_COLUMNS[2:]),
+            f"{100 * summary['over_max_length']:.2f}%"]
 
 
 def _training(inputs: ReportInputs) -> str:

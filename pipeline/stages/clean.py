@@ -1,7 +1,9 @@
 """Clean: read the source, canonicalise labels, repair texts or check image files, drop the unusable.
 
 Every row or file of the source is accounted for: it is kept, or dropped with a reason in the
-ledger whose detail names the file and line.
+ledger whose detail names the file and line. With a token bound (`clean.text.min_tokens`,
+`max_tokens`), texts are counted by the fine-tuning tokenizer (`finetune.text.model`), which is
+loaded only then.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 from pipeline.engines import open_engine
 from pipeline.stages.base import Context, Outcome, entry, prefixed, stage_main
 from pipeline.steps.clean import clean_partition
+from pipeline.steps.tokens import TokenCounter
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,14 +23,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: Context) -> Outcome:
-    engine = ctx.engine
+    engine, count_tokens = ctx.engine, _token_counter(ctx)
     raw, n_in, found = engine.read_source(ctx.dataset, ctx.args.root)
-    step = functools.partial(clean_partition, dataset=ctx.dataset, params=ctx.params.clean)
+    step = functools.partial(clean_partition, dataset=ctx.dataset, params=ctx.params.clean, count_tokens=count_tokens)
     records, fates, counts = engine.process(raw, step)
     ctx.ledger.record_spills(fates)
     n_out = engine.write_records(records, ctx.args.output)
     extra = {"labels": prefixed(counts, "labels"), "repaired": prefixed(counts, "repaired"), **found}
     return Outcome(n_in, n_out, extra)
+
+
+def _token_counter(ctx: Context) -> TokenCounter | None:
+    """The fine-tuning tokenizer's counter, loaded before any work, when a token bound is set on a
+    text dataset; else None, and no tokenizer is loaded."""
+    if ctx.dataset.modality != "text" or not ctx.params.clean.text.counts_tokens:
+        return None
+    return TokenCounter.load(ctx.params.finetune.text.model)
 
 
 def main(argv: list[str] | None = None) -> int:

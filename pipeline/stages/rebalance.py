@@ -1,6 +1,9 @@
 """Rebalance: resample or clean train classes and write the final dataset and its card.
 
-val and test are copied unchanged from split; only train is resampled.
+val and test are copied unchanged from split; only train is resampled. For texts, the metrics'
+`tokens` give the fine-tuning tokenizer's counts over the final splits (train with its variants and
+copies, as finetune trains on it): per split and class, and the share longer than
+`finetune.text.max_length`, which the model never sees whole.
 
 On the engine: the random strategies plan from class counts and the cutoffs of the seed's order
 (found on the partitions), then resample partition by partition; augment_over makes its variants
@@ -28,6 +31,7 @@ from pipeline.stages.base import Context, Outcome, entry, stage_main
 from pipeline.steps import rebalance as steps
 from pipeline.steps.augment import check_available, extra_variants
 from pipeline.steps.card import VERSION_COLUMNS, describe, make_card
+from pipeline.steps.tokens import HISTOGRAM, TokenCounter, token_histogram, token_summary
 
 HELD_OUT = ("val", "test")
 
@@ -40,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(ctx: Context) -> Outcome:
     engine, modality = ctx.engine, ctx.dataset.modality
+    counter = TokenCounter.load(ctx.params.finetune.text.model) if modality == "text" else None  # fails before any work
     train = engine.read_records(ctx.args.train, modality=modality)
     labels_before = engine.value_counts(train, "label")
     resampled, fates = _resampled(ctx, train, labels_before)
@@ -52,7 +57,20 @@ def run(ctx: Context) -> Outcome:
     write_json(card, ctx.args.output / "card.json")
     extra = {"strategy": ctx.params.rebalance.strategy, "labels_before": labels_before,
              "labels_after": card["classes"]["train"], "version": card["version"]}
+    if counter is not None:
+        extra["tokens"] = _tokens(ctx, counter)
     return Outcome(sum(labels_before.values()), written["train"], extra)
+
+
+def _tokens(ctx: Context, counter: TokenCounter) -> dict:
+    """The fine-tuning tokenizer's counts over the final splits, as finetune reads them, per split
+    and class: summed from each partition's exact histogram, so partitioning changes nothing."""
+    engine, splits = ctx.engine, ("train", *HELD_OUT)
+    histograms = [engine.map(engine.read_records(ctx.args.output / f"{name}.parquet", modality="text", columns=["label", "text"]),
+                             functools.partial(token_histogram, split=name), meta=HISTOGRAM.empty_table().to_pandas(), counter=counter)
+                  for name in splits]
+    totals = engine.totals(engine.concat(histograms), ["split", "label", "tokens"], "n")
+    return token_summary(totals, max_length=ctx.params.finetune.text.max_length, splits=splits)
 
 
 def _resampled(ctx: Context, train: Partitioned, class_counts: dict[str, int]) -> tuple[Partitioned, list[Path]]:

@@ -10,7 +10,7 @@ import hashlib
 import html
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import ftfy
@@ -175,9 +175,30 @@ def clean_text(text: str | None, params: TextCleanParams) -> Verdict:
     return Verdict(text=repaired, content_hash=text_hash(repaired), repairs=repairs)
 
 
-def clean_texts(texts: Sequence[str | None], params: TextCleanParams) -> list[Verdict]:
-    """`clean_text` over a chunk (the unit an engine ships to a worker)."""
-    return [clean_text(t, params) for t in texts]
+def clean_texts(texts: Sequence[str | None], params: TextCleanParams,
+                count_tokens: Callable[[list[str]], Sequence[int]] | None = None) -> list[Verdict]:
+    """`clean_text` over a chunk (the unit an engine ships to a worker); then, with a token bound
+    set, the kept texts' counts of the fine-tuning tokenizer (`count_tokens`, in batches) against it."""
+    verdicts = [clean_text(t, params) for t in texts]
+    if not params.counts_tokens:
+        return verdicts
+    if count_tokens is None:
+        raise ValueError("clean.text.min_tokens and max_tokens need count_tokens (a pipeline.steps.tokens.TokenCounter)")
+    kept = [i for i, v in enumerate(verdicts) if v.reason is None]
+    for i, tokens in zip(kept, count_tokens([verdicts[i].text for i in kept]), strict=True):
+        problem = token_problem(int(tokens), params)
+        if problem:
+            verdicts[i] = Verdict(reason=problem[0], detail=problem[1], repairs=verdicts[i].repairs)
+    return verdicts
+
+
+def token_problem(tokens: int, params: TextCleanParams) -> tuple[str, str] | None:
+    """(reason, detail) when a text's token count is outside `min_tokens`..`max_tokens`, or None."""
+    if params.min_tokens is not None and tokens < params.min_tokens:
+        return "too_few_tokens", f"{tokens} tokens < {params.min_tokens}"
+    if params.max_tokens is not None and tokens > params.max_tokens:
+        return "too_many_tokens", f"{tokens} tokens > {params.max_tokens}"
+    return None
 
 
 # --- images ---------------------------------------------------------------------------------
@@ -219,9 +240,11 @@ def inspect_images(blobs: Sequence[bytes | None], params: ImageCleanParams) -> l
 
 # --- one partition --------------------------------------------------------------------------
 
-def clean_partition(raw: pd.DataFrame, dataset: DatasetParams, params: CleanParams) -> Processed:
+def clean_partition(raw: pd.DataFrame, dataset: DatasetParams, params: CleanParams,
+                    count_tokens: Callable[[list[str]], Sequence[int]] | None = None) -> Processed:
     """Raw source rows (`pipeline.sources.RAW_COLUMNS`) to records: the reader's rejections, then
     labels, then the content checks, each drop with its reason and where in the source it was.
+    `count_tokens` is needed only for the token bounds (`clean.text.min_tokens`, `max_tokens`).
 
     Counts: `repaired.<repair>` (texts each repair changed) and `labels.<label>` of the records kept.
     """
@@ -234,7 +257,8 @@ def clean_partition(raw: pd.DataFrame, dataset: DatasetParams, params: CleanPara
     details = where + ": label " + raw["label"].map(lambda v: "<missing>" if v is None else repr(v))
     fates += Fates.dropped(raw.loc[bad_label, "id"], [r[1] for r in results if r[1] is not None], details[bad_label])
     raw = raw.loc[~bad_label].assign(label=[r[0] for r in results if r[1] is None])
-    verdicts = clean_texts(list(raw["text"]), params.text) if dataset.modality == "text" else inspect_images(list(raw["image"]), params.image)
+    verdicts = (clean_texts(list(raw["text"]), params.text, count_tokens) if dataset.modality == "text"
+                else inspect_images(list(raw["image"]), params.image))
     fates += Fates.from_verdicts(raw["id"].tolist(), verdicts, where[~bad_label].tolist())
     kept = [v.reason is None for v in verdicts]
     records = _records(raw.loc[kept], [v for v, k in zip(verdicts, kept) if k], dataset.modality)
