@@ -453,6 +453,38 @@ class DedupParams(Section):
     image: ImageNearParams = ImageNearParams()
 
 
+class DecontaminateParams(Section):
+    """Evaluation sets no corpus record may copy: each record that does is dropped by dedup."""
+
+    root: str = Field("data/eval", description=(
+        "Folder that holds every evaluation set, relative to the project root: dedup depends on it in dvc.yaml, so "
+        "changing a set reruns dedup."))
+    sets: dict[str, DatasetParams] = Field(default_factory=dict, description=(
+        "name -> a source read like a dataset's (same formats, under `root`); it applies to the datasets of its "
+        "modality. Its labels are not used: any column may serve as `columns.label`."))
+    near: bool = Field(True, description="Also near copies, at dedup's merge threshold (else identical content only).")
+
+    @field_validator("sets")
+    @classmethod
+    def _set_names(cls, value: dict[str, DatasetParams]) -> dict[str, DatasetParams]:
+        for name in value:
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"set name {name!r} may hold only letters, digits, '_' and '-'")
+        return value
+
+    @model_validator(mode="after")
+    def _sets_under_root(self) -> DecontaminateParams:
+        root = Path(self.root)
+        if root.is_absolute() or ".." in root.parts:
+            raise ValueError(f"root {self.root!r} must be a folder inside the project")
+        for name, evaluation in self.sets.items():
+            source = Path(evaluation.source)
+            if source.is_absolute() or ".." in source.parts or source.parts[:len(root.parts)] != root.parts:
+                raise ValueError(f"set {name!r}: source {evaluation.source!r} must lie under root {self.root!r}, which "
+                                 "dvc.yaml lists as dedup's dependency (else a changed set would not rerun dedup)")
+        return self
+
+
 class SplitParams(Section):
     train: Fraction = 0.8
     val: Fraction = 0.1
@@ -709,6 +741,7 @@ class Params(Section):
     clean: CleanParams = CleanParams()
     normalise: NormaliseParams = NormaliseParams()
     dedup: DedupParams = DedupParams()
+    decontaminate: DecontaminateParams = DecontaminateParams()
     split: SplitParams = SplitParams()
     augment: AugmentParams = AugmentParams()
     rebalance: RebalanceParams = RebalanceParams()

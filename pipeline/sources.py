@@ -351,7 +351,7 @@ def _delimited_rows(path: SourceFile, dataset: DatasetParams, text: io.TextIOWra
         if isinstance(fields, Raw):
             yield fields
         elif fields:  # a blank line holds no record
-            yield _row_to_raw(path.name, start, fields, names, index)
+            yield _row_to_raw(path.name, start, fields, names, index, want)
 
 
 def _numbered_rows(reader: Iterator[list[str]], source: str) -> Iterator[tuple[int, list[str] | Raw]]:
@@ -392,12 +392,14 @@ def column_key(dataset: DatasetParams, column: str) -> str:
     return next(f"columns.{field}" for field, name in dataset.columns if name == column)
 
 
-def _row_to_raw(source: str, row: int, fields: list[str], names: list[str], index: dict[str, int]) -> Raw:
+def _row_to_raw(source: str, row: int, fields: list[str], names: list[str], index: dict[str, int], order: list[str]) -> Raw:
+    """One row's fields as raw values; `order` lists the wanted columns (text, label[, split]), one
+    column possibly serving twice."""
     where = f"{source}:{row}"
     if len(fields) != len(names):
         return Raw(source, row, reject="ragged_row", detail=f"{where}: {len(fields)} fields, header has {len(names)}")
     values = {name: fields[i] for name, i in index.items()}
-    return _values_to_raw(source, row, values, list(index))
+    return _values_to_raw(source, row, values, order)
 
 
 def _values_to_raw(source: str, row: int, values: dict[str, object], order: list[str]) -> Raw:

@@ -31,7 +31,8 @@ from pipeline.params import Params, load_params
 from pipeline.stages import augment, clean
 
 TEXT = {"modality": "text", "source": "corpus.tsv", "format": "tsv"}
-DEFAULTS = Params.model_validate({"datasets": {"t": TEXT}}).model_dump(mode="json")  # every key, valid
+EVALUATION = {"modality": "text", "source": "data/eval/e.tsv", "format": "tsv"}
+DEFAULTS = Params.model_validate({"datasets": {"t": TEXT}, "decontaminate": {"sets": {"e": EVALUATION}}}).model_dump(mode="json")  # every key, valid
 UNKNOWN = "no_such_key"
 
 # Fields whose contents are free-form: only their own type is walked (a list where the mapping goes).

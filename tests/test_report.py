@@ -224,3 +224,15 @@ def test_a_report_of_many_classes_fits_the_page_in_chromium(tmp_path, classes):
     assert max(right for right in layout["tables"]) <= layout["client"]
     heights = {alt: (width, height) for alt, width, height in layout["images"]}
     assert heights["records per class and phase"][1] <= 1800 and heights["confusion matrix"][0] <= 1100, heights
+
+
+def test_decontamination_lists_each_set_and_what_the_dropped_records_copied():
+    metrics = {**METRICS, "dedup": {**METRICS["dedup"], "decontaminated": {"bench": 3}}}
+    copy = Example("id-c", "a", text="what is the capital of <France>")
+    inputs = ReportInputs("demo", "text", CARD, LEAKAGE, metrics, [], {"ingest": {"a": 1}},
+                          contaminating=[("contaminates:bench", "bench.tsv:12 (jaccard 0.912)", copy)])
+    section = render(inputs).split("id='duplicates'")[1].split("</section>")[0]
+    assert "<h3>Decontamination</h3>" in section and "<td>bench</td><td>3</td>" in section
+    assert "copies bench.tsv:12 (jaccard 0.912)" in section and "Examples: 1 of 3 contaminating records." in section
+    assert "&lt;France&gt;" in section  # corpus text stays text
+    assert "Decontamination" not in render(_inputs())  # no sets configured: no section

@@ -61,6 +61,7 @@ class ReportInputs:
     duplicates: list[tuple[str, str, Example, Example]] = field(default_factory=list)  # (reason, detail, merged, survivor)
     conflicts: list[tuple[str, Example, Example]] = field(default_factory=list)
     flagged: list[tuple[str, str, Example]] = field(default_factory=list)  # (flag, detail, record)
+    contaminating: list[tuple[str, str, Example]] = field(default_factory=list)  # (contaminates:<set>, detail, record)
     preview_png: bytes | None = None
     preview_text: str | None = None
 
@@ -177,6 +178,7 @@ def _duplicates(inputs: ReportInputs) -> str:
     shown = _shown(len(inputs.duplicates), dedup.get("merged", 0), "merged records")
     body = intro + shown + (pairs or "<p>No duplicates.</p>") + "<h3>Label conflicts</h3>"
     body += _shown(len(inputs.conflicts), dedup.get("label_conflicts", 0), "label conflicts") + (conflicts or "<p>None.</p>")
+    body += _contamination(dedup.get("decontaminated"), inputs.contaminating)
     return _section("duplicates", "Duplicate clusters", body)
 
 
@@ -196,6 +198,16 @@ def _quality(inputs: ReportInputs) -> str:
     body += "".join(f"<div class='pair'>{_example(ex)}<div class='muted'>{html.escape(flag)}: {html.escape(detail or '')}</div></div>"
                     for flag, detail, ex in inputs.flagged)
     return _section("quality", "Quality flags and repairs", body)
+
+
+def _contamination(counts: dict[str, int] | None, examples: list[tuple[str, str, Example]]) -> str:
+    """Records dropped for copying an evaluation set: per set, and examples with what they copy."""
+    if counts is None:
+        return ""
+    table = _table(["evaluation set", "corpus records dropped for copying it"], [[name, n] for name, n in sorted(counts.items())])
+    shown = "".join(f"<div class='pair'>{_example(ex)}<div class='muted'>{html.escape(reason)}<br>copies "
+                    f"{html.escape(detail or '')}</div></div>" for reason, detail, ex in examples)
+    return "<h3>Decontamination</h3>" + table + _shown(len(examples), sum(counts.values()), "contaminating records") + shown
 
 
 def _shown(shown: int, total: int, what: str) -> str:

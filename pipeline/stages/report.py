@@ -76,12 +76,14 @@ def _examples(data: Path, limit: int) -> dict[str, list]:
         if len(merged) else merged
     conflicts = merged[merged["reason"] == "label_conflict_minority"].head(limit)
     flagged = stage_ledgers[stage_ledgers["fate"] == "flagged"].groupby("reason").head(2).head(limit * 2)
+    contaminating = dedup_ledger[dedup_ledger["reason"].astype(str).str.startswith("contaminates:")].head(limit)
     wanted = set(duplicates["id"]) | set(duplicates["into"]) | set(conflicts["id"]) | set(conflicts["into"])
-    records = _records(data / "normalise.parquet", wanted | set(flagged["id"]))
+    records = _records(data / "normalise.parquet", wanted | set(flagged["id"]) | set(contaminating["id"]))
     return {
         "duplicates": [(r.reason, _text(r.detail), records[r.id], records[r.into]) for r in duplicates.itertuples() if r.id in records and r.into in records],
         "conflicts": [(r.reason, records[r.id], records[r.into]) for r in conflicts.itertuples() if r.id in records and r.into in records],
         "flagged": [(r.reason, _text(r.detail), records[r.id]) for r in flagged.itertuples() if r.id in records],
+        "contaminating": [(r.reason, _text(r.detail), records[r.id]) for r in contaminating.itertuples() if r.id in records],
     }
 
 
