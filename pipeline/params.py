@@ -485,6 +485,15 @@ class DecontaminateParams(Section):
         return self
 
 
+class LabelIssuesParams(Section):
+    """Likely label errors by confident learning on the embeddings of every record after dedup."""
+
+    policy: Literal["flag", "off"] = Field("flag", description=(
+        "flag: kept, each listed in the ledger (reason label_issue) and the report; off: not searched."))
+    folds: Annotated[int, Field(ge=2, le=50)] = Field(5, description="Out-of-fold predictions, folds keyed by group_id.")
+    inverse_regularisation: Annotated[float, Field(gt=0)] = Field(1.0, description="C of the logistic regression.")
+
+
 class SplitParams(Section):
     train: Fraction = 0.8
     val: Fraction = 0.1
@@ -742,6 +751,7 @@ class Params(Section):
     normalise: NormaliseParams = NormaliseParams()
     dedup: DedupParams = DedupParams()
     decontaminate: DecontaminateParams = DecontaminateParams()
+    label_issues: LabelIssuesParams = LabelIssuesParams()
     split: SplitParams = SplitParams()
     augment: AugmentParams = AugmentParams()
     rebalance: RebalanceParams = RebalanceParams()

@@ -183,7 +183,7 @@ def _duplicates(inputs: ReportInputs) -> str:
 
 
 def _quality(inputs: ReportInputs) -> str:
-    flagged = Counter(inputs.metrics.get("clean", {}).get("flagged", {})) + Counter(inputs.metrics.get("normalise", {}).get("flagged", {}))
+    flagged = sum((Counter(inputs.metrics.get(stage, {}).get("flagged", {})) for stage in ("clean", "normalise", "label_issues")), Counter())
     repaired = inputs.metrics.get("clean", {}).get("repaired", {})
     rows = [[name, n] for name, n in sorted(flagged.items())]
     body = (_table(["flag", "records kept with it"], rows) if rows else "<p>No record was flagged.</p>")

@@ -39,12 +39,12 @@ def run(ctx: Context) -> Outcome:
     column = "text" if ctx.dataset.modality == "text" else "image"
     total = 0
     for name, path in paths.items():
-        total += write_table_chunks(_feature_tables(model, path, column), ctx.args.output / f"{name}.parquet")
+        total += write_table_chunks(feature_tables(model, path, column), ctx.args.output / f"{name}.parquet")
     width = features_width(ctx.args.output / "train.parquet")
     return Outcome(total, total, {"dimensions": width, **model.device.describe(), "threads": params.threads})
 
 
-def _feature_tables(model: TextClassifier | ImageClassifier, path: Path, column: str) -> Iterator[pa.Table]:
+def feature_tables(model: TextClassifier | ImageClassifier, path: Path, column: str) -> Iterator[pa.Table]:
     """The features of the record set at `path`, `CHUNK_ROWS` records at a time, in id order."""
     for chunk in record_chunks(path, ["id", "label", column], rows=CHUNK_ROWS):
         yield features_table(chunk, model.features(chunk).numpy())

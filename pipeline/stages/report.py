@@ -70,12 +70,12 @@ def _class_phases(metrics: dict[str, dict[str, Any]], card: dict[str, Any]) -> d
 def _examples(data: Path, limit: int) -> dict[str, list]:
     """Duplicate pairs, label conflicts and flagged records, with their content."""
     dedup_ledger = _ledger(data / "ledger" / "dedup.parquet")
-    stage_ledgers = pd.concat([_ledger(data / "ledger" / f"{stage}.parquet") for stage in ("clean", "normalise")])
+    stage_ledgers = pd.concat([_ledger(data / "ledger" / f"{stage}.parquet") for stage in ("clean", "normalise", "label_issues")])
     merged = dedup_ledger[dedup_ledger["fate"] == "merged"]
     duplicates = pd.concat([rows.head(limit) for _, rows in merged[merged["reason"] != "label_conflict_minority"].groupby("reason")]) \
         if len(merged) else merged
     conflicts = merged[merged["reason"] == "label_conflict_minority"].head(limit)
-    flagged = stage_ledgers[stage_ledgers["fate"] == "flagged"].groupby("reason").head(2).head(limit * 2)
+    flagged = _flag_examples(stage_ledgers[stage_ledgers["fate"] == "flagged"], data / "label_issues.parquet", limit)
     contaminating = dedup_ledger[dedup_ledger["reason"].astype(str).str.startswith("contaminates:")].head(limit)
     wanted = set(duplicates["id"]) | set(duplicates["into"]) | set(conflicts["id"]) | set(conflicts["into"])
     records = _records(data / "normalise.parquet", wanted | set(flagged["id"]) | set(contaminating["id"]))
@@ -85,6 +85,18 @@ def _examples(data: Path, limit: int) -> dict[str, list]:
         "flagged": [(r.reason, _text(r.detail), records[r.id]) for r in flagged.itertuples() if r.id in records],
         "contaminating": [(r.reason, _text(r.detail), records[r.id]) for r in contaminating.itertuples() if r.id in records],
     }
+
+
+def _flag_examples(flagged: pd.DataFrame, issues: Path, limit: int) -> pd.DataFrame:
+    """Two examples per flag, and `limit` label issues, the least likely given labels first."""
+    is_issue = flagged["reason"] == "label_issue"
+    others = flagged[~is_issue].groupby("reason").head(2).head(limit * 2)
+    if not issues.exists():
+        return others
+    ranks = dict(zip(*(pd.read_parquet(issues, columns=["id", "rank"])[c].tolist() for c in ("id", "rank")), strict=True))
+    ranked = flagged[is_issue].assign(_rank=lambda f: [ranks.get(i, len(ranks) + 1) for i in f["id"]])
+    ranked = ranked.sort_values(["_rank", "id"], kind="stable").head(limit).drop(columns="_rank")
+    return pd.concat([others, ranked], ignore_index=True)
 
 
 def _text(value: object) -> str | None:

@@ -1,0 +1,105 @@
+"""The embed and label_issues stages: every record after dedup embedded once, wrong labels flagged.
+
+A corpus of support tickets written from the demo's topic templates, with 5% of its labels
+swapped to another topic at known rows, goes through clean, normalise, dedup, embed (the real
+MiniLM) and label_issues: most swapped labels are flagged, few correct ones, each in the ledger
+and the issues table.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import write_params
+from pipeline.demo import CLOSERS, CONTEXT, OPENERS, TOPICS
+from pipeline.io import read_records
+from pipeline.stages import clean, dedup, embed, label_issues, normalise
+
+
+def write_tickets(root: Path, n: int = 240) -> set[int]:
+    """`n` tickets; the source rows whose label was swapped."""
+    gen = np.random.default_rng(11)
+    names = sorted(TOPICS)
+    rows, swapped = [], set()
+    for i in range(n):
+        topic = names[i % len(names)]
+        _, nouns, templates = TOPICS[topic]
+        body = templates[gen.integers(len(templates))].format(n=nouns[gen.integers(len(nouns))])
+        context = gen.choice(len(CONTEXT), 2, replace=False)
+        text = " ".join(p for p in (OPENERS[gen.integers(len(OPENERS))], CONTEXT[context[0]], body + ".",
+                                    CONTEXT[context[1]], CLOSERS[gen.integers(len(CLOSERS))]) if p)
+        label = topic
+        if i % 20 == 7:
+            label = names[(names.index(topic) + 1) % len(names)]
+            swapped.add(i + 2)  # after the header, rows count from 1
+        rows.append(f"{text}\t{label}")
+    (root / "corpus.tsv").write_text("text\tlabel\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    return swapped
+
+
+def run(root: Path, **sections) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    params = write_params(root / "params.yaml", {"t": {"modality": "text", "source": "corpus.tsv", "format": "tsv"}}, **sections)
+    d, common = root / "out", ["--dataset", "t", "--params", str(params)]
+    assert clean.main([*common, "--root", str(root), "--output", str(d / "clean.parquet"), "--metrics", str(d / "c.json")]) == 0
+    assert normalise.main([*common, "--input", str(d / "clean.parquet"), "--output", str(d / "n.parquet"), "--metrics", str(d / "n.json")]) == 0
+    assert dedup.main([*common, "--input", str(d / "n.parquet"), "--output", str(d / "dedup.parquet"), "--metrics", str(d / "d.json")]) == 0
+    assert embed.main([*common, "--input", str(d / "dedup.parquet"), "--output", str(d / "embeddings.parquet"),
+                       "--metrics", str(d / "e.json")]) == 0
+    assert label_issues.main([*common, "--input", str(d / "dedup.parquet"), "--embeddings", str(d / "embeddings.parquet"),
+                              "--output", str(d / "issues.parquet"), "--ledger", str(d / "ledger.parquet"),
+                              "--metrics", str(d / "l.json")]) == 0
+    return json.loads((d / "l.json").read_text()), pd.read_parquet(d / "issues.parquet"), pd.read_parquet(d / "ledger.parquet")
+
+
+@pytest.fixture(scope="module")
+def found(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tickets")
+    swapped = write_tickets(root)
+    metrics, issues, ledger = run(root)
+    records = read_records(root / "out" / "dedup.parquet")
+    records.attrs["embeddings"] = root / "out" / "embeddings.parquet"
+    swapped_ids = set(records.loc[records["source_row"].isin(swapped), "id"])
+    return metrics, issues, ledger, swapped_ids, records
+
+
+def test_most_swapped_labels_are_flagged_and_few_correct_ones(found):
+    metrics, issues, _, swapped_ids, records = found
+    assert len(swapped_ids) == 12 and metrics["in"] == metrics["out"] == len(records)
+    flagged = set(issues["id"])
+    assert len(flagged & swapped_ids) >= 9  # recall >= 0.75
+    assert len(flagged - swapped_ids) <= 3
+    assert metrics["label_issues"] == len(issues) and metrics["flagged"] == {"label_issue": len(issues)}
+    assert sum(metrics["by_labels"].values()) == len(issues)
+
+
+def test_each_issue_is_in_the_ledger_and_ranked_from_the_least_likely_label(found):
+    _, issues, ledger, _, records = found
+    assert list(issues["rank"]) == list(range(1, len(issues) + 1))
+    assert issues["self_confidence"].is_monotonic_increasing
+    assert (issues["given_label"] != issues["suggested_label"]).all()
+    given = records.set_index("id").loc[issues["id"], "label"].tolist()
+    assert given == issues["given_label"].tolist()
+    rows = ledger.set_index("id").loc[issues["id"]]
+    assert (rows["fate"] == "flagged").all() and (rows["reason"] == "label_issue").all()
+    assert rows["detail"].str.match(r"^given \w+, suggested \w+; probability of the given label 0\.\d{3}$").all()
+
+
+def test_embeddings_cover_every_record_after_dedup_in_id_order(found):
+    *_, records = found
+    embeddings = pd.read_parquet(records.attrs["embeddings"])
+    assert embeddings["id"].tolist() == sorted(records["id"])
+    assert {len(v) for v in embeddings["features"]} == {384}  # MiniLM's width
+
+
+@pytest.mark.parametrize(("sections", "why"), [
+    ({"label_issues": {"policy": "off"}}, "policy off"),
+    ({"label_issues": {"folds": 50}}, "every class needs at least 50 records"),
+])
+def test_a_search_that_cannot_run_says_why_and_flags_nothing(tmp_path, sections, why):
+    write_tickets(tmp_path, n=60)
+    metrics, issues, ledger = run(tmp_path, **sections)
+    assert why in metrics["not_searched"] and len(issues) == 0 and len(ledger) == 0
