@@ -73,13 +73,15 @@ def make_workspace(project: Path, overlay: Path, workdir: Path) -> Path:
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
+    evaluation_root = Path(params.get("decontaminate", {}).get("root", "data/eval")).as_posix().rstrip("/") + "/"
     for rel in tracked_files(project):
-        if rel.startswith(("data/", "metrics/", "models/")) or rel == "dvc.lock":
-            continue  # outputs of the demo run do not belong to another corpus
+        if rel.startswith(("data/", "metrics/", "models/")) and not rel.startswith(evaluation_root) or rel == "dvc.lock":
+            continue  # outputs of the demo run do not belong to another corpus (evaluation sets are inputs)
         target = workdir / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(project / rel, target)
     (workdir / "data").mkdir(exist_ok=True)
+    (workdir / evaluation_root).mkdir(parents=True, exist_ok=True)  # dedup depends on it
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
     venv = project / ".venv"
     if venv.exists():
