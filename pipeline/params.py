@@ -504,6 +504,9 @@ class SplitParams(Section):
     source_leakage: Literal["keep", "drop"] = Field(
         "keep", description="With a source's own split: val/test records duplicated in train are reported (keep) or dropped."
     )
+    semantic_threshold: Annotated[float, Field(gt=0.0, le=1.0)] | None = Field(
+        0.9, description="The leakage certificate's semantic section: every val/test record whose nearest train record "
+                          "(cosine of the embed stage's vectors) reaches this; null: no semantic section.")
 
     @model_validator(mode="after")
     def _ratios(self) -> SplitParams:
@@ -731,6 +734,8 @@ class GatesParams(Section):
         None, description="evaluate: test macro-F1 of the model minus each baseline's (0.0: a model that loses to any fails)."
     )
     max_cross_split_leaks: Annotated[int, Field(ge=0)] | None = 0
+    max_semantic_leaks: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="split: val/test records whose nearest train record is at split.semantic_threshold or above.")
     max_test_changed_fraction: Fraction | None = Field(
         0.02, description="pipeline diff: share of test records added, removed or changed against the base revision."
     )

@@ -108,3 +108,51 @@ def test_exact_cross_pairs_pairs_every_shared_hash_across_splits_only():
     pairs = exact_cross_pairs(rows)
     assert pairs.to_dict("list") == {"a": [1, 1, 2], "b": [2, 3, 3]}  # h2 stays in train, h3 and h4 are alone
     assert exact_cross_pairs(rows[rows["content_hash"] == "h4"]).empty
+
+
+# --- semantic leaks -------------------------------------------------------------------------
+
+def test_semantic_leaks_name_each_evaluation_record_whose_nearest_train_record_is_close():
+    from pipeline.steps.leakage import semantic_leaks
+
+    gen = np.random.default_rng(0)
+    train = gen.normal(size=(50, 16))
+    close = train[7] + gen.normal(scale=0.05, size=16)  # a paraphrase of train record 7
+    far = gen.normal(size=(3, 16))
+    ids = np.array([f"t{i:02d}" for i in range(50)] + ["v0", "v1", "x0", "x1"], dtype=object)
+    splits = np.array(["train"] * 50 + ["val", "val", "test", "test"], dtype=object)
+    vectors = np.vstack([train, close, far])
+    found = semantic_leaks(ids, splits, vectors, 0.95)
+    assert [(f["split"], f["id"], f["other_id"]) for f in found] == [("val", "v0", "t07")]
+    assert 0.95 <= found[0]["cosine"] <= 1.0 and found[0]["cosine"] == round(found[0]["cosine"], 4)
+    assert semantic_leaks(ids, splits, vectors * 3.0, 0.95) == found  # cosine: the scale of a vector does not count
+    order = np.random.default_rng(1).permutation(len(ids))
+    assert semantic_leaks(ids[order], splits[order], vectors[order], 0.95) == found
+
+
+def test_split_writes_the_semantic_section_and_the_gate_reads_it(tmp_path):
+    import json
+
+    from conftest import write_params
+    from pipeline.io import features_table, write_records, write_table
+    from pipeline.params import GatesParams
+    from pipeline.report.gates import evaluate_gates
+    from pipeline.stages import split
+
+    records = text_records([(("a", "b")[i % 2], f"distinct message number {i} about {i * 7} things") for i in range(40)])
+    write_records(records, tmp_path / "dedup.parquet")
+    params = write_params(tmp_path / "params.yaml", {"t": {"modality": "text", "source": "x.tsv", "format": "tsv"}})
+    args = ["--dataset", "t", "--params", str(params), "--input", str(tmp_path / "dedup.parquet"), "--output", str(tmp_path / "split"),
+            "--leakage", str(tmp_path / "leakage.json"), "--metrics", str(tmp_path / "split.json")]
+    for vectors, leaking in ((np.eye(40), False), (np.ones((40, 8)), True)):  # all orthogonal; all the same
+        write_table(features_table(records, vectors), tmp_path / "embeddings.parquet")
+        assert split.main([*args, "--embeddings", str(tmp_path / "embeddings.parquet")]) == 0
+        semantic = json.loads((tmp_path / "leakage.json").read_text())["semantic"]
+        evaluation = json.loads((tmp_path / "split.json").read_text())["counts"]
+        assert semantic["threshold"] == 0.9 and semantic["leaks"] == (evaluation["val"] + evaluation["test"] if leaking else 0)
+    first_train = min(records["id"][~records["id"].isin([p["id"] for p in semantic["pairs"]])])
+    assert {p["other_id"] for p in semantic["pairs"]} == {first_train} and {p["cosine"] for p in semantic["pairs"]} == {1.0}
+    gates = evaluate_gates({}, {}, {"semantic": {"leaks": 2}}, GatesParams(max_semantic_leaks=1))
+    assert [(g.name, g.passed) for g in gates if g.name == "max_semantic_leaks"] == [("max_semantic_leaks", False)]
+    assert split.main(args) == 0  # without embeddings: no semantic section
+    assert "semantic" not in json.loads((tmp_path / "leakage.json").read_text())

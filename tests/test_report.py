@@ -236,3 +236,11 @@ def test_decontamination_lists_each_set_and_what_the_dropped_records_copied():
     assert "copies bench.tsv:12 (jaccard 0.912)" in section and "Examples: 1 of 3 contaminating records." in section
     assert "&lt;France&gt;" in section  # corpus text stays text
     assert "Decontamination" not in render(_inputs())  # no sets configured: no section
+
+
+def test_the_split_section_lists_semantic_leaks():
+    leakage = {**LEAKAGE, "semantic": {"threshold": 0.95, "method": "cosine", "leaks": 1,
+                                       "pairs": [{"split": "test", "id": "x1", "other_split": "train", "other_id": "t9", "cosine": 0.9712}]}}
+    page = render(ReportInputs("demo", "text", CARD, leakage, METRICS, [], {"ingest": {"a": 1}}))
+    section = page.split("id='split'")[1].split("</section>")[0]
+    assert "Semantic leaks: <b>1</b>" in section and "<td>x1</td><td>t9</td><td>0.9712</td>" in section

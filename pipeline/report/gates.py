@@ -61,6 +61,8 @@ def evaluate_gates(metrics: dict[str, dict[str, Any]], card: dict[str, Any], lea
         if margin is not None:
             gates += _min("min_margin_over_baselines", margin, params.min_margin_over_baselines, name)
     gates += _max("max_cross_split_leaks", leakage.get("cross_split_pairs", 0), params.max_cross_split_leaks)
+    if "semantic" in leakage:
+        gates += _max("max_semantic_leaks", leakage["semantic"]["leaks"], params.max_semantic_leaks)
     return gates
 
 

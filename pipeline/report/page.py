@@ -239,6 +239,13 @@ def _split(inputs: ReportInputs) -> str:
     if pairs:
         leak_text += _table(["split", "id", "other split", "other id", "kind", "similarity"],
                             [[p["split"], p["id"], p["other_split"], p["other_id"], p["kind"], p["similarity"]] for p in pairs])
+    semantic = leak.get("semantic")
+    if semantic:
+        leak_text += (f"<p>Semantic leaks: <b>{semantic['leaks']}</b> val/test records whose nearest train record has a cosine "
+                      f"of {semantic['threshold']} or more ({html.escape(semantic.get('method', ''))}).</p>")
+        if semantic["pairs"]:
+            leak_text += _shown(min(len(semantic["pairs"]), 20), semantic["leaks"], "semantic leaks") + _table(
+                ["split", "id", "nearest train id", "cosine"], [[p["split"], p["id"], p["other_id"], p["cosine"]] for p in semantic["pairs"][:20]])
     header = ["class", "train", "val", "test", "train share", "val share", "test share"]
     target = split.get("target", {})
     return _section("split", "Split and leakage", f"<p>Target ratios: {html.escape(json.dumps(target))}</p>" + _table(header, rows) + leak_text)

@@ -25,13 +25,14 @@ import pyarrow as pa
 from pipeline.engines import Engine, Partitioned, neighbours, open_engine
 from pipeline.engines.neighbours import empty
 from pipeline.errors import StageError
-from pipeline.io import record_count, write_json
+from pipeline.io import read_features, record_count, write_json
 from pipeline.ledger import Fates
 from pipeline.seeding import derive_seed
 from pipeline.stages.base import Context, Outcome, entry, stage_main
 from pipeline.steps import dedup
 from pipeline.steps.candidates import id_keys
-from pipeline.steps.leakage import Leak, certificate, cross_split_leaks, evaluation_side_ids, exact_cross_pairs, method_text
+from pipeline.steps.leakage import (Leak, certificate, cross_split_leaks, evaluation_side_ids, exact_cross_pairs, method_text,
+                                    semantic_leaks)
 from pipeline.steps.neardup import NearDupSettings
 from pipeline.steps.order import bucket_of
 from pipeline.steps.split import (SPLITS, GroupPlan, SourceLayout, group_counts, group_plan, iterate_groups, single_ranks, sized_groups,
@@ -49,6 +50,7 @@ NO_SPLIT = "\x00"  # stands for a record without a source split in the totals (w
 TWO_SIDED = pa.schema([("groups", pa.int64())])
 SPLIT_COUNTS = pa.schema([("group_id", pa.string()), ("label", pa.string()), ("split", pa.string()), ("n", pa.int64())])
 LEAK_EXTRA = [("split", pa.string()), ("content_hash", pa.string())]
+SEMANTIC_METHOD = "cosine of the embed stage's vectors, exact nearest train record of each val/test record"
 log = logging.getLogger(__name__)
 
 
@@ -56,6 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, type=Path, help="record set from dedup")
     parser.add_argument("--output", required=True, type=Path, help="folder for train/val/test record sets")
     parser.add_argument("--leakage", required=True, type=Path, help="where to write the leakage certificate (JSON)")
+    parser.add_argument("--embeddings", type=Path, help="the embed stage's vectors of these records, for the "
+                                                        "certificate's semantic section (split.semantic_threshold)")
 
 
 def run(ctx: Context) -> Outcome:
@@ -232,7 +236,12 @@ def _certify(ctx: Context, assigned: Partitioned, keep_source: bool) -> tuple[li
         ctx.ledger.record(Fates.dropped(sorted(dropped), "duplicate_across_source_split"))
         leaks = [leak for leak in leaks if leak.id not in dropped and leak.other_id not in dropped]
     checked = _checked(engine, assigned, dropped)
-    write_json(certificate(leaks, method=method_text(modality, params), checked=checked), ctx.args.leakage)
+    written = certificate(leaks, method=method_text(modality, params), checked=checked)
+    threshold = ctx.params.split.semantic_threshold
+    if ctx.args.embeddings is not None and threshold is not None:
+        semantic = _semantic(engine, assigned, dropped, ctx.args.embeddings, threshold)
+        written["semantic"] = {"threshold": threshold, "method": SEMANTIC_METHOD, "leaks": len(semantic), "pairs": semantic}
+    write_json(written, ctx.args.leakage)
     if leaks and not keep_source:
         first = leaks[0]
         raise StageError(
@@ -240,6 +249,19 @@ def _certify(ctx: Context, assigned: Partitioned, keep_source: bool) -> tuple[li
             f"~ {first.other_split} {first.other_id} ({first.similarity}); see {ctx.args.leakage}"
         )
     return leaks, dropped
+
+
+def _semantic(engine: Engine, assigned: Partitioned, dropped: set[str], embeddings: Path, threshold: float) -> list[dict]:
+    """The semantic section's pairs: each val/test record whose nearest train record reaches `threshold`."""
+    meta = pd.DataFrame({"id": pd.Series(dtype=object), "split": pd.Series(dtype=object)})
+    sides = engine.collect(engine.map(assigned, _id_and_split, meta=meta))
+    sides = sides[~sides["id"].isin(dropped)].sort_values("id", kind="stable")
+    vectors = read_features(embeddings, sides["id"])
+    return semantic_leaks(sides["id"].to_numpy(object), sides["split"].to_numpy(object), vectors, threshold)
+
+
+def _id_and_split(records: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"id": records["id"].to_numpy(object), "split": records["split"].to_numpy(object)})
 
 
 def _leaks(engine: Engine, assigned: Partitioned, modality: str, params, seed: int) -> list[Leak]:

@@ -128,3 +128,37 @@ def method_text(modality: str, params: DedupParams) -> str:
                 f"-grams, own seed) + LSH at Jaccard {t.threshold}, candidates verified by exact Jaccard")
     return f"exact content hash; {params.image.hash} within {params.image.max_distance} bits, multi-index search (exact)"
 
+
+
+# --- semantic leaks -------------------------------------------------------------------------
+
+SEMANTIC_BLOCK = 1_024  # evaluation rows compared with all of train at a time
+
+
+def semantic_leaks(ids: np.ndarray, splits: np.ndarray, vectors: np.ndarray, threshold: float) -> list[dict]:
+    """Every val/test record whose nearest train record (cosine of the embeddings, exact search in
+    blocks) reaches `threshold`: its split and id, the train id and the cosine (rounded to 4
+    places, and compared so rounded, so the file and the decision agree). Ties: the smaller train
+    id. Ordered by split, then id."""
+    unit = _unit_rows(np.asarray(vectors, dtype=np.float64))
+    train = np.flatnonzero(splits == "train")
+    train = train[np.argsort(ids[train], kind="stable")]
+    found = []
+    for split in ("val", "test"):
+        rows = np.flatnonzero(splits == split)
+        rows = rows[np.argsort(ids[rows], kind="stable")]
+        for start in range(0, len(rows) if len(train) else 0, SEMANTIC_BLOCK):
+            block = rows[start:start + SEMANTIC_BLOCK]
+            cosine = np.round(unit[block] @ unit[train].T, 4)
+            nearest = cosine.argmax(axis=1)  # the first maximum: train is in id order
+            best = cosine[np.arange(len(block)), nearest]
+            for row, j, value in zip(block.tolist(), nearest.tolist(), best.tolist(), strict=True):
+                if value >= threshold:
+                    found.append({"split": split, "id": str(ids[row]), "other_split": "train", "other_id": str(ids[train[j]]),
+                                  "cosine": float(value)})
+    return found
+
+
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.where(norms > 0, norms, 1.0)
