@@ -97,9 +97,19 @@ def test_embeddings_cover_every_record_after_dedup_in_id_order(found):
 
 @pytest.mark.parametrize(("sections", "why"), [
     ({"label_issues": {"policy": "off"}}, "policy off"),
-    ({"label_issues": {"folds": 50}}, "every class needs at least 50 records"),
+    ({"label_issues": {"folds": 50}}, "fewer than two classes of at least 50 records"),
 ])
 def test_a_search_that_cannot_run_says_why_and_flags_nothing(tmp_path, sections, why):
     write_tickets(tmp_path, n=60)
     metrics, issues, ledger = run(tmp_path, **sections)
     assert why in metrics["not_searched"] and len(issues) == 0 and len(ledger) == 0
+
+
+def test_a_class_smaller_than_the_folds_is_left_out_and_the_rest_searched(tmp_path):
+    write_tickets(tmp_path)
+    lines = (tmp_path / "corpus.tsv").read_text().splitlines()
+    lines += [f"{lines[1].split(chr(9))[0]} and one more thing {i}\trare" for i in range(3)]  # a class of 3 records
+    (tmp_path / "corpus.tsv").write_text("\n".join(lines) + "\n")
+    metrics, issues, _ = run(tmp_path)
+    assert metrics["classes_left_out"] == ["rare"] and "not_searched" not in metrics
+    assert "rare" not in set(issues["given_label"]) | set(issues["suggested_label"]) and len(issues) > 0

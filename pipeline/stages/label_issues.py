@@ -38,14 +38,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(ctx: Context) -> Outcome:
     records = pd.concat(list(record_chunks(ctx.args.input, ["id", "label", "group_id"])), ignore_index=True)
     params = ctx.params.label_issues
-    why_not = _why_not(records, ctx)
+    counts = records["label"].value_counts()
+    too_small = sorted(str(label) for label, n in counts.items() if n < params.folds)
+    searched = records[~records["label"].isin(too_small)].reset_index(drop=True)
+    why_not = _why_not(searched, ctx)
     issues = pd.DataFrame(columns=ISSUES.names)
     extra: dict = {"policy": params.policy, "folds": params.folds}
+    if too_small:
+        extra["classes_left_out"] = too_small  # fewer records than folds: their out-of-fold predictions mean nothing
     if why_not:
         log.warning("label issues of %s not searched: %s", ctx.name, why_not)
         extra["not_searched"] = why_not
     else:
-        issues, extra["out_of_fold_accuracy"] = _issues(records, ctx)
+        issues, extra["out_of_fold_accuracy"] = _issues(searched, ctx)
         ctx.ledger.record(Fates.flagged(issues["id"], REASON, [
             f"given {g}, suggested {s}; probability of the given label {p:.3f}"
             for g, s, p in zip(issues["given_label"], issues["suggested_label"], issues["self_confidence"], strict=True)]))
@@ -63,9 +68,8 @@ def _why_not(records: pd.DataFrame, ctx: Context) -> str | None:
         return "policy off"
     if ctx.dataset.multi_label:
         return "multi-label records (confident learning here takes one label per record)"
-    counts = records["label"].value_counts()
-    if len(counts) < 2 or counts.min() < params.folds:
-        return f"every class needs at least {params.folds} records (label_issues.folds) and there must be two classes"
+    if records["label"].nunique() < 2:
+        return f"fewer than two classes of at least {params.folds} records (label_issues.folds)"
     if records["group_id"].nunique() < params.folds:
         return f"fewer groups than label_issues.folds ({params.folds})"
     return None
