@@ -1,6 +1,7 @@
 """Shared fixtures: small params and record sets built in memory, and the path to shared datasets."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -52,3 +53,12 @@ def shared_datasets() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"real datasets not found at {SHARED} (they exist beside the checkout in CI only)")
     return SHARED
+
+
+@pytest.fixture
+def stage_log(caplog):
+    """caplog, also attached to the `pipeline` logger: stage_main's basicConfig(force=True) strips root handlers."""
+    logger = logging.getLogger("pipeline")
+    logger.addHandler(caplog.handler)
+    yield caplog
+    logger.removeHandler(caplog.handler)

@@ -285,15 +285,6 @@ def test_workers_do_not_change_results(chain, inputs, tmp_path):
 
 # --- errors ---------------------------------------------------------------------------------
 
-@pytest.fixture
-def stage_log(caplog):
-    """caplog, also attached to the `pipeline` logger: stage_main's basicConfig(force=True) strips root handlers."""
-    logger = logging.getLogger("pipeline")
-    logger.addHandler(caplog.handler)
-    yield caplog
-    logger.removeHandler(caplog.handler)
-
-
 def _clean_args(params: Path, root: Path, dataset: str = "t") -> list[str]:
     return ["--dataset", dataset, "--params", str(params), "--root", str(root),
             "--output", str(root / "clean.parquet"), "--metrics", str(root / "m.json")]

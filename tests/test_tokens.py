@@ -7,7 +7,6 @@ distribution must not depend on partitions, and without a token bound clean neve
 from __future__ import annotations
 
 import json
-import logging
 import re
 import subprocess
 import sys
@@ -42,15 +41,6 @@ def counter() -> TokenCounter:
 @pytest.fixture(scope="module")
 def tokenizer():
     return load_tokenizer(default_text_model())
-
-
-@pytest.fixture
-def stage_log(caplog):
-    """caplog, attached to the `pipeline` logger (stage_main's logging setup keeps the caller's handlers)."""
-    logger = logging.getLogger("pipeline")
-    logger.addHandler(caplog.handler)
-    yield caplog
-    logger.removeHandler(caplog.handler)
 
 
 # --- counting -------------------------------------------------------------------------------
