@@ -21,7 +21,8 @@ from pipeline.ledger import Fates, Processed
 from pipeline.params import DedupParams
 from pipeline.records import source_location
 from pipeline.steps.imagehash import hash_images
-from pipeline.steps.neardup import NearDupSettings, Shingles, _concatenated, band_keys, exact_jaccard, minhash_signatures, shingle_sets
+from pipeline.steps.neardup import (NearDupSettings, Shingles, _concatenated, _ranges, _subset, band_keys, exact_jaccard,
+                                    minhash_signatures, shingle_sets)
 
 REASON = "contaminates"
 MATCHES = ("id", "set", "detail")
@@ -37,7 +38,8 @@ class Reference:
     where: np.ndarray  # object, file:line (or file) of each reference record
     first_of_hash: dict[str, int]
     text: NearDupSettings | None = None
-    keys: np.ndarray | None = None  # (bands, m) uint64 band keys
+    sorted_keys: np.ndarray | None = None  # (bands, m) uint64 band keys, each band sorted
+    key_order: np.ndarray | None = None  # (bands, m): the reference record of each sorted key
     shingles: Shingles | None = None
     phash: np.ndarray | None = None  # (m,) uint64
     hash_method: str = "phash"
@@ -65,7 +67,10 @@ def build_reference(evaluation: list[tuple[str, pd.DataFrame]], modality: str, p
         return Reference(**common, phash=hash_images(table["image"].tolist(), method=params.image.hash),
                          hash_method=params.image.hash, max_distance=params.image.max_distance)
     shingles = shingle_sets(table["text"].tolist(), shingle=settings.shingle, size=settings.k)
-    return Reference(**common, text=settings, shingles=shingles, keys=_band_keys(shingles, settings))
+    keys = _band_keys(shingles, settings)
+    order = np.argsort(keys, axis=1, kind="stable")
+    return Reference(**common, text=settings, shingles=shingles, sorted_keys=np.take_along_axis(keys, order, axis=1),
+                     key_order=order)
 
 
 def matches(records: pd.DataFrame, reference: Reference) -> pd.DataFrame:
@@ -121,13 +126,13 @@ def _near(records: pd.DataFrame, reference: Reference) -> tuple[np.ndarray, np.n
 def _near_texts(records: pd.DataFrame, reference: Reference) -> tuple[np.ndarray, np.ndarray, list[str]]:
     settings = reference.text
     shingles = shingle_sets(records["text"].tolist(), shingle=settings.shingle, size=settings.k)
-    pairs = _shared_band_pairs(_band_keys(shingles, settings), reference.keys)
-    both = _concatenated([shingles, reference.shingles])
-    similarity = exact_jaccard(both, np.column_stack([pairs[:, 0], pairs[:, 1] + len(shingles)]))
-    close = similarity >= settings.threshold
-    rows, refs = _best(pairs[close], -similarity[close])
-    best = {(r, f): s for (r, f), s in zip(pairs[close].tolist(), similarity[close].tolist(), strict=True)}
-    return rows, refs, [f"jaccard {best[(r, f)]:.3f}" for r, f in zip(rows.tolist(), refs.tolist(), strict=True)]
+    pairs = _shared_band_pairs(_band_keys(shingles, settings), reference)
+    candidates, at = np.unique(pairs[:, 1], return_inverse=True)  # only the reference records some pair needs
+    both = _concatenated([shingles, _subset(reference.shingles, candidates)])
+    similarity = exact_jaccard(both, np.column_stack([pairs[:, 0], at.ravel() + len(shingles)]))
+    close = np.flatnonzero(similarity >= settings.threshold)
+    best = close[_best(pairs[close], -similarity[close])]
+    return pairs[best, 0], pairs[best, 1], [f"jaccard {value:.3f}" for value in similarity[best].tolist()]
 
 
 def _near_images(records: pd.DataFrame, reference: Reference) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -139,20 +144,17 @@ def _near_images(records: pd.DataFrame, reference: Reference) -> tuple[np.ndarra
         rows.append(i + start)
         refs.append(j)
         distances.append(block[i, j].astype(np.int64))
-    rows, refs, distances = np.concatenate(rows), np.concatenate(refs), np.concatenate(distances)
-    best_rows, best_refs = _best(np.column_stack([rows, refs]), distances)
-    lookup = {(r, f): d for r, f, d in zip(rows.tolist(), refs.tolist(), distances.tolist(), strict=True)}
-    return best_rows, best_refs, [f"hamming {lookup[(r, f)]}" for r, f in zip(best_rows.tolist(), best_refs.tolist(), strict=True)]
+    pairs, distances = np.column_stack([np.concatenate(rows), np.concatenate(refs)]), np.concatenate(distances)
+    best = _best(pairs, distances)
+    return pairs[best, 0], pairs[best, 1], [f"hamming {value}" for value in distances[best].tolist()]
 
 
-def _best(pairs: np.ndarray, cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per distinct first column, the pair of least `cost` (ties: the smallest second column)."""
-    if not len(pairs):
-        return np.empty(0, np.int64), np.empty(0, np.int64)
+def _best(pairs: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """Indices into `pairs` of, per distinct first column, the pair of least `cost` (ties: the
+    smallest second column), in order of the first column."""
     order = np.lexsort((pairs[:, 1], cost, pairs[:, 0]))
-    ranked = pairs[order]
-    first = np.concatenate(([True], ranked[1:, 0] != ranked[:-1, 0]))
-    return ranked[first, 0].astype(np.int64), ranked[first, 1].astype(np.int64)
+    first = np.concatenate(([True], pairs[order[1:], 0] != pairs[order[:-1], 0])) if len(order) else np.empty(0, bool)
+    return order[first]
 
 
 def _band_keys(shingles: Shingles, settings: NearDupSettings) -> np.ndarray:
@@ -160,18 +162,13 @@ def _band_keys(shingles: Shingles, settings: NearDupSettings) -> np.ndarray:
     return band_keys(signatures[:, :settings.bands * settings.rows], settings.bands, settings.rows)
 
 
-def _shared_band_pairs(keys: np.ndarray, reference_keys: np.ndarray) -> np.ndarray:
-    """(k, 2) distinct (record, reference record) pairs sharing a band key in some band."""
+def _shared_band_pairs(keys: np.ndarray, reference: Reference) -> np.ndarray:
+    """(k, 2) distinct (record, reference record) pairs sharing a band key in some band, sorted."""
     found = []
-    for band in range(keys.shape[0]):
-        order = np.argsort(reference_keys[band], kind="stable")
-        sorted_keys = reference_keys[band][order]
+    for band, sorted_keys in enumerate(reference.sorted_keys):
         lo = np.searchsorted(sorted_keys, keys[band], side="left")
-        hi = np.searchsorted(sorted_keys, keys[band], side="right")
-        counts = hi - lo
+        counts = np.searchsorted(sorted_keys, keys[band], side="right") - lo
         rows = np.repeat(np.arange(keys.shape[1]), counts)
-        starts = np.repeat(lo, counts)
-        within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        found.append(np.column_stack([rows, order[starts + within]]))
-    pairs = np.concatenate(found) if found else np.empty((0, 2), np.int64)
-    return np.unique(pairs.astype(np.int64), axis=0) if len(pairs) else pairs.reshape(0, 2).astype(np.int64)
+        found.append(np.column_stack([rows, reference.key_order[band][_ranges(lo, counts)]]))
+    pairs = np.concatenate(found).astype(np.int64) if found else np.empty((0, 2), np.int64)
+    return np.unique(pairs, axis=0) if len(pairs) else pairs
