@@ -75,7 +75,7 @@ def run(ctx: Context) -> Outcome:
         "clusters": exact_counts["clusters"], "near_clusters": near_counts.get("clusters", 0),
         "label_conflicts": exact_counts["conflicts"] + near_counts.get("conflicts", 0),
         "duplicate_rate": round(1 - (n_out + sum(contaminated.values())) / n_in, 6) if n_in else 0.0,
-        **({"decontaminated": contaminated} if _evaluation_sets(ctx) else {}),
+        **({"decontaminated": contaminated} if contaminated else {}),  # a count per set of this modality
         "groups_of_similar_records": len(engine.value_counts(groups, "root")),
         "records_in_groups": engine.count(groups),
         "labels": engine.value_counts(engine.read_records(ctx.args.output, modality=modality, columns=["label"]), "label"),
