@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.params import DedupParams
+from pipeline.steps.vectors import unit_rows
 
 SPLIT_ORDER = ("train", "val", "test")
 
@@ -140,7 +141,7 @@ def semantic_leaks(ids: np.ndarray, splits: np.ndarray, vectors: np.ndarray, thr
     blocks) reaches `threshold`: its split and id, the train id and the cosine (rounded to 4
     places, and compared so rounded, so the file and the decision agree). Ties: the smaller train
     id. Ordered by split, then id."""
-    unit = _unit_rows(np.asarray(vectors, dtype=np.float64))
+    unit = unit_rows(vectors)
     train = np.flatnonzero(splits == "train")
     train = train[np.argsort(ids[train], kind="stable")]
     found = []
@@ -157,8 +158,3 @@ def semantic_leaks(ids: np.ndarray, splits: np.ndarray, vectors: np.ndarray, thr
                     found.append({"split": split, "id": str(ids[row]), "other_split": "train", "other_id": str(ids[train[j]]),
                                   "cosine": float(value)})
     return found
-
-
-def _unit_rows(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.where(norms > 0, norms, 1.0)

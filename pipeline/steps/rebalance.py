@@ -28,6 +28,7 @@ from pipeline.params import RebalanceParams
 from pipeline.records import make_id, op_json
 from pipeline.steps import order
 from pipeline.steps.augment import VariantPlan, shortfalls
+from pipeline.steps.vectors import unit_rows
 
 CLEANING = ("tomek_links", "edited_nearest_neighbours")
 ORDER = "rebalance-order"  # the seed's order of a class: who is kept, copied once more, augmented once more
@@ -155,16 +156,10 @@ def _clean(train: pd.DataFrame, params: RebalanceParams, embeddings: np.ndarray 
         raise RebalanceError(f"rebalance.strategy {params.strategy} needs at least {neighbours} train records "
                              f"(each record and its nearest neighbours); train has {len(train)}")
     sampler = TomekLinks() if params.strategy == "tomek_links" else EditedNearestNeighbours(n_neighbors=params.n_neighbors)
-    sampler.fit_resample(_unit_rows(embeddings), train["label"].to_numpy())
+    sampler.fit_resample(unit_rows(embeddings), train["label"].to_numpy())
     kept = np.sort(np.asarray(sampler.sample_indices_))
     dropped = sorted(set(train["id"]) - set(train["id"].iloc[kept]))
     return Rebalanced(train.iloc[kept].reset_index(drop=True), train.iloc[0:0], Fates.dropped(dropped, params.strategy))
-
-
-def _unit_rows(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length, so nearest neighbours are by cosine similarity, as the embeddings are meant."""
-    vectors = np.asarray(vectors, dtype=np.float64)
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 def _copies(train: pd.DataFrame, picked: np.ndarray) -> pd.DataFrame:
