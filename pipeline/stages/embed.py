@@ -2,7 +2,7 @@
 
 MiniLM mean pooling for texts, EfficientNet-Lite0 pooling for images (the models and settings of
 `finetune`, as the features stage uses them). One Parquet file, rows sorted by id: `id`, `label`
-and `features` (a fixed-size list of float32), read `features.CHUNK_ROWS` records at a time in
+and `features` (a fixed-size list of float32), read `pipeline.model.embedding.CHUNK_ROWS` records at a time in
 id order, so the vectors never depend on an engine setting. The label-issue search reads it.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pipeline.io import features_width, record_chunks, write_table_chunks
 from pipeline.model.models import feature_extractor
 from pipeline.seeding import derive_seed
 from pipeline.stages.base import Context, Outcome, entry, stage_main
-from pipeline.stages.features import feature_tables
+from pipeline.model.embedding import feature_tables
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,9 +8,11 @@ copies, as finetune trains on it): per split and class, and the share longer tha
 On the engine: the random strategies plan from class counts and the cutoffs of the seed's order
 (found on the partitions), then resample partition by partition; augment_over makes its variants
 as the augment stage does (the same shuffle on the content hash keeps only new ones). The
-cleaning strategies need every train record's neighbours: they embed train in this process (its
-id, label and content only), then drop what they remove partition by partition. The card's
-version hash reads the final record sets shard by shard, in id order.
+cleaning strategies need every train record's neighbours: they take train's vectors in this
+process as the features stage does (`--embeddings`: the embed stage's, and only new content,
+augmented variants, embedded here; the metrics' `vectors` count each), then drop what they remove
+partition by partition. The card's version hash reads the final record sets shard by shard, in id
+order.
 """
 from __future__ import annotations
 
@@ -18,20 +20,25 @@ import argparse
 import functools
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from pipeline.engines import Partitioned, open_engine
 from pipeline.engines.ranks import first_cutoffs
 from pipeline.engines.variants import new_variants
 from pipeline.io import empty_records, record_chunks, write_json
+from pipeline.model.embedding import shared_vectors
 from pipeline.model.models import feature_extractor
 from pipeline.seeding import derive_seed
 from pipeline.stages.base import Context, Outcome, entry, stage_main
 from pipeline.steps import rebalance as steps
 from pipeline.steps.augment import check_available, extra_variants
 from pipeline.steps.card import VERSION_COLUMNS, describe, make_card
-from pipeline.steps.tokens import HISTOGRAM, TokenCounter, token_histogram, token_summary
+from pipeline.steps.tokens import (
+    HISTOGRAM,
+    TokenCounter,
+    token_histogram,
+    token_summary,
+)
 
 HELD_OUT = ("val", "test")
 
@@ -40,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", required=True, type=Path, help="augmented train record set")
     parser.add_argument("--split", required=True, type=Path, help="folder with val/test record sets from split")
     parser.add_argument("--output", required=True, type=Path, help="final dataset folder")
+    parser.add_argument("--embeddings", type=Path, help="the embed stage's vectors, reused by the cleaning strategies "
+                                                        "(without it, they embed all of train)")
 
 
 def run(ctx: Context) -> Outcome:
@@ -47,7 +56,7 @@ def run(ctx: Context) -> Outcome:
     counter = TokenCounter.load(ctx.params.finetune.text.model) if modality == "text" else None  # fails before any work
     train = engine.read_records(ctx.args.train, modality=modality)
     labels_before = engine.value_counts(train, "label")
-    resampled, fates = _resampled(ctx, train, labels_before)
+    resampled, fates, strategy_metrics = _resampled(ctx, train, labels_before)
     ctx.ledger.record_spills(fates)
     written = {"train": engine.write_records(resampled, ctx.args.output / "train.parquet")}
     for name in HELD_OUT:
@@ -56,7 +65,7 @@ def run(ctx: Context) -> Outcome:
     card = _card(ctx)
     write_json(card, ctx.args.output / "card.json")
     extra = {"strategy": ctx.params.rebalance.strategy, "labels_before": labels_before,
-             "labels_after": card["classes"]["train"], "version": card["version"]}
+             "labels_after": card["classes"]["train"], "version": card["version"], **strategy_metrics}
     if counter is not None:
         extra["tokens"] = _tokens(ctx, counter)
     return Outcome(sum(labels_before.values()), written["train"], extra)
@@ -73,19 +82,19 @@ def _tokens(ctx: Context, counter: TokenCounter) -> dict:
     return token_summary(totals, max_length=ctx.params.finetune.text.max_length, splits=splits)
 
 
-def _resampled(ctx: Context, train: Partitioned, class_counts: dict[str, int]) -> tuple[Partitioned, list[Path]]:
-    """Train after the strategy, and the fates' spill files."""
+def _resampled(ctx: Context, train: Partitioned, class_counts: dict[str, int]) -> tuple[Partitioned, list[Path], dict]:
+    """Train after the strategy, the fates' spill files and the strategy's own metrics."""
     engine, params, seed = ctx.engine, ctx.params.rebalance, ctx.params.seed
     if params.strategy == "augment_over":
-        return _augment_over(ctx, train, class_counts)
+        return (*_augment_over(ctx, train, class_counts), {})
     if params.strategy in steps.CLEANING and len(class_counts) >= 2:
-        dropped = _cleaned_away(ctx)
+        dropped, counts = _cleaned_away(ctx)
         kept, fates, _ = engine.process(train, functools.partial(steps.drop_ids, ids=dropped, reason=params.strategy))
-        return kept, fates
+        return kept, fates, {"vectors": counts}
     ranks, copies = steps.resample_ranks(class_counts, params)
     plan = steps.resample_plan(ranks, copies, first_cutoffs(engine, train, ranks, seed=seed, namespace=steps.ORDER))
     kept, fates, _ = engine.process(train, functools.partial(steps.resample, plan=plan, seed=seed))
-    return kept, fates
+    return kept, fates, {}
 
 
 def _augment_over(ctx: Context, train: Partitioned, class_counts: dict[str, int]) -> tuple[Partitioned, list[Path]]:
@@ -106,17 +115,19 @@ def _originals(records: pd.DataFrame) -> pd.DataFrame:
     return records[records["parent_id"].isna()]
 
 
-def _cleaned_away(ctx: Context) -> frozenset[str]:
-    """Ids the cleaning strategy removes, from the frozen backbone's embeddings of train (in id order,
-    as the features stage computes them), which it needs whole: every record's neighbours."""
-    column = "text" if ctx.dataset.modality == "text" else "image"
-    train = ctx.engine.collect(ctx.engine.read_records(ctx.args.train, modality=ctx.dataset.modality,
-                                                       columns=["id", "label", "parent_id", column]))
+def _cleaned_away(ctx: Context) -> tuple[frozenset[str], dict[str, int]]:
+    """Ids the cleaning strategy removes, from the frozen backbone's vectors of train in id order,
+    which it needs whole (every record's neighbours): the embed stage's where it saw the content, the
+    rest embedded as the features stage does; and how many vectors came each way."""
+    modality = ctx.dataset.modality
+    train = ctx.engine.collect(ctx.engine.read_records(ctx.args.train, modality=modality, columns=["id", "label", "content_hash"]))
     train = train.sort_values("id", kind="stable").reset_index(drop=True)
-    labels = sorted(set(train["label"]))
-    model = feature_extractor(ctx.params.finetune, ctx.dataset.modality, labels, seed=derive_seed(ctx.params.seed, "features", bits=32))
-    vectors = np.asarray(model.features(train).numpy())
-    return frozenset(steps.rebalance(train, ctx.params.rebalance, ctx.params.seed, vectors).dropped)
+    model = functools.partial(feature_extractor, ctx.params.finetune, modality, sorted(set(train["label"])),
+                              seed=derive_seed(ctx.params.seed, "features", bits=32))
+    vectors = shared_vectors(train[["id", "content_hash"]], embeddings=ctx.args.embeddings, path=ctx.args.train,
+                             column="text" if modality == "text" else "image", model=model)
+    cleaned = steps.rebalance(train, ctx.params.rebalance, ctx.params.seed, vectors.of(train["id"]))
+    return frozenset(cleaned.dropped), vectors.counts
 
 
 def _card(ctx: Context) -> dict:
