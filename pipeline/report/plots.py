@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
+import matplotlib
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+if TYPE_CHECKING:
+    from pipeline.report.projection import Projection
 
 FLOW = ("in", "generated", "merged", "dropped", "out")
 COLOURS = {"in": "#4c72b0", "generated": "#55a868", "merged": "#dd8452", "dropped": "#c44e52", "out": "#8172b3"}
@@ -108,3 +114,66 @@ def confusion(matrix: Sequence[Sequence[int]], labels: Sequence[str]) -> bytes:
     if len(labels) <= CONFUSION_COUNTS_UP_TO:
         _write_counts(axis, matrix)
     return _png(figure)
+
+
+LEGEND_CLASSES_UP_TO = 12  # above it the class panel colours by a colour map and has no legend
+SPLIT_COLOURS = {"train": "#9a9a9a", "val": "#e6862a", "test": "#2a6fdb"}
+
+
+def embedding_projection(projection: Projection) -> bytes:
+    """Two panels of the same 2-D projection, coloured by class (left) and by split (right); label
+    issues marked with black crosses, semantic leaks with red circles and a line to their train neighbour."""
+    figure = Figure(figsize=(12, 5.6))
+    by_class, by_split = figure.subplots(1, 2, sharex=True, sharey=True)
+    classes = sorted(set(projection.labels))
+    size = 14 if len(projection.ids) <= 500 else 6 if len(projection.ids) <= 2_000 else 3
+    class_colours = _class_colours(classes)
+    by_class.scatter(*projection.xy.T, s=size, c=[class_colours[label] for label in projection.labels], alpha=0.7, linewidths=0)
+    by_split.scatter(*projection.xy.T, s=size, c=[SPLIT_COLOURS.get(s, "black") for s in projection.splits], alpha=0.7, linewidths=0)
+    class_keys = [(label, class_colours[label]) for label in classes] if len(classes) <= LEGEND_CLASSES_UP_TO else []
+    for axis, keys, title in ((by_class, class_keys, "by class"), (by_split, list(SPLIT_COLOURS.items()), "by split")):
+        _draw_marks(axis, projection)
+        axis.legend(handles=[*_dots(keys), *_mark_keys(projection)], fontsize=7, loc="best", framealpha=0.8)
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel(f"PC1 ({100 * projection.variance[0]:.1f}% of variance)")
+    by_class.set_ylabel(f"PC2 ({100 * projection.variance[1]:.1f}% of variance)")
+    drawn = f"{len(projection.ids):,} of {projection.total:,} records" if projection.capped else f"{projection.total:,} records"
+    figure.suptitle(f"PCA of the embeddings: {drawn}", fontsize=11)
+    return _png(figure)
+
+
+def _class_colours(classes: Sequence[str]) -> dict[str, object]:
+    """Tableau colours while a legend can name them; past that, spread over a colour map."""
+    if len(classes) <= LEGEND_CLASSES_UP_TO:
+        palette = matplotlib.colormaps["tab10" if len(classes) <= 10 else "Paired"].colors
+        return {label: palette[i] for i, label in enumerate(classes)}
+    colour_map = matplotlib.colormaps["turbo"]
+    return {label: colour_map(i / (len(classes) - 1)) for i, label in enumerate(classes)}
+
+
+def _draw_marks(axis, projection: Projection) -> None:
+    xy = projection.xy
+    for leak, neighbour in projection.leaks:
+        if neighbour is not None:
+            axis.plot(*xy[[leak, neighbour]].T, color="#d62728", linewidth=0.7, zorder=3)
+    if projection.leaks:
+        rows = [leak for leak, _ in projection.leaks]
+        axis.scatter(*xy[rows].T, s=70, facecolors="none", edgecolors="#d62728", linewidths=1.2, zorder=4)
+    if len(projection.issues):
+        axis.scatter(*xy[projection.issues].T, s=28, marker="x", color="black", linewidths=1.0, zorder=5)
+
+
+def _dots(keys: Sequence[tuple[str, object]]) -> list[Line2D]:
+    """Legend entries for coloured points; `$` escaped so a corpus label is never read as mathtext."""
+    return [Line2D([], [], linestyle="none", marker="o", markersize=5, color=colour, label=label[:30].replace("$", r"\$"))
+            for label, colour in keys]
+
+
+def _mark_keys(projection: Projection) -> list[Line2D]:
+    keys = []
+    if len(projection.issues):
+        keys.append(Line2D([], [], linestyle="none", marker="x", color="black", label=f"label issue ({len(projection.issues)})"))
+    if projection.leaks:
+        keys.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="none", markeredgecolor="#d62728",
+                           markersize=8, label=f"semantic leak ({len(projection.leaks)})"))
+    return keys
