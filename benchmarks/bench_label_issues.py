@@ -2,6 +2,7 @@
 
     .venv/bin/pip install --no-deps --target ../bench-libs cleanlab termcolor   # once, outside the repo
     .venv/bin/python benchmarks/bench_label_issues.py --cleanlab-path ../bench-libs [--repeats 3] [--no-images]
+        [--text-features ngrams|embeddings|both]
 
 cleanlab is AGPL and not a project dependency: it is imported from `--cleanlab-path` (or the
 `CLEANLAB_PATH` environment variable, or wherever Python finds it) and only here.
@@ -14,12 +15,16 @@ records, in three settings:
 * class_dependent: the second class (spam, bees) flipped at 3 times the first's rate, the total
   still `--rate` of the records.
 
-Corpora: SMS spam (TF-IDF character 2-5-grams within word boundaries, sublinear, min_df 2; groups
-are texts equal after whitespace folding and case folding, so duplicates share a fold) and, unless
+Corpora: SMS spam (TF-IDF character 2-5-grams within word boundaries, sublinear, min_df 2, as the
+label_issues stage computes them (`text_ngrams`); with `--text-features embeddings` the embed
+stage's MiniLM mean-pooled vectors instead, with `both` the two models' out-of-fold probabilities
+averaged, as the stage does with `label_issues.text_ngrams`; groups are texts equal after
+whitespace folding and case folding, so duplicates share a fold) and, unless
 `--no-images`, hymenoptera (train and val together, 398 images embedded by the project's frozen
 EfficientNet-Lite0 pooled features, exactly what the features stage computes; nothing downloaded).
 
-For each setting and repeat (`--repeats` noise draws), `out_of_fold_probabilities` gives one set of
+For each setting and repeat (`--repeats` noise draws, keyed on the corpus, not on its features, so
+the three `--text-features` see the same flips), `out_of_fold_probabilities` gives one set of
 probabilities, and both finders read the same ones: ours (`find_label_issues`, prune by noise
 rate) and `cleanlab.filter.find_label_issues(labels, pred_probs)` with its defaults. Each flagged
 set is scored against the planted flips (precision, recall, F1; the corpora's own label errors,
@@ -56,7 +61,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from measure import timed  # noqa: E402
 from pipeline.seeding import derive_seed, rng  # noqa: E402
-from pipeline.steps.label_issues import find_label_issues, out_of_fold_probabilities  # noqa: E402
+from pipeline.steps.label_issues import find_label_issues, out_of_fold_probabilities, text_ngrams  # noqa: E402
 
 SETTINGS = ("symmetric", "one_way", "class_dependent")
 DEPENDENT_FACTOR = 3.0  # class_dependent: the second class's flip rate over the first's
@@ -67,10 +72,11 @@ INSTALL = ("cleanlab is not installed (AGPL: only this benchmark uses it, never 
 
 @dataclass(slots=True)
 class Corpus:
-    """Features, integer labels (codes into `classes`) and group ids of one dataset."""
+    """Features (one matrix per model whose probabilities are averaged), integer labels (codes into
+    `classes`) and group ids of one dataset."""
 
     name: str
-    features: object
+    features: list
     labels: np.ndarray
     groups: np.ndarray
     classes: list[str]
@@ -78,10 +84,8 @@ class Corpus:
 
 # --- data -----------------------------------------------------------------------------------
 
-def sms_corpus(path: Path) -> Corpus:
-    """SMS spam (`label<TAB>text` after one header line) as TF-IDF character n-grams."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
+def sms_corpus(path: Path, features: str, seed: int) -> Corpus:
+    """SMS spam (`label<TAB>text` after one header line) as TF-IDF character n-grams, embeddings or both."""
     labels, texts = [], []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines()[1:], start=2):
         label, tab, text = line.partition("\t")
@@ -90,10 +94,23 @@ def sms_corpus(path: Path) -> Corpus:
         labels.append(label.strip().casefold())
         texts.append(text)
     classes = sorted(set(labels))
-    vectoriser = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2, dtype=np.float64)
+    views = ([text_ngrams(texts)] if features in ("ngrams", "both") else []) + \
+        ([text_embeddings(texts, classes, seed)] if features in ("embeddings", "both") else [])
     groups = np.array([re.sub(r"\s+", " ", t).strip().casefold() for t in texts], dtype=object)
-    return Corpus("sms_spam", vectoriser.fit_transform(texts), np.array([classes.index(l) for l in labels]), groups,
-                  classes)
+    return Corpus(f"sms_spam/{features}", views, np.array([classes.index(l) for l in labels]), groups, classes)
+
+
+def text_embeddings(texts: list[str], classes: list[str], seed: int) -> np.ndarray:
+    """The embed stage's vectors of `texts` (MiniLM mean pooling, its chunks of 8,192 texts)."""
+    import pandas as pd
+
+    from pipeline.model.embedding import CHUNK_ROWS
+    from pipeline.model.models import feature_extractor
+    from pipeline.params import FinetuneParams
+
+    model = feature_extractor(FinetuneParams(device="cpu"), "text", classes, seed=derive_seed(seed, "embed", bits=32))
+    frame = pd.DataFrame({"text": texts})
+    return np.concatenate([model.features(frame.iloc[i:i + CHUNK_ROWS]).numpy() for i in range(0, len(texts), CHUNK_ROWS)])
 
 
 def hymenoptera_corpus(root: Path, seed: int) -> Corpus:
@@ -110,7 +127,7 @@ def hymenoptera_corpus(root: Path, seed: int) -> Corpus:
     frame = pd.DataFrame({"image": [p.read_bytes() for p in files]})
     features = model.features(frame).numpy().astype(np.float64)
     groups = np.array([p.relative_to(root).as_posix() for p in files], dtype=object)
-    return Corpus("hymenoptera", features, np.array([classes.index(p.parent.name) for p in files]), groups, classes)
+    return Corpus("hymenoptera", [features], np.array([classes.index(p.parent.name) for p in files]), groups, classes)
 
 
 # --- noise ----------------------------------------------------------------------------------
@@ -149,10 +166,10 @@ def run_setting(corpus: Corpus, setting: str, args: argparse.Namespace, cleanlab
     rows: dict[str, list[dict]] = {"ours": [], "cleanlab": []}
     flips, seconds = [], []
     for repeat in range(args.repeats):
-        noisy = planted_noise(corpus.labels, setting, args.rate, rng(args.seed, "bench", corpus.name, setting, repeat))
+        noisy = planted_noise(corpus.labels, setting, args.rate, rng(args.seed, "bench", corpus.name.split("/")[0], setting, repeat))
         planted = noisy != corpus.labels
-        probs, wall, _ = timed(lambda: out_of_fold_probabilities(corpus.features, noisy, corpus.groups,
-                                                                 folds=args.folds, seed=args.seed, C=args.C))
+        probs, wall, _ = timed(lambda: np.mean([out_of_fold_probabilities(view, noisy, corpus.groups, folds=args.folds,
+                                                                          seed=args.seed, C=args.C) for view in corpus.features], axis=0))
         flips.append(int(planted.sum()))
         seconds.append(wall)
         rows["ours"].append(scores(find_label_issues(noisy, probs)["position"].to_numpy(), planted))
@@ -164,13 +181,13 @@ def run_setting(corpus: Corpus, setting: str, args: argparse.Namespace, cleanlab
 
 def table(results: list[dict]) -> str:
     """The results as a fixed-width table, one row per dataset and setting."""
-    head = (f"{'dataset':<12} {'noise':<16} {'flips':>6} {'oof_s':>6} | {'ours':>6} {'P':>6} {'R':>6} {'F1':>6} | "
+    head = (f"{'dataset':<20} {'noise':<16} {'flips':>6} {'oof_s':>6} | {'ours':>6} {'P':>6} {'R':>6} {'F1':>6} | "
             f"{'clean':>6} {'P':>6} {'R':>6} {'F1':>6} | {'F1 ratio':>8}")
     lines = [head, "-" * len(head)]
     for r in results:
         o, c = r["ours"], r["cleanlab"]
         ratio = o["f1"] / c["f1"] if c["f1"] else float("nan")
-        lines.append(f"{r['dataset']:<12} {r['setting']:<16} {r['flips']:>6.1f} {r['oof_seconds']:>6.1f} | "
+        lines.append(f"{r['dataset']:<20} {r['setting']:<16} {r['flips']:>6.1f} {r['oof_seconds']:>6.1f} | "
                      f"{o['flagged']:>6.1f} {o['precision']:>6.3f} {o['recall']:>6.3f} {o['f1']:>6.3f} | "
                      f"{c['flagged']:>6.1f} {c['precision']:>6.3f} {c['recall']:>6.3f} {c['f1']:>6.3f} | {ratio:>8.3f}")
     return "\n".join(lines)
@@ -200,6 +217,8 @@ def main() -> int:
     parser.add_argument("--C", type=float, default=1.0, help="inverse regularisation of the logistic regressions")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-images", action="store_true", help="skip hymenoptera (embedding takes a minute on CPU)")
+    parser.add_argument("--text-features", choices=("ngrams", "embeddings", "both"), default="ngrams",
+                        help="SMS as TF-IDF n-grams, the embed stage's vectors, or both models averaged (the stage's default)")
     args = parser.parse_args()
     sms = args.data / "sms_spam" / "SMSSpamCollection"
     if not sms.is_file():
@@ -208,7 +227,7 @@ def main() -> int:
     cleanlab_find = load_cleanlab(args.cleanlab_path)
     if cleanlab_find is None:
         return 2
-    corpora = [sms_corpus(sms)]
+    corpora = [sms_corpus(sms, args.text_features, args.seed)]
     images = args.data / "hymenoptera"
     if args.no_images:
         pass

@@ -440,6 +440,17 @@ class ImageNearParams(Section):
         return self
 
 
+class SemanticParams(Section):
+    """Records whose embeddings (the embed stage's) are close enough to be one record said twice."""
+
+    threshold: Annotated[float, Field(gt=0.0, le=1.0)] | None = Field(
+        0.9, description="Cosine of the embed stage's vectors at which two records are semantic neighbours (exact "
+                          "search over every pair); null: off. Calibrated by benchmarks/bench_semantic_threshold.py.")
+    action: Literal["group", "merge"] = Field(
+        "group", description="group: both kept, their groups joined so split keeps them on one side; merge: as near "
+                             "duplicates (dedup.survivor and dedup.conflicts decide).")
+
+
 class DedupParams(Section):
     key: Literal["content", "content_and_label"] = Field(
         "content", description="Exact-duplicate key: the normalised content, or content and label together."
@@ -451,6 +462,7 @@ class DedupParams(Section):
     )
     text: TextNearParams = TextNearParams()
     image: ImageNearParams = ImageNearParams()
+    semantic: SemanticParams = SemanticParams()
 
 
 class DecontaminateParams(Section):
@@ -488,9 +500,17 @@ class DecontaminateParams(Section):
 class LabelIssuesParams(Section):
     """Likely label errors by confident learning on the embeddings of every record after dedup."""
 
-    policy: Literal["flag", "off"] = Field("flag", description=(
-        "flag: kept, each listed in the ledger (reason label_issue) and the report; off: not searched."))
+    policy: Literal["flag", "drop", "relabel", "off"] = Field("flag", description=(
+        "flag: kept, each listed in the ledger (reason label_issue) and the report; drop: removed with that reason; "
+        "relabel: given the suggested label where its out-of-fold probability reaches relabel_confidence (the rest "
+        "flagged); off: not searched."))
+    relabel_confidence: Annotated[float, Field(gt=0.0, le=1.0)] = Field(0.9, description=(
+        "relabel: the out-of-fold probability of the suggested label a record needs to take it."))
     folds: Annotated[int, Field(ge=2, le=50)] = Field(5, description="Out-of-fold predictions, folds keyed by group_id.")
+    text_ngrams: bool = Field(True, description=(
+        "Texts: average the out-of-fold probabilities with those of the same model on TF-IDF character 2-5-grams "
+        "(benchmarks/bench_label_issues.py --text-features: on SMS with 5% flipped labels, F1 0.71-0.74 on the embeddings "
+        "alone, 0.88-0.90 averaged)."))
     inverse_regularisation: Annotated[float, Field(gt=0)] = Field(1.0, description="C of the logistic regression.")
 
 
@@ -735,7 +755,9 @@ class GatesParams(Section):
     )
     max_cross_split_leaks: Annotated[int, Field(ge=0)] | None = 0
     max_semantic_leaks: Annotated[int, Field(ge=0)] | None = Field(
-        None, description="split: val/test records whose nearest train record is at split.semantic_threshold or above.")
+        0, description="split: val/test records whose nearest train record is at split.semantic_threshold or above (the "
+                       "semantic stage keeps pairs at dedup.semantic.threshold on one side; with that off, or above "
+                       "split.semantic_threshold, a templated corpus may hold many).")
     max_test_changed_fraction: Fraction | None = Field(
         0.02, description="pipeline diff: share of test records added, removed or changed against the base revision."
     )

@@ -197,13 +197,14 @@ def large(tmp_path_factory) -> Baseline:
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory) -> Baseline:
-    """Clean to split of 600 messages in 4 partitions (embed between: split's certificate reads its
-    vectors); dedup writes 8 shards, split 32 for train
+    """Clean to split of 600 messages in 4 partitions (embed, semantic and label_issues between: split
+    reads their records and vectors); dedup writes 8 shards, split 32 for train
     (4 for val and test). A stage's partitions never span two shards of its input, so clean and
     normalise write one each: many shards in would make many partitions and slow the next stage."""
     workdir = tmp_path_factory.mktemp("small") / "ws"
     make_corpus(workdir, records=600, partition_rows=160, demo=False)
-    return run_chain(workdir, {"clean": SHARD_ROWS, "normalise": SHARD_ROWS, "dedup": 75, "embed": 75, "split": 20})
+    return run_chain(workdir, {"clean": SHARD_ROWS, "normalise": SHARD_ROWS, "dedup": 75, "embed": 75, "semantic": 75,
+                               "label_issues": 75, "split": 20})
 
 
 def copy_of(baseline: Baseline, into: Path, *, without: str | None = None) -> Path:

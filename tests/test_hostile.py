@@ -32,7 +32,7 @@ from PIL import Image
 
 from conftest import ROOT, write_params
 from pipeline.io import read_records
-from pipeline.stages import augment, clean, dedup, embed, label_issues, normalise, rebalance, split
+from pipeline.stages import augment, clean, dedup, embed, label_issues, normalise, rebalance, semantic, split
 from pipeline.stages.base import stage_environment
 from test_stages import DATASETS, SECTIONS, write_corpus, write_images
 
@@ -437,13 +437,13 @@ def changed(before: Snapshot, after: Snapshot) -> list[Path]:
     return sorted(Path(p) for p in before.keys() | after.keys() if before.get(p) != after.get(p))
 
 
-STAGE_MODULES = {"clean": clean, "normalise": normalise, "dedup": dedup, "embed": embed, "label_issues": label_issues,
+STAGE_MODULES = {"clean": clean, "normalise": normalise, "dedup": dedup, "embed": embed, "semantic": semantic, "label_issues": label_issues,
                  "split": split, "augment": augment, "rebalance": rebalance}
 
 
 @pytest.mark.parametrize("key", ["t", "im"])
 def test_each_data_stage_writes_only_its_declared_outputs(tmp_path, monkeypatch, key):
-    """The data stages (and embed and label_issues, which split reads), run with dvc.yaml's arguments in a workspace whose path holds shell
+    """The data stages (and embed, semantic and label_issues, whose outputs split reads), run with dvc.yaml's arguments in a workspace whose path holds shell
     syntax: every file or folder created, changed or removed under tmp_path is one dvc.yaml
     declares for that stage (or a folder on the way to one), and no scratch folder is left."""
     ws = tmp_path / "w s;$(touch PWNED)`touch PWNED`"

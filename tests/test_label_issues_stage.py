@@ -49,10 +49,17 @@ def run(root: Path, **sections) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     assert dedup.main([*common, "--input", str(d / "n.parquet"), "--output", str(d / "dedup.parquet"), "--metrics", str(d / "d.json")]) == 0
     assert embed.main([*common, "--input", str(d / "dedup.parquet"), "--output", str(d / "embeddings.parquet"),
                        "--metrics", str(d / "e.json")]) == 0
-    assert label_issues.main([*common, "--input", str(d / "dedup.parquet"), "--embeddings", str(d / "embeddings.parquet"),
-                              "--output", str(d / "issues.parquet"), "--ledger", str(d / "ledger.parquet"),
-                              "--metrics", str(d / "l.json")]) == 0
-    return json.loads((d / "l.json").read_text()), pd.read_parquet(d / "issues.parquet"), pd.read_parquet(d / "ledger.parquet")
+    return review(root, d, params)
+
+
+def review(root: Path, d: Path, params: Path, name: str = "") -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """Run label_issues on dedup's records in `d` (outputs named after `name`): metrics, issues, ledger."""
+    assert label_issues.main(["--dataset", "t", "--params", str(params), "--input", str(d / "dedup.parquet"),
+                              "--embeddings", str(d / "embeddings.parquet"), "--output", str(d / f"issues{name}.parquet"),
+                              "--records", str(d / f"reviewed{name}.parquet"), "--ledger", str(d / f"ledger{name}.parquet"),
+                              "--metrics", str(d / f"l{name}.json")]) == 0
+    return (json.loads((d / f"l{name}.json").read_text()), pd.read_parquet(d / f"issues{name}.parquet"),
+            pd.read_parquet(d / f"ledger{name}.parquet"))
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +81,7 @@ def test_most_swapped_labels_are_flagged_and_few_correct_ones(found):
     assert len(flagged - swapped_ids) <= 3
     assert metrics["label_issues"] == len(issues) and metrics["flagged"] == {"label_issue": len(issues)}
     assert sum(metrics["by_labels"].values()) == len(issues)
+    assert metrics["features"] == "embeddings and character n-grams (averaged)"  # label_issues.text_ngrams, on by default
 
 
 def test_each_issue_is_in_the_ledger_and_ranked_from_the_least_likely_label(found):
@@ -85,7 +93,46 @@ def test_each_issue_is_in_the_ledger_and_ranked_from_the_least_likely_label(foun
     assert given == issues["given_label"].tolist()
     rows = ledger.set_index("id").loc[issues["id"]]
     assert (rows["fate"] == "flagged").all() and (rows["reason"] == "label_issue").all()
-    assert rows["detail"].str.match(r"^given \w+, suggested \w+; probability of the given label 0\.\d{3}$").all()
+    assert rows["detail"].str.match(r"^given \w+, suggested \w+; probability of the given label 0\.\d{3}, "
+                                    r"of the suggested [01]\.\d{3}$").all()
+    assert (issues["action"] == "flagged").all() and issues["suggested_probability"].between(0, 1).all()
+
+
+def test_the_flag_policy_passes_every_record_on_unchanged(found):
+    *_, records = found
+    reviewed = read_records(records.attrs["embeddings"].parent / "reviewed.parquet")
+    assert reviewed.sort_values("id").reset_index(drop=True).equals(records.sort_values("id").reset_index(drop=True))
+
+
+def test_policy_drop_removes_every_issue_with_its_reason(found, tmp_path):
+    _, flagged, _, _, records = found
+    d = records.attrs["embeddings"].parent
+    params = write_params(tmp_path / "params.yaml", {"t": {"modality": "text", "source": "corpus.tsv", "format": "tsv"}},
+                          label_issues={"policy": "drop"})
+    metrics, issues, ledger = review(tmp_path, d, params, name="_drop")
+    assert issues["id"].tolist() == flagged["id"].tolist() and (issues["action"] == "dropped").all()
+    assert metrics["dropped"] == {"label_issue": len(issues)} and metrics["out"] == len(records) - len(issues)
+    assert set(ledger.loc[ledger["fate"] == "dropped", "id"]) == set(issues["id"])
+    reviewed = read_records(d / "reviewed_drop.parquet")
+    assert set(reviewed["id"]) == set(records["id"]) - set(issues["id"])
+
+
+def test_policy_relabel_takes_the_suggested_label_only_where_it_is_sure_enough(found, tmp_path):
+    _, flagged, _, _, records = found
+    d = records.attrs["embeddings"].parent
+    confidence = float(flagged["suggested_probability"].median())
+    params = write_params(tmp_path / "params.yaml", {"t": {"modality": "text", "source": "corpus.tsv", "format": "tsv"}},
+                          label_issues={"policy": "relabel", "relabel_confidence": confidence})
+    metrics, issues, ledger = review(tmp_path, d, params, name="_relabel")
+    sure = issues["suggested_probability"] >= confidence
+    assert 0 < sure.sum() < len(issues) and metrics["relabelled"] == int(sure.sum())
+    assert (issues.loc[sure, "action"] == "relabelled").all() and (issues.loc[~sure, "action"] == "flagged").all()
+    assert metrics["flagged"] == {"relabelled": int(sure.sum()), "label_issue": int((~sure).sum())} and metrics["out"] == len(records)
+    reviewed = read_records(d / "reviewed_relabel.parquet").set_index("id")["label"]
+    before = records.set_index("id")["label"]
+    changed = reviewed[reviewed != before.loc[reviewed.index]]
+    assert dict(changed) == dict(zip(issues.loc[sure, "id"], issues.loc[sure, "suggested_label"]))
+    assert set(ledger.loc[ledger["reason"] == "relabelled", "id"]) == set(changed.index)
 
 
 def test_embeddings_cover_every_record_after_dedup_in_id_order(found):
@@ -113,3 +160,20 @@ def test_a_class_smaller_than_the_folds_is_left_out_and_the_rest_searched(tmp_pa
     metrics, issues, _ = run(tmp_path)
     assert metrics["classes_left_out"] == ["rare"] and "not_searched" not in metrics
     assert "rare" not in set(issues["given_label"]) | set(issues["suggested_label"]) and len(issues) > 0
+
+
+@pytest.mark.slow
+def test_a_dask_cluster_reviews_the_records_as_the_local_engine_does(found, tmp_path):
+    """Relabel under a LocalCluster of two worker processes, in small partitions: the same issues,
+    ledger and record set, byte for byte."""
+    *_, records = found
+    d = records.attrs["embeddings"].parent
+    outputs = {}
+    for name, engine in (("local", {}), ("dask", {"kind": "dask", "partition_rows": 50, "dask": {"workers": 2, "memory_limit": "1GB"}})):
+        params = write_params(tmp_path / f"{name}.yaml", {"t": {"modality": "text", "source": "corpus.tsv", "format": "tsv"}},
+                              label_issues={"policy": "relabel", "relabel_confidence": 0.5}, engine=engine)
+        review(tmp_path, d, params, name=f"_{name}")
+        shards = sorted((d / f"reviewed_{name}.parquet").rglob("*.parquet"))
+        outputs[name] = [(d / f"issues_{name}.parquet").read_bytes(), (d / f"ledger_{name}.parquet").read_bytes(),
+                         [(p.relative_to(d / f"reviewed_{name}.parquet"), p.read_bytes()) for p in shards]]
+    assert outputs["dask"] == outputs["local"]

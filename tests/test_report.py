@@ -244,3 +244,19 @@ def test_the_split_section_lists_semantic_leaks():
     page = render(ReportInputs("demo", "text", CARD, leakage, METRICS, [], {"ingest": {"a": 1}}))
     section = page.split("id='split'")[1].split("</section>")[0]
     assert "Semantic leaks: <b>1</b>" in section and "<td>x1</td><td>t9</td><td>0.9712</td>" in section
+
+
+def test_the_page_says_what_the_semantic_stage_did_with_example_pairs():
+    a, b = Example("id-a", "a", text="my parcel never came"), Example("id-b", "a", text="the parcel I ordered has not arrived")
+    semantic = {"in": 80, "out": 80, "generated": 0, "merged": 0, "dropped": {}, "threshold": 0.9, "action": "group", "pairs": 3,
+                "records_regrouped": 2, "groups_joined": 2, "largest_joined_group": 4, "flagged": {"semantic_neighbour": 6}}
+    metrics = {**METRICS, "semantic": semantic}
+    page = render(ReportInputs("demo", "text", CARD, LEAKAGE, metrics, [], {"train": {"a": 1}},
+                               neighbours=[("semantic_neighbour", "cosine 0.9412 with id-b", a, b)]))
+    duplicates = page.split("id='duplicates'")[1].split("<section")[0]
+    assert "3 pairs of records whose embeddings' cosine is 0.9 or more: all kept" in duplicates
+    assert "2 records moved into a neighbour's group (2 groups joined, the largest now 4 records)" in duplicates
+    assert "Examples: 1 of 3 pairs." in duplicates and "cosine 0.9412 with id-b" in duplicates and "the parcel I ordered" in duplicates
+    assert ">semantic<" in page.split("id='flow'")[1].split("</section>")[0]  # a row of the records-through-stages table
+    off = render(ReportInputs("demo", "text", CARD, LEAKAGE, {**METRICS, "semantic": {**semantic, "threshold": None}}, [], {"train": {"a": 1}}))
+    assert "Off (dedup.semantic.threshold is null)." in off

@@ -1,7 +1,7 @@
 """The data report: one self-contained HTML page per dataset (images and charts embedded).
 
 `render` turns a `ReportInputs` into HTML; every section has a stable id (summary, gates, flow,
-classes, duplicates, quality, augmentation, split, tokens (texts only), training, params) so tests and
+classes, duplicates, quality, augmentation, split, projection, tokens (texts only), training, params) so tests and
 people can find it.
 """
 from __future__ import annotations
@@ -18,8 +18,9 @@ from PIL import Image
 
 from pipeline.report import plots
 from pipeline.report.gates import Gate
+from pipeline.report.projection import Projection
 
-STAGE_ORDER = ("clean", "normalise", "dedup", "split", "augment", "rebalance", "finetune", "evaluate")
+STAGE_ORDER = ("clean", "normalise", "dedup", "semantic", "label_issues", "split", "augment", "rebalance", "finetune", "evaluate")
 SPLITS = ("train", "val", "test")
 MANY_CLASSES = 12  # above it, classes run down the page (heatmap, tables with a row per class)
 CHART_CLASSES = 80  # classes drawn in the class heatmap at most
@@ -60,16 +61,18 @@ class ReportInputs:
     class_phases: dict[str, dict[str, int]]
     duplicates: list[tuple[str, str, Example, Example]] = field(default_factory=list)  # (reason, detail, merged, survivor)
     conflicts: list[tuple[str, Example, Example]] = field(default_factory=list)
+    neighbours: list[tuple[str, str, Example, Example]] = field(default_factory=list)  # (reason, detail, record, neighbour)
     flagged: list[tuple[str, str, Example]] = field(default_factory=list)  # (flag, detail, record)
     contaminating: list[tuple[str, str, Example]] = field(default_factory=list)  # (contaminates:<set>, detail, record)
     preview_png: bytes | None = None
     preview_text: str | None = None
+    projection: Projection | str = "No projection: no embeddings were given."  # a text says why there is none
 
 
 def render(inputs: ReportInputs) -> str:
     """The whole page."""
     sections = [_summary(inputs), _gates(inputs.gates), _flow(inputs), _classes(inputs), _duplicates(inputs),
-                _quality(inputs), _augmentation(inputs), _split(inputs), _tokens(inputs), _training(inputs), _params(inputs)]
+                _quality(inputs), _augmentation(inputs), _split(inputs), _projection(inputs), _tokens(inputs), _training(inputs), _params(inputs)]
     title = f"Data report: {html.escape(inputs.dataset)}"
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
             f"<style>{STYLE}</style></head><body><h1>{title}</h1>{''.join(sections)}</body></html>\n")
@@ -178,8 +181,25 @@ def _duplicates(inputs: ReportInputs) -> str:
     shown = _shown(len(inputs.duplicates), dedup.get("merged", 0), "merged records")
     body = intro + shown + (pairs or "<p>No duplicates.</p>") + "<h3>Label conflicts</h3>"
     body += _shown(len(inputs.conflicts), dedup.get("label_conflicts", 0), "label conflicts") + (conflicts or "<p>None.</p>")
+    body += _semantic(inputs.metrics.get("semantic"), inputs.neighbours)
     body += _contamination(dedup.get("decontaminated"), inputs.contaminating)
     return _section("duplicates", "Duplicate clusters", body)
+
+
+def _semantic(metrics: dict | None, examples: list[tuple[str, str, Example, Example]]) -> str:
+    """The semantic stage: its pairs, what they did, and example pairs."""
+    if not metrics:
+        return ""
+    if metrics.get("threshold") is None:
+        return "<h3>Semantic neighbours</h3><p>Off (dedup.semantic.threshold is null).</p>"
+    done = (f"{metrics.get('merged', 0)} records merged in {metrics.get('clusters', 0)} clusters "
+            f"({metrics.get('label_conflicts', 0)} label conflicts)" if metrics.get("action") == "merge" else "all kept")
+    intro = (f"<p>{metrics.get('pairs', 0)} pairs of records whose embeddings' cosine is {metrics['threshold']} or more: {done}; "
+             f"{metrics.get('records_regrouped', 0)} records moved into a neighbour's group ({metrics.get('groups_joined', 0)} groups "
+             f"joined, the largest now {metrics.get('largest_joined_group', 0)} records), so the split keeps neighbours on one side.</p>")
+    pairs = "".join(f"<div class='pair'>{_example(a)}{_example(b)}<div class='muted'>{html.escape(reason)}<br>"
+                    f"{html.escape(detail or '')}</div></div>" for reason, detail, a, b in examples)
+    return "<h3>Semantic neighbours</h3>" + intro + _shown(len(examples), metrics.get("pairs", 0), "pairs") + (pairs or "<p>None.</p>")
 
 
 def _quality(inputs: ReportInputs) -> str:
@@ -249,6 +269,31 @@ def _split(inputs: ReportInputs) -> str:
     header = ["class", "train", "val", "test", "train share", "val share", "test share"]
     target = split.get("target", {})
     return _section("split", "Split and leakage", f"<p>Target ratios: {html.escape(json.dumps(target))}</p>" + _table(header, rows) + leak_text)
+
+
+def _projection(inputs: ReportInputs) -> str:
+    """The embedding projection and what it shows, or why there is none."""
+    shown = inputs.projection
+    if isinstance(shown, str):
+        return _section("projection", "Embedding projection", f"<p>{html.escape(shown)}</p>")
+    body = _img(plots.embedding_projection(shown), "2-D projection of the embeddings")
+    return _section("projection", "Embedding projection", body + _projection_caption(shown, bool(inputs.leakage.get("semantic"))))
+
+
+def _projection_caption(shown: Projection, semantic: bool) -> str:
+    """What the chart shows: which records, the colours, and how many marks of how many listed."""
+    classes = len(set(shown.labels))
+    drawn = (f"{len(shown.ids):,} of the {shown.total:,} records, chosen by a hash of the id, every marked record kept"
+             if shown.capped else f"all {shown.total:,} records")
+    colours = (f"{classes} classes: colours from a colour map, no legend" if classes > plots.LEGEND_CLASSES_UP_TO
+               else f"{classes} classes")
+    leaks = (f"{len(shown.leaks)} semantic leaks ({shown.leaks_listed} in the leakage certificate), with a line to their "
+             "nearest train record" if semantic else "none: the leakage certificate has no semantic section")
+    return (f"<p>The embed stage's vectors of the final splits' records (generated train records have none), on their "
+            f"first two principal components (PCA fitted on the records drawn): {drawn}; left coloured by class "
+            f"({colours}), right by split. Black crosses: {len(shown.issues)} label issues ({shown.issues_listed} listed "
+            f"by the label_issues stage). Red circles: {leaks}. A point inside another class's cloud hints at a wrong "
+            "label; one far from every cloud, at an outlier; a val or test point on a train point, at a leak.</p>")
 
 
 def _tokens(inputs: ReportInputs) -> str:

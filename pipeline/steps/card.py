@@ -11,7 +11,7 @@ import pandas as pd
 from pipeline.params import Params
 
 VERSION_COLUMNS = ["id", "label", "content_hash", "group_id", "parent_id"]
-DATA_SECTIONS = ("seed", "clean", "normalise", "dedup", "decontaminate", "split", "augment", "rebalance")
+DATA_SECTIONS = ("seed", "clean", "normalise", "dedup", "decontaminate", "label_issues", "split", "augment", "rebalance")
 
 
 def describe(splits: Mapping[str, Iterable[pd.DataFrame]]) -> tuple[dict[str, dict[str, Any]], str]:

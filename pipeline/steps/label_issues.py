@@ -63,6 +63,19 @@ def _check_folds(folds: int, where: str) -> None:
 
 # --- out-of-fold probabilities ----------------------------------------------------------------
 
+def text_ngrams(texts: Sequence[str]) -> sp.csr_matrix | None:
+    """TF-IDF of each text's character 2- to 5-grams within word bounds (sublinear counts, n-grams
+    in at least two texts), or None when no n-gram is shared. Fitted on every text: the vocabulary
+    and the weights see no label, so no fold learns another's answers from them."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vectoriser = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2, dtype=np.float64)
+    try:
+        return sp.csr_matrix(vectoriser.fit_transform(list(texts)))
+    except ValueError:  # an empty vocabulary: too few texts, or none alike
+        return None
+
+
 def out_of_fold_probabilities(features: Features, labels: Sequence[Hashable] | np.ndarray,
                               group_ids: Sequence[Hashable] | np.ndarray, *, folds: int = 5, seed: int,
                               C: float = 1.0) -> np.ndarray:
