@@ -90,6 +90,7 @@ def run_stage(root: Path, engine: dict | None = None, **semantic_params) -> tupl
     params = write_params(root / "params.yaml", dedup={"semantic": semantic_params}, engine=engine or {"partition_rows": 13})
     assert stage.main(["--dataset", "t", "--params", str(params), "--input", str(root / "dedup.parquet"),
                        "--embeddings", str(root / "embeddings.parquet"), "--output", str(root / "semantic.parquet"),
+                       "--pairs", str(root / "pairs.parquet"),
                        "--ledger", str(root / "ledger.parquet"), "--metrics", str(root / "semantic.json")]) == 0
     return (json.loads((root / "semantic.json").read_text()), read_records(root / "semantic.parquet"),
             pd.read_parquet(root / "ledger.parquet"))
@@ -109,6 +110,10 @@ def test_group_keeps_every_record_and_joins_the_neighbours_groups(tmp_path):
     flagged = ledger.set_index("id")
     assert set(flagged.index) == {ids[k] for pair in planted for k in pair} and (flagged["reason"] == "semantic_neighbour").all()
     assert flagged.loc[ids[1], "detail"] == f"cosine {round(planted[(0, 1)], 4):.4f} with {ids[0]}"
+    pairs = pd.read_parquet(tmp_path / "pairs.parquet")
+    assert set(zip(pairs["a"], pairs["b"])) == {tuple(sorted((ids[i], ids[j]))) for i, j in planted}
+    assert dict(zip(zip(pairs["a"], pairs["b"]), pairs["cosine"])) == {
+        tuple(sorted((ids[i], ids[j]))): round(c, 4) for (i, j), c in planted.items()}
 
 
 def test_merge_keeps_one_record_per_cluster_and_names_its_survivor(tmp_path):
@@ -149,5 +154,5 @@ def test_a_dask_cluster_gives_the_bytes_of_the_local_engine(tmp_path):
         root.mkdir()
         write_inputs(root)
         run_stage(root, engine, action="merge")
-        outputs[name] = (digest(root / "semantic.parquet"), (root / "ledger.parquet").read_bytes())
+        outputs[name] = (digest(root / "semantic.parquet"), (root / "ledger.parquet").read_bytes(), (root / "pairs.parquet").read_bytes())
     assert outputs["dask"] == outputs["local"]

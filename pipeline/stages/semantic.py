@@ -6,8 +6,9 @@ record id, in this process). With action `group` both records stay and their gro
 so split keeps them on one side; with `merge` each cluster of neighbours merges as near
 duplicates do (`dedup.survivor`, `dedup.conflicts`), reason `semantic_duplicate`, naming its
 closest neighbour and the cosine. Every record left with a neighbour is flagged in the ledger
-(`semantic_neighbour`, its closest one and the cosine). The removals and the new group ids are
-applied to each partition.
+(`semantic_neighbour`, its closest one and the cosine), and every pair found is listed in the
+pairs table (`a`, `b`, `cosine`; before any merge). The removals and the new group ids are applied
+to each partition.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import pyarrow as pa
 
 from pipeline.engines import open_engine
 from pipeline.engines.neighbours import empty
-from pipeline.io import read_features
+from pipeline.io import read_features, write_table
 from pipeline.ledger import Fates
 from pipeline.stages.base import Context, Outcome, entry, stage_main
 from pipeline.steps.candidates import id_keys
@@ -37,6 +38,7 @@ from pipeline.steps.semantic import (
 )
 
 REASON = "semantic_duplicate"
+PAIRS = pa.schema([("a", pa.string()), ("b", pa.string()), ("cosine", pa.float64())])
 INFO = pa.schema([("id", pa.string()), ("label", pa.string()), ("group_id", pa.string()), ("size", pa.int64())])
 WIDE_GROUP = 0.05  # a joined group holding more of the corpus than this is worth a warning
 log = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, type=Path, help="record set from dedup")
     parser.add_argument("--embeddings", required=True, type=Path, help="embeddings of those records (the embed stage)")
     parser.add_argument("--output", required=True, type=Path, help="record set directory to write")
+    parser.add_argument("--pairs", required=True, type=Path, help="table of every neighbour pair found (Parquet)")
 
 
 def run(ctx: Context) -> Outcome:
@@ -53,6 +56,7 @@ def run(ctx: Context) -> Outcome:
     records = engine.read_records(ctx.args.input, modality=ctx.dataset.modality)
     info = engine.collect(engine.map(records, _info, meta=empty(INFO))).sort_values("id", kind="stable").reset_index(drop=True)
     pairs = _pairs(ctx, info)
+    write_table(pa.Table.from_pandas(pairs, schema=PAIRS, preserve_index=False), ctx.args.pairs)
     extra: dict = {"threshold": params.threshold, "action": params.action, "pairs": len(pairs)}
     removed: set[str] = set()
     if params.action == "merge" and len(pairs):
