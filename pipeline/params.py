@@ -8,6 +8,7 @@ from __future__ import annotations
 import codecs
 import math
 import re
+from datetime import datetime
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -90,6 +91,83 @@ class Columns(Section):
     split: str | None = None
 
 
+def _scalar(value: Any) -> Any:
+    """A number or a string (or null), refused in one line otherwise (a union would list each member)."""
+    if value is None or (isinstance(value, (int, float, str)) and not isinstance(value, bool)):
+        return value
+    raise PydanticCustomError("scalar", "must be a number or a string, got {value!r}", {"value": value})
+
+
+Scalar = Annotated[int | float | str | None, BeforeValidator(_scalar)]
+
+
+def _is_date(value: object, format: str) -> bool:
+    try:
+        datetime.strptime(str(value), format)
+    except ValueError:
+        return False
+    return True
+
+
+PREPARATION = ("missing", "fill", "missing_indicator", "outliers", "quantiles", "scale", "max_categories")  # not applied yet
+
+
+class MetadataColumn(Section):
+    """One extra source column kept beside the text or image, and how it is prepared (fitted on train
+    only, after the split; `pipeline.steps.metadata`). The defaults change nothing."""
+
+    type: Literal["numeric", "categorical", "datetime"]
+    missing: Literal["drop", "mean", "median", "most_frequent", "constant", "keep"] = Field(
+        "keep", description="A record without a value: dropped (missing:<name>), imputed from train, given `fill`, or kept.")
+    fill: Scalar = Field(None, description="missing: constant: the value (a number, a category, a date in `format`).")
+    missing_indicator: bool = Field(False, description="Add a 0/1 column <name>__missing.")
+    outliers: Literal["none", "clip", "winsorise", "drop"] = Field(
+        "none", description="Outside the train quantiles: clipped to them, to the nearest train value inside them, or dropped.")
+    quantiles: tuple[Fraction, Fraction] = (0.01, 0.99)
+    scale: Literal["none", "standard", "minmax", "robust"] = "none"
+    max_categories: PositiveInt | None = Field(None, description="Categorical: the most frequent train categories; the rest are 'other'.")
+    format: str | None = Field(None, description="Datetime: a strptime format, e.g. '%Y-%m-%d %H:%M:%S'.")
+
+    @model_validator(mode="after")
+    def _fits_type(self) -> MetadataColumn:
+        numeric = self.type != "categorical"
+        if not numeric and (self.outliers != "none" or self.scale != "none" or self.missing in ("mean", "median")):
+            raise ValueError("a categorical column takes no outliers, scale, or mean/median fill")
+        if numeric and self.max_categories is not None:
+            raise ValueError("max_categories is for categorical columns")
+        if (self.type == "datetime") != (self.format is not None):
+            raise ValueError("format is required for a datetime column, and only there")
+        if (self.missing == "constant") != (self.fill is not None):
+            raise ValueError("fill goes with missing: constant, and only there")
+        if self.missing_indicator and self.missing == "drop":
+            raise ValueError("missing_indicator with missing: drop marks nothing (no kept record is missing)")
+        if not self.quantiles[0] < self.quantiles[1]:
+            raise ValueError(f"quantiles {list(self.quantiles)}: low must be below high")
+        prepared = [name for name in PREPARATION if getattr(self, name) != type(self).model_fields[name].default]
+        if prepared:
+            raise ValueError(f"{', '.join(prepared)}: not applied yet. Metadata columns are read, kept and filtered; the "
+                             "preparation fitted on train (missing values, outliers, scaling, categories) is not built yet, "
+                             "so declare only type (and format) for now")
+        return self
+
+
+class MetadataFilter(Section):
+    """Keep only records whose metadata column passes; the rest are dropped by clean (filtered:<column>)."""
+
+    column: str
+    min: Scalar = Field(None, description="Numeric: a number; datetime: a date in the column's format.")
+    max: Scalar = None
+    values: list[str] | None = Field(None, description="Categorical: the categories kept.")
+
+    @model_validator(mode="after")
+    def _one_test(self) -> MetadataFilter:
+        if self.values is None and self.min is None and self.max is None:
+            raise ValueError(f"filter on {self.column!r}: give min, max or values")
+        if self.values is not None and (self.min is not None or self.max is not None):
+            raise ValueError(f"filter on {self.column!r}: values (categorical) or min/max (numeric, datetime), not both")
+        return self
+
+
 class DatasetParams(Section):
     """One corpus: where it is, how to read it, and what its labels are."""
 
@@ -119,6 +197,31 @@ class DatasetParams(Section):
     multi_label: bool = Field(False, description="Each record may hold several labels, joined by `label_separator`.")
     label_separator: str = Field("|", min_length=1, description="Multi-label: separator in the source and in the label column.")
     fallback_label: str | None = None
+    metadata: dict[str, MetadataColumn] = Field(default_factory=dict, description=(
+        "Extra source columns kept beside the text or image (tabular formats and manifests), by column name."))
+    filters: list[MetadataFilter] = Field(default_factory=list, description="Record filters on metadata columns, applied by clean.")
+
+    @model_validator(mode="after")
+    def _metadata_fits_source(self) -> DatasetParams:
+        if self.metadata and self.format == "image_folder":
+            raise ValueError("metadata columns need a tabular source or an image manifest, not an image folder")
+        taken = {name for _, name in self.columns if name}
+        clash = sorted(taken & set(self.metadata))
+        if clash:
+            raise ValueError(f"metadata column {clash[0]!r} is already read as text, label, path or split")
+        for f in self.filters:
+            column = self.metadata.get(f.column)
+            if column is None:
+                raise ValueError(f"filter on {f.column!r}: declare it under metadata first")
+            if (f.values is not None) != (column.type == "categorical"):
+                raise ValueError(f"filter on {f.column!r}: a {column.type} column is filtered by "
+                                 + ("values" if column.type == "categorical" else "min and max"))
+            for bound in (b for b in (f.min, f.max) if b is not None):
+                if column.type == "numeric" and isinstance(bound, str):
+                    raise ValueError(f"filter on {f.column!r}: {bound!r} is not a number")
+                if column.type == "datetime" and not _is_date(bound, column.format):
+                    raise ValueError(f"filter on {f.column!r}: {bound!r} is not a date in {column.format!r}")
+        return self
 
     @model_validator(mode="after")
     def _format_fits_modality(self) -> DatasetParams:

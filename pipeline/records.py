@@ -3,7 +3,8 @@
 A record set is a pandas DataFrame with exactly the columns of `SCHEMA`. Text records fill
 `text`; image records fill `image` (encoded bytes), `width` and `height`. Originals have a null
 `parent_id`; records made by augmentation or oversampling name their parent and the `op` (JSON)
-that made them.
+that made them, and carry its `metadata`: the values of the dataset's declared metadata columns as
+read from the source, canonical JSON (null when none is declared).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ SCHEMA = pa.schema(
         pa.field("group_id", pa.string(), nullable=False),
         pa.field("parent_id", pa.string()),
         pa.field("op", pa.string()),
+        pa.field("metadata", pa.string()),
     ]
 )
 COLUMNS = SCHEMA.names

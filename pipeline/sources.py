@@ -33,10 +33,11 @@ from pipeline.errors import SourceError
 from pipeline.params import DatasetParams, file_patterns
 from pipeline.records import make_id
 
-RAW_COLUMNS = ["id", "label", "text", "image", "source", "source_row", "source_split", "reject", "detail"]
+RAW_COLUMNS = ["id", "label", "text", "image", "source", "source_row", "source_split", "metadata", "reject", "detail"]
 RAW_SCHEMA = pa.schema([
     ("id", pa.string()), ("label", pa.string()), ("text", pa.string()), ("image", pa.binary()), ("source", pa.string()),
-    ("source_row", pa.int64()), ("source_split", pa.string()), ("reject", pa.string()), ("detail", pa.string()),
+    ("source_row", pa.int64()), ("source_split", pa.string()), ("metadata", pa.string()), ("reject", pa.string()),
+    ("detail", pa.string()),
 ])
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -51,6 +52,7 @@ class Raw:
     text: object = None
     image: bytes | None = None
     source_split: str | None = None
+    metadata: str | None = None  # the declared metadata columns' values, as canonical JSON (`metadata_json`)
     reject: str | None = None
     detail: str | None = None
     origin: str | None = None  # the manifest among several that listed it (part of its id)
@@ -246,6 +248,7 @@ def _raw_frame(rows: list[Raw], attrs: dict[str, str]) -> pd.DataFrame:
             "source": [r.source for r in rows],
             "source_row": pd.array([r.source_row for r in rows], dtype="Int64"),
             "source_split": [r.source_split for r in rows],
+            "metadata": [r.metadata for r in rows],
             "reject": [r.reject for r in rows],
             "detail": [r.detail for r in rows],
         },
@@ -342,16 +345,17 @@ def _delimited_rows(path: SourceFile, dataset: DatasetParams, text: io.TextIOWra
         return
     names = first[1] if dataset.header else [str(i) for i in range(len(first[1]))]
     want = _text_columns(dataset)
-    missing = [c for c in want if c not in names]
+    extra = _metadata_columns(dataset)
+    missing = [c for c in [*want, *extra] if c not in names]
     if missing:
         hint = "" if dataset.header else " (without a header, columns are named by position: '0', '1', ...)"
         raise SourceError(f"{path.name}: columns {missing} not in {names}{hint}", key=column_key(dataset, missing[0]))
-    index = {name: names.index(name) for name in want}
+    index = {name: names.index(name) for name in [*want, *extra]}
     for start, fields in itertools.chain([] if dataset.header else [first], rows):
         if isinstance(fields, Raw):
             yield fields
         elif fields:  # a blank line holds no record
-            yield _row_to_raw(path.name, start, fields, names, index, want)
+            yield _row_to_raw(path.name, start, fields, names, index, want, extra)
 
 
 def _numbered_rows(reader: Iterator[list[str]], source: str) -> Iterator[tuple[int, list[str] | Raw]]:
@@ -387,29 +391,46 @@ def _text_columns(dataset: DatasetParams) -> list[str]:
     return [cols.text, cols.label] + ([cols.split] if cols.split and dataset.source_split == "keep" else [])
 
 
+def _metadata_columns(dataset: DatasetParams) -> list[str]:
+    """The declared metadata columns, by name."""
+    return sorted(dataset.metadata)
+
+
+def metadata_json(values: dict[str, object]) -> str | None:
+    """Metadata values as canonical JSON (sorted keys; a value JSON cannot hold, such as a date, as
+    its string); None when no column is declared."""
+    if not values:
+        return None
+    return json.dumps(values, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
 def column_key(dataset: DatasetParams, column: str) -> str:
     """The params key (under the dataset's entry) that names `column`: `columns.text`, `columns.label`, ..."""
+    if column in dataset.metadata:
+        return f"metadata.{column}"
     return next(f"columns.{field}" for field, name in dataset.columns if name == column)
 
 
-def _row_to_raw(source: str, row: int, fields: list[str], names: list[str], index: dict[str, int], order: list[str]) -> Raw:
+def _row_to_raw(source: str, row: int, fields: list[str], names: list[str], index: dict[str, int], order: list[str],
+                extra: list[str]) -> Raw:
     """One row's fields as raw values; `order` lists the wanted columns (text, label[, split]), one
-    column possibly serving twice."""
+    column possibly serving twice; `extra` the metadata columns."""
     where = f"{source}:{row}"
     if len(fields) != len(names):
         return Raw(source, row, reject="ragged_row", detail=f"{where}: {len(fields)} fields, header has {len(names)}")
     values = {name: fields[i] for name, i in index.items()}
-    return _values_to_raw(source, row, values, order)
+    return _values_to_raw(source, row, values, order, extra)
 
 
-def _values_to_raw(source: str, row: int, values: dict[str, object], order: list[str]) -> Raw:
+def _values_to_raw(source: str, row: int, values: dict[str, object], order: list[str], extra: list[str]) -> Raw:
     text_col, label_col = order[0], order[1]
     split_col = order[2] if len(order) > 2 else None
     problem = _field_problem(f"{source}:{row}", values.values())
     if problem:
         return Raw(source, row, reject=problem[0], detail=problem[1])
     split = values.get(split_col) if split_col else None
-    return Raw(source, row, label=values.get(label_col), text=values.get(text_col), source_split=None if split is None else str(split))
+    return Raw(source, row, label=values.get(label_col), text=values.get(text_col), source_split=None if split is None else str(split),
+               metadata=metadata_json({name: values.get(name) for name in extra}))
 
 
 def _field_problem(where: str, values: Iterable[object]) -> tuple[str, str] | None:
@@ -424,7 +445,7 @@ def _field_problem(where: str, values: Iterable[object]) -> tuple[str, str] | No
 
 
 def _read_jsonl(path: SourceFile, dataset: DatasetParams) -> Iterator[Raw]:
-    order = _text_columns(dataset)
+    order, extra = _text_columns(dataset), _metadata_columns(dataset)
     seen: set[str] = set()  # the wanted columns some object held
     objects = False
     # Lines end at "\n" only: str.splitlines() also breaks at U+2028/U+2029/U+0085, which JSON
@@ -433,15 +454,15 @@ def _read_jsonl(path: SourceFile, dataset: DatasetParams) -> Iterator[Raw]:
         for number, line in enumerate(text, start=1):
             line = line.removesuffix("\n").removesuffix("\r")
             if line.strip():
-                raw = _jsonl_row(path.name, number, line, order, seen)
+                raw = _jsonl_row(path.name, number, line, order, extra, seen)
                 objects = objects or raw.reject != "malformed_json"
                 yield raw
-    missing = [c for c in order if c not in seen]
+    missing = [c for c in [*order, *extra] if c not in seen]
     if objects and missing:  # a column no object has is a misnamed one, not records without it
         raise SourceError(f"{path.name}: columns {missing} in none of its objects", key=column_key(dataset, missing[0]))
 
 
-def _jsonl_row(name: str, number: int, line: str, order: list[str], seen: set[str]) -> Raw:
+def _jsonl_row(name: str, number: int, line: str, order: list[str], extra: list[str], seen: set[str]) -> Raw:
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -450,24 +471,25 @@ def _jsonl_row(name: str, number: int, line: str, order: list[str], seen: set[st
         return Raw(name, number, reject="malformed_json", detail=f"{name}:{number}: {str(exc)[:200]}")
     if not isinstance(obj, dict):
         return Raw(name, number, reject="malformed_json", detail=f"{name}:{number}: not a JSON object")
-    seen.update(c for c in order if c in obj)
-    return _values_to_raw(name, number, {c: obj.get(c) for c in order}, order)
+    seen.update(c for c in [*order, *extra] if c in obj)
+    return _values_to_raw(name, number, {c: obj.get(c) for c in [*order, *extra]}, order, extra)
 
 
 def _read_parquet(file: SourceFile, dataset: DatasetParams) -> Iterator[Raw]:
-    order = _text_columns(dataset)
+    order, extra = _text_columns(dataset), _metadata_columns(dataset)
+    wanted = list(dict.fromkeys([*order, *extra]))
     with file.open() as handle:
         reader = pq.ParquetFile(handle)
         names = reader.schema_arrow.names
-        missing = [c for c in order if c not in names]
+        missing = [c for c in wanted if c not in names]
         if missing:
             raise SourceError(f"{file.name}: columns {missing} not in {names}", key=column_key(dataset, missing[0]))
         row = 0
-        for batch in reader.iter_batches(batch_size=PARQUET_BATCH, columns=order):
+        for batch in reader.iter_batches(batch_size=PARQUET_BATCH, columns=wanted):
             columns = batch.to_pydict()
             for i in range(batch.num_rows):
                 row += 1
-                yield _values_to_raw(file.name, row, {c: columns[c][i] for c in order}, order)
+                yield _values_to_raw(file.name, row, {c: columns[c][i] for c in wanted}, order, extra)
 
 
 PARQUET_BATCH = 65_536
@@ -581,7 +603,7 @@ def _read_image_manifest(file: SourceFile, dataset: DatasetParams) -> Iterator[R
         entry = functools.partial(_remote_entry, fs, root, allow_absolute=dataset.allow_absolute_paths)
     with _text_stream(file, dataset.encoding) as text:
         reader = csv.DictReader(text)
-        missing = [c for c in (cols.path, cols.label) if c not in (reader.fieldnames or [])]
+        missing = [c for c in (cols.path, cols.label, *_metadata_columns(dataset)) if c not in (reader.fieldnames or [])]
         if missing:
             raise SourceError(f"{file.name}: columns {missing} not in header {reader.fieldnames}", key=column_key(dataset, missing[0]))
         for row in reader:
@@ -600,6 +622,8 @@ def _manifest_row(row: dict, number: int, manifest: str, dataset: DatasetParams,
         return Raw(f"{manifest}:{number}", number, reject=problem[0], detail=problem[1])
     raw = entry(str(row.get(cols.path) or ""), number, manifest)
     raw.label, raw.source_split = row.get(cols.label), split
+    if raw.reject is None:
+        raw.metadata = metadata_json({name: row.get(name) for name in _metadata_columns(dataset)})
     return raw
 
 

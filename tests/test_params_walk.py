@@ -32,7 +32,9 @@ from pipeline.stages import augment, clean
 
 TEXT = {"modality": "text", "source": "corpus.tsv", "format": "tsv"}
 EVALUATION = {"modality": "text", "source": "data/eval/e.tsv", "format": "tsv"}
-DEFAULTS = Params.model_validate({"datasets": {"t": TEXT}, "decontaminate": {"sets": {"e": EVALUATION}}}).model_dump(mode="json")  # every key, valid
+WITH_METADATA = {**TEXT, "metadata": {"m": {"type": "numeric"}}, "filters": [{"column": "m", "min": 0.5}]}
+DEFAULTS = Params.model_validate({"datasets": {"t": WITH_METADATA}, "decontaminate": {"sets": {"e": EVALUATION}}}
+                                 ).model_dump(mode="json")  # every key, valid
 UNKNOWN = "no_such_key"
 
 # Fields whose contents are free-form: only their own type is walked (a list where the mapping goes).
@@ -101,9 +103,9 @@ def _models_in(annotation: Any, default: Any) -> Iterator[tuple[tuple[str | int,
     origin, args = get_origin(core), get_args(core)
     if _is_model(core):
         yield (), core
-    elif origin is dict and _is_model(args[1]):
+    elif origin is dict and _is_model(args[1]) and default:  # an empty one (an evaluation set's metadata) is walked elsewhere
         yield (next(iter(default)),), args[1]
-    elif origin is list and _is_model(args[0]):
+    elif origin is list and _is_model(args[0]) and default:
         yield (0,), args[0]
 
 

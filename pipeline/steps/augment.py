@@ -294,7 +294,7 @@ def _plain(value: Any) -> Any:
 
 # --- records --------------------------------------------------------------------------------
 
-PARENT_COLUMNS = ["label", "source", "source_row", "source_split", "group_id", "width", "height"]
+PARENT_COLUMNS = ["label", "source", "source_row", "source_split", "group_id", "width", "height", "metadata"]
 
 
 def generate_variants(train: pd.DataFrame, counts: pd.Series, modality: str, params: TextAugmentParams | ImageAugmentParams,

@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from pipeline.ledger import Fates, Processed
 from pipeline.params import CleanParams, DatasetParams, ImageCleanParams, TextCleanParams
 from pipeline.records import conform, source_location, text_hash
+from pipeline.steps.metadata import filter_records, metadata_frame
 from pipeline.steps.pixels import UNREADABLE, open_raster, pillow_pixel_guard_off
 
 TAG = re.compile(r"<(?:/?[A-Za-z][^<>]{0,200}|!--.*?--)>", re.S)  # a tag or comment, not '3 < 5 and 7 > 2'
@@ -257,9 +258,17 @@ def clean_partition(raw: pd.DataFrame, dataset: DatasetParams, params: CleanPara
     details = where + ": label " + raw["label"].map(lambda v: "<missing>" if v is None else repr(v))
     fates += Fates.dropped(raw.loc[bad_label, "id"], [r[1] for r in results if r[1] is not None], details[bad_label])
     raw = raw.loc[~bad_label].assign(label=[r[0] for r in results if r[1] is None])
+    where = where[~bad_label]
+    if dataset.filters:
+        passed, filtered = filter_records(metadata_frame(raw["id"], raw["metadata"], sorted(dataset.metadata)),
+                                          dataset.filters, dataset.metadata)
+        located = dict(zip(raw["id"], where, strict=True))
+        fates += Fates(filtered.frame.assign(detail=[f"{located[i]}: {d}" for i, d in zip(filtered.frame["id"], filtered.frame["detail"],
+                                                                                          strict=True)]))
+        raw, where = raw.loc[passed], where[passed]
     verdicts = (clean_texts(list(raw["text"]), params.text, count_tokens) if dataset.modality == "text"
                 else inspect_images(list(raw["image"]), params.image))
-    fates += Fates.from_verdicts(raw["id"].tolist(), verdicts, where[~bad_label].tolist())
+    fates += Fates.from_verdicts(raw["id"].tolist(), verdicts, where.tolist())
     kept = [v.reason is None for v in verdicts]
     records = _records(raw.loc[kept], [v for v, k in zip(verdicts, kept) if k], dataset.modality)
     counts = Counter(f"repaired.{r}" for v in verdicts for r in v.repairs)

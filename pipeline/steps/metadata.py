@@ -651,3 +651,69 @@ def _mutual_information(x: np.ndarray, y: np.ndarray, names: list[str], seed: in
                          "(impute them: missing other than keep)")
     discrete = np.all((x == 0) | (x == 1), axis=0)
     return mutual_info_classif(x, y, discrete_features=discrete, random_state=seed)
+
+
+# --- record filters (clean) -------------------------------------------------------------------
+
+def metadata_frame(ids: Sequence[str], metadata: Sequence[str | None], names: Sequence[str]) -> pd.DataFrame:
+    """`id` and one column per name with the raw values of the records' `metadata` JSON (None where absent)."""
+    values = [json.loads(m) if isinstance(m, str) else {} for m in metadata]
+    return pd.DataFrame({"id": pd.Series(list(ids), dtype=object),
+                         **{name: pd.Series([v.get(name) for v in values], dtype=object) for name in names}})
+
+
+def filter_records(frame: pd.DataFrame, filters: Sequence[Any], columns: Mapping[str, Any]) -> tuple[np.ndarray, Fates]:
+    """Which records of `frame` (`metadata_frame`) pass every filter (`column`, `min`, `max`,
+    `values`), and a drop for each that does not: reason `filtered:<column>` (the first filter it
+    fails), detail the value and the bound. A missing or unparseable value fails the filter."""
+    keep = np.ones(len(frame), dtype=bool)
+    ids, reasons, details = [], [], []
+    for rule in filters:
+        spec = _named(rule.column, columns[rule.column])
+        failed, why = _failing(parse_column(frame, spec), rule, spec, frame[rule.column].to_numpy(object))
+        newly = failed & keep
+        ids += frame["id"].to_numpy(object)[newly].tolist()
+        reasons += [f"filtered:{rule.column}"] * int(newly.sum())
+        details += why[newly].tolist()
+        keep &= ~failed
+    return keep, Fates.dropped(ids, reasons, details)
+
+
+def _named(name: str, column: Any) -> ColumnSpec:
+    options = column.model_dump() if hasattr(column, "model_dump") else {k: getattr(column, k) for k in SPEC_KEYS[1:]}
+    return ColumnSpec(name, **{k: (tuple(v) if k == "quantiles" else v) for k, v in options.items() if k in SPEC_KEYS})
+
+
+def _failing(parsed: Parsed, rule: Any, spec: ColumnSpec, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows failing `rule`, and why (for every row; only the failing ones are read): a number as
+    parsed, a date as written."""
+    values = parsed.values
+    why = np.where(parsed.bad, parsed.details, np.where(parsed.missing, f"{spec.name} missing", None)).astype(object)
+    failed = parsed.bad | parsed.missing
+    if rule.values is not None:
+        outside = ~failed & ~pd.Series(values, dtype=object).isin(rule.values).to_numpy()
+        why[outside] = [f"{spec.name} {v!r} not in {list(rule.values)}" for v in values[outside]]
+        return failed | outside, why
+    for bound, below in ((rule.min, True), (rule.max, False)):
+        if bound is None:
+            continue
+        limit = _bound(bound, spec)
+        with np.errstate(invalid="ignore"):
+            beyond = ~failed & ((values < limit) if below else (values > limit))
+        written = raw[beyond] if spec.type == "datetime" else [f"{v:g}" for v in values[beyond]]
+        shown = [f"{spec.name} {v} {'<' if below else '>'} {bound}" for v in written]
+        why[beyond] = shown
+        failed = failed | beyond
+    return failed, why
+
+
+def _bound(bound: float | str, spec: ColumnSpec) -> float:
+    """A filter bound as the column's numbers (a datetime bound is read with the column's format)."""
+    if spec.type == "datetime":
+        seconds = _seconds(str(bound), spec.format)
+        if seconds is None:
+            raise ValueError(f"filter on {spec.name!r}: {bound!r} is not a date in {spec.format!r}")
+        return seconds
+    if isinstance(bound, str):
+        raise ValueError(f"filter on {spec.name!r}: {bound!r} is not a number")
+    return float(bound)

@@ -1,0 +1,157 @@
+"""Metadata columns: declared extra source columns read from every tabular format and from image
+manifests, kept beside the content as canonical JSON through the stages (generated records take
+their parent's), and record filters on them applied by clean with a reason per drop.
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from conftest import write_params
+from pipeline.errors import ParamsError
+from pipeline.io import read_records
+from pipeline.params import DatasetParams, load_params
+from pipeline.sources import read_source
+from pipeline.stages import clean
+
+ROWS = [  # text, label, confidence, channel, created
+    ("my parcel never came", "shipping", "0.9", "web", "2024-01-02 10:00:00"),
+    ("refund the double charge", "billing", "0.3", "sms", "2024-01-03 11:00:00"),
+    ("the app crashes on login", "technical", "", "web", "2024-01-04 12:00:00"),
+    ("where is my order", "shipping", "abc", "", "not a date"),
+    ("card declined twice", "billing", "0.75", "email", "2023-12-31 23:59:59"),
+]
+METADATA = {"confidence": {"type": "numeric"}, "channel": {"type": "categorical"},
+            "created": {"type": "datetime", "format": "%Y-%m-%d %H:%M:%S"}}
+
+
+def write_source(root: Path, fmt: str) -> dict:
+    """The rows in `fmt` under root; the dataset's params entry."""
+    names = ["text", "label", "confidence", "channel", "created"]
+    if fmt == "tsv":
+        (root / "c.tsv").write_text("\t".join(names) + "\n" + "\n".join("\t".join(r) for r in ROWS) + "\n", encoding="utf-8")
+    elif fmt == "jsonl":
+        (root / "c.jsonl").write_text("\n".join(json.dumps(dict(zip(names, r))) for r in ROWS) + "\n", encoding="utf-8")
+    else:
+        pq.write_table(pa.table({n: [r[i] for r in ROWS] for i, n in enumerate(names)}), root / "c.parquet")
+    return {"modality": "text", "source": str(root / f"c.{fmt}"), "format": fmt, "metadata": METADATA}
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "jsonl", "parquet"])
+def test_every_tabular_format_reads_the_declared_columns_as_canonical_json(tmp_path, fmt):
+    raw = read_source(DatasetParams.model_validate(write_source(tmp_path, fmt)))
+    values = [json.loads(m) for m in raw["metadata"]]
+    assert [list(v) for v in values] == [["channel", "confidence", "created"]] * len(ROWS)  # sorted keys
+    assert [(v["confidence"], v["channel"], v["created"]) for v in values] == [r[2:] for r in ROWS]
+    assert raw["metadata"][0] == '{"channel":"web","confidence":"0.9","created":"2024-01-02 10:00:00"}'
+
+
+def test_a_declared_column_the_source_lacks_is_named_with_its_key(tmp_path):
+    entry = write_source(tmp_path, "tsv")
+    params = write_params(tmp_path / "params.yaml", {"t": {**entry, "metadata": {**METADATA, "replies": {"type": "numeric"}}}})
+    assert clean.main(["--dataset", "t", "--params", str(params), "--output", str(tmp_path / "out"),
+                       "--metrics", str(tmp_path / "m.json")]) != 0
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_metadata_declared_leaves_the_column_null(tmp_path):
+    entry = {k: v for k, v in write_source(tmp_path, "tsv").items() if k != "metadata"}
+    assert read_source(DatasetParams.model_validate(entry))["metadata"].isna().all()
+
+
+def run_clean(root: Path, entry: dict) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    params = write_params(root / "params.yaml", {"t": entry})
+    assert clean.main(["--dataset", "t", "--params", str(params), "--output", str(root / "clean.parquet"),
+                       "--ledger", str(root / "ledger.parquet"), "--metrics", str(root / "m.json")]) == 0
+    return json.loads((root / "m.json").read_text()), read_records(root / "clean.parquet"), pd.read_parquet(root / "ledger.parquet")
+
+
+def test_filters_drop_with_a_reason_naming_the_column_value_and_bound(tmp_path):
+    entry = {**write_source(tmp_path, "tsv"), "filters": [{"column": "confidence", "min": 0.6},
+                                                          {"column": "created", "min": "2024-01-01 00:00:00"}]}
+    metrics, records, ledger = run_clean(tmp_path, entry)
+    assert sorted(records["text"]) == ["my parcel never came"]
+    assert metrics["dropped"] == {"filtered:confidence": 3, "filtered:created": 1}
+    detail = dict(zip(ledger["reason"] + " " + ledger["detail"].str.split(": ", n=1).str[1], ledger["detail"]))
+    assert set(detail) == {"filtered:confidence confidence 0.3 < 0.6", "filtered:confidence confidence missing",
+                           "filtered:confidence not a number: 'abc'", "filtered:created created 2023-12-31 23:59:59 < 2024-01-01 00:00:00"}
+    assert all(d.startswith("c.tsv:") for d in ledger["detail"])  # where in the source
+
+
+def test_a_categorical_filter_keeps_the_listed_values(tmp_path):
+    entry = {**write_source(tmp_path, "tsv"), "filters": [{"column": "channel", "values": ["web", "email"]}]}
+    metrics, records, _ = run_clean(tmp_path, entry)
+    assert sorted(json.loads(m)["channel"] for m in records["metadata"]) == ["email", "web", "web"]
+    assert metrics["dropped"] == {"filtered:channel": 2}
+
+
+@pytest.mark.parametrize(("filters", "named"), [
+    ([{"column": "replies", "min": 1}], "declare it under metadata first"),
+    ([{"column": "confidence", "values": ["a"]}], "filtered by min and max"),
+    ([{"column": "confidence", "min": "high"}], "'high' is not a number"),
+    ([{"column": "created", "max": "yesterday"}], "is not a date in"),
+    ([{"column": "channel", "min": 1}], "filtered by values"),
+])
+def test_a_filter_that_cannot_apply_fails_on_load(tmp_path, filters, named):
+    params = write_params(tmp_path / "params.yaml", {"t": {**write_source(tmp_path, "tsv"), "filters": filters}})
+    with pytest.raises(ParamsError, match=named):
+        load_params(params)
+
+
+def test_an_image_manifest_carries_its_extra_columns(tmp_path):
+    (tmp_path / "images").mkdir()
+    for name, colour in (("a.png", "red"), ("b.png", "blue")):
+        buffer = io.BytesIO()
+        Image.new("RGB", (32, 32), colour).save(buffer, format="PNG")
+        (tmp_path / "images" / name).write_bytes(buffer.getvalue())
+    (tmp_path / "manifest.csv").write_text("path,label,annotator\nimages/a.png,red,ann1\nimages/b.png,blue,\n", encoding="utf-8")
+    dataset = DatasetParams.model_validate({"modality": "image", "source": str(tmp_path / "manifest.csv"), "format": "image_manifest",
+                                            "metadata": {"annotator": {"type": "categorical"}}})
+    raw = read_source(dataset)
+    assert [json.loads(m) for m in raw["metadata"]] == [{"annotator": "ann1"}, {"annotator": ""}]
+    with pytest.raises(ValueError, match="image folder"):
+        DatasetParams.model_validate({"modality": "image", "source": "x", "format": "image_folder",
+                                      "metadata": {"annotator": {"type": "categorical"}}})
+
+
+def test_metadata_travels_to_the_final_splits_and_generated_records_take_their_parents(tmp_path):
+    from test_stages import _sentence
+
+    from pipeline.stages import augment, dedup, normalise, rebalance, split
+
+    rows = [(_sentence(i), "billing" if i % 3 else "shipping", f"{i / 50:.2f}") for i in range(48)]
+    (tmp_path / "c.tsv").write_text("text\tlabel\tconfidence\n" + "\n".join("\t".join(r) for r in rows) + "\n", encoding="utf-8")
+    entry = {"modality": "text", "source": "c.tsv", "format": "tsv", "metadata": {"confidence": {"type": "numeric"}},
+             "filters": [{"column": "confidence", "min": 0.1}]}
+    params = write_params(tmp_path / "params.yaml", {"t": entry}, rebalance={"strategy": "random_over", "ratio": 1.0})
+    d = tmp_path / "data"
+    calls = [(clean, ["--root", str(tmp_path), "--output", str(d / "clean.parquet")]),
+             (normalise, ["--input", str(d / "clean.parquet"), "--output", str(d / "normalise.parquet")]),
+             (dedup, ["--input", str(d / "normalise.parquet"), "--output", str(d / "dedup.parquet")]),
+             (split, ["--input", str(d / "dedup.parquet"), "--output", str(d / "split"), "--leakage", str(d / "leakage.json")]),
+             (augment, ["--input", str(d / "split"), "--output", str(d / "augment.parquet"), "--preview", str(d / "preview")]),
+             (rebalance, ["--train", str(d / "augment.parquet"), "--split", str(d / "split"), "--output", str(d / "final")])]
+    for module, args in calls:
+        name = module.__name__.rsplit(".", 1)[-1]
+        assert module.main(["--dataset", "t", "--params", str(params), "--metrics", str(d / f"{name}.json"), *args]) == 0, name
+    assert json.loads((d / "clean.json").read_text())["dropped"] == {"filtered:confidence": 5}  # 0.00 .. 0.08
+    final = pd.concat([read_records(d / "final" / f"{s}.parquet") for s in ("train", "val", "test")], ignore_index=True)
+    source = {row: json.dumps({"confidence": r[2]}, separators=(",", ":")) for row, r in enumerate(rows, start=2)}
+    originals = final[final["parent_id"].isna()]
+    assert len(originals) == 43 and (originals["metadata"] == originals["source_row"].map(source)).all()
+    by_id = final.set_index("id")["metadata"]
+    generated = final[final["parent_id"].notna()]
+    assert len(generated) > 0 and (generated["metadata"] == generated["parent_id"].map(by_id)).all()
+
+
+def test_a_preparation_not_applied_yet_is_refused_rather_than_ignored(tmp_path):
+    entry = {**write_source(tmp_path, "tsv"), "metadata": {"confidence": {"type": "numeric", "scale": "standard"}}}
+    with pytest.raises(ParamsError, match="scale: not applied yet"):
+        load_params(write_params(tmp_path / "params.yaml", {"t": entry}))
