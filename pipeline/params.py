@@ -109,9 +109,6 @@ def _is_date(value: object, format: str) -> bool:
     return True
 
 
-PREPARATION = ("missing", "fill", "missing_indicator", "outliers", "quantiles", "scale", "max_categories")  # not applied yet
-
-
 class MetadataColumn(Section):
     """One extra source column kept beside the text or image, and how it is prepared (fitted on train
     only, after the split; `pipeline.steps.metadata`). The defaults change nothing."""
@@ -143,11 +140,6 @@ class MetadataColumn(Section):
             raise ValueError("missing_indicator with missing: drop marks nothing (no kept record is missing)")
         if not self.quantiles[0] < self.quantiles[1]:
             raise ValueError(f"quantiles {list(self.quantiles)}: low must be below high")
-        prepared = [name for name in PREPARATION if getattr(self, name) != type(self).model_fields[name].default]
-        if prepared:
-            raise ValueError(f"{', '.join(prepared)}: not applied yet. Metadata columns are read, kept and filtered; the "
-                             "preparation fitted on train (missing values, outliers, scaling, categories) is not built yet, "
-                             "so declare only type (and format) for now")
         return self
 
 

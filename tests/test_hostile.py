@@ -32,7 +32,7 @@ from PIL import Image
 
 from conftest import ROOT, write_params
 from pipeline.io import read_records
-from pipeline.stages import augment, clean, dedup, embed, label_issues, normalise, rebalance, semantic, split
+from pipeline.stages import augment, clean, dedup, embed, label_issues, normalise, prepare, rebalance, semantic, split
 from pipeline.stages.base import stage_environment
 from test_stages import DATASETS, SECTIONS, write_corpus, write_images
 
@@ -438,7 +438,7 @@ def changed(before: Snapshot, after: Snapshot) -> list[Path]:
 
 
 STAGE_MODULES = {"clean": clean, "normalise": normalise, "dedup": dedup, "embed": embed, "semantic": semantic, "label_issues": label_issues,
-                 "split": split, "augment": augment, "rebalance": rebalance}
+                 "split": split, "prepare": prepare, "augment": augment, "rebalance": rebalance}
 
 
 @pytest.mark.parametrize("key", ["t", "im"])

@@ -151,7 +151,103 @@ def test_metadata_travels_to_the_final_splits_and_generated_records_take_their_p
     assert len(generated) > 0 and (generated["metadata"] == generated["parent_id"].map(by_id)).all()
 
 
-def test_a_preparation_not_applied_yet_is_refused_rather_than_ignored(tmp_path):
-    entry = {**write_source(tmp_path, "tsv"), "metadata": {"confidence": {"type": "numeric", "scale": "standard"}}}
-    with pytest.raises(ParamsError, match="scale: not applied yet"):
-        load_params(write_params(tmp_path / "params.yaml", {"t": entry}))
+# --- the prepare stage -----------------------------------------------------------------------
+
+PREPARED = {"confidence": {"type": "numeric", "missing": "median", "missing_indicator": True, "outliers": "drop",
+                           "quantiles": [0.05, 0.95], "scale": "standard"},
+            "channel": {"type": "categorical", "missing": "constant", "fill": "unknown", "max_categories": 2}}
+
+
+def split_corpus(root: Path, engine: dict | None = None) -> Path:
+    """60 tickets with confidence (missing every 9th, 9.5 at rows 6 and 35) and channel (missing every 7th),
+    through clean, normalise, dedup and split; the params file."""
+    from test_stages import _sentence
+
+    from pipeline.stages import dedup, normalise, split
+
+    rows = []
+    for i in range(60):
+        confidence = "" if i % 9 == 4 else ("9.5" if i % 29 == 6 else f"{0.5 + (i % 10) / 20:.2f}")
+        channel = "" if i % 7 == 3 else ("web", "sms", "email", "web", "phone")[i % 5]
+        rows.append((_sentence(i), "billing" if i % 2 else "shipping", confidence, channel))
+    (root / "c.tsv").write_text("text\tlabel\tconfidence\tchannel\n" + "\n".join("\t".join(r) for r in rows) + "\n")
+    entry = {"modality": "text", "source": "c.tsv", "format": "tsv", "metadata": PREPARED}
+    params = write_params(root / "params.yaml", {"t": entry}, **({"engine": engine} if engine else {}))
+    d = root / "data"
+    for module, args in ((clean, ["--root", str(root), "--output", str(d / "clean.parquet")]),
+                         (normalise, ["--input", str(d / "clean.parquet"), "--output", str(d / "normalise.parquet")]),
+                         (dedup, ["--input", str(d / "normalise.parquet"), "--output", str(d / "dedup.parquet")]),
+                         (split, ["--input", str(d / "dedup.parquet"), "--output", str(d / "split"), "--leakage", str(d / "leakage.json")])):
+        name = module.__name__.rsplit(".", 1)[-1]
+        assert module.main(["--dataset", "t", "--params", str(params), "--metrics", str(d / f"{name}.json"), *args]) == 0, name
+    return params
+
+
+def run_prepare(root: Path, params: Path, split_folder: Path, out: str = "out") -> tuple[dict, Path]:
+    from pipeline.stages import prepare
+
+    o = root / out
+    assert prepare.main(["--dataset", "t", "--params", str(params), "--input", str(split_folder), "--output", str(o / "prepared"),
+                         "--features", str(o / "metadata"), "--ledger", str(o / "ledger.parquet"), "--metrics", str(o / "m.json")]) == 0
+    return json.loads((o / "m.json").read_text()), o
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prepare")
+    params = split_corpus(root)
+    metrics, out = run_prepare(root, params, root / "data" / "split")
+    return root, params, metrics, out
+
+
+def test_statistics_are_train_alone_and_test_records_change_none(prepared):
+    import shutil
+
+    from pipeline.params import load_params
+    from pipeline.steps.metadata import fit, from_json, metadata_frame, partial_statistics, spec_of, to_json
+
+    root, params, _, out = prepared
+    specs = [spec_of(n, c) for n, c in sorted(load_params(params).datasets["t"].metadata.items())]
+    train = read_records(root / "data" / "split" / "train.parquet")
+    alone = fit(partial_statistics(metadata_frame(train["id"], train["metadata"], [s.name for s in specs]), specs), specs)
+    written = (out / "metadata" / "fitted.json").read_text()
+    assert written == to_json(alone) and from_json(written) == alone
+    changed = root / "changed"
+    shutil.copytree(root / "data" / "split", changed)
+    test = read_records(changed / "test.parquet")
+    test["metadata"] = '{"channel":"fax","confidence":"0.01"}'
+    from pipeline.io import write_records
+    shutil.rmtree(changed / "test.parquet")
+    write_records(test, changed / "test.parquet")
+    _, again = run_prepare(root, params, changed, out="again")
+    assert (again / "metadata" / "fitted.json").read_text() == written
+
+
+def test_drops_have_reasons_and_the_rest_go_on_unchanged_with_their_features(prepared):
+    root, _, metrics, out = prepared
+    ledger = pd.read_parquet(out / "ledger.parquet")
+    assert set(ledger["reason"]) == {"outlier:confidence"} and metrics["dropped"] == {"outlier:confidence": len(ledger)}
+    outside = ledger["detail"].tolist()
+    assert sum("9.5" in d for d in outside) == 2 and len(outside) == metrics["values"]["confidence:dropped_outlier"]
+    for name in ("train", "val", "test"):
+        before = read_records(root / "data" / "split" / f"{name}.parquet")
+        after = read_records(out / "prepared" / f"{name}.parquet")
+        kept = before[~before["id"].isin(ledger["id"])].sort_values("id").reset_index(drop=True)
+        pd.testing.assert_frame_equal(after.sort_values("id").reset_index(drop=True), kept)
+        features = pd.read_parquet(out / "metadata" / f"{name}.parquet")
+        assert features["id"].tolist() == sorted(kept["id"])
+        assert list(features.columns) == ["id", *metrics["features"]]
+    channel = metrics["features"][:-2]  # the train vocabulary (2 most frequent and the fill), sorted, then the rest
+    assert len(channel) == 4 and "channel=unknown" in channel and channel[-1] == "channel=__other__" and channel[:-1] == sorted(channel[:-1])
+    assert metrics["features"][-2:] == ["confidence", "confidence__missing"]
+    assert metrics["values"]["confidence:imputed"] == metrics["values"]["confidence:missing"] > 0
+
+
+@pytest.mark.slow
+def test_a_dask_cluster_prepares_the_same_bytes(prepared, tmp_path):
+    root, _, _, out = prepared
+    params = write_params(tmp_path / "params.yaml", {"t": {"modality": "text", "source": "c.tsv", "format": "tsv", "metadata": PREPARED}},
+                          engine={"kind": "dask", "partition_rows": 7, "dask": {"workers": 2, "memory_limit": "1GB"}})
+    _, dask = run_prepare(tmp_path, params, root / "data" / "split")
+    files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file() and p.name != "m.json")
+    assert files and all((dask / f).read_bytes() == (out / f).read_bytes() for f in files)

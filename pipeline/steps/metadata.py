@@ -669,7 +669,7 @@ def filter_records(frame: pd.DataFrame, filters: Sequence[Any], columns: Mapping
     keep = np.ones(len(frame), dtype=bool)
     ids, reasons, details = [], [], []
     for rule in filters:
-        spec = _named(rule.column, columns[rule.column])
+        spec = spec_of(rule.column, columns[rule.column])
         failed, why = _failing(parse_column(frame, spec), rule, spec, frame[rule.column].to_numpy(object))
         newly = failed & keep
         ids += frame["id"].to_numpy(object)[newly].tolist()
@@ -679,7 +679,8 @@ def filter_records(frame: pd.DataFrame, filters: Sequence[Any], columns: Mapping
     return keep, Fates.dropped(ids, reasons, details)
 
 
-def _named(name: str, column: Any) -> ColumnSpec:
+def spec_of(name: str, column: Any) -> ColumnSpec:
+    """The ColumnSpec of the params model `column` (a `MetadataColumn`) named `name`."""
     options = column.model_dump() if hasattr(column, "model_dump") else {k: getattr(column, k) for k in SPEC_KEYS[1:]}
     return ColumnSpec(name, **{k: (tuple(v) if k == "quantiles" else v) for k, v in options.items() if k in SPEC_KEYS})
 
@@ -717,3 +718,52 @@ def _bound(bound: float | str, spec: ColumnSpec) -> float:
     if isinstance(bound, str):
         raise ValueError(f"filter on {spec.name!r}: {bound!r} is not a number")
     return float(bound)
+
+
+# --- on the engine: partials as rows, records prepared ----------------------------------------
+
+PARTIAL_COLUMNS = ["column", "what", "number", "category", "n"]  # what: value | missing | unparseable
+
+
+def partial_rows(records: pd.DataFrame, specs: Sequence[Any]) -> pd.DataFrame:
+    """`partial_statistics` of a partition of records (their `metadata` JSON) as rows the engine can
+    sum exactly by (column, what, number, category): a numeric value in `number` (category ""), a
+    category in `category` (number 0), missing and unparseable counts with neither."""
+    frame = metadata_frame(records["id"], records["metadata"], [spec.name for spec in specs])
+    partial = partial_statistics(frame, specs)
+    rows = []
+    for name, tally in partial.tallies.items():
+        numeric = tally.values.dtype != object
+        rows += [(name, "value", float(v) if numeric else 0.0, "" if numeric else str(v), int(n))
+                 for v, n in zip(tally.values, tally.counts, strict=True)]
+    rows += [(name, what, 0.0, "", int(n)) for what, counts in (("missing", partial.missing), ("unparseable", partial.unparseable))
+             for name, n in counts.items()]
+    return pd.DataFrame(rows, columns=PARTIAL_COLUMNS).astype({"number": np.float64, "n": np.int64})
+
+
+def partial_from_rows(rows: pd.DataFrame, specs: Sequence[Any]) -> Partial:
+    """The merged `Partial` of summed `partial_rows`."""
+    tallies, missing, unparseable = {}, {}, {}
+    for spec in specs:
+        mine = rows[rows["column"] == spec.name]
+        values = mine[mine["what"] == "value"]
+        numeric = _kind(spec) == "numeric"
+        tallies[spec.name] = Tally.of(values["number"].to_numpy(np.float64) if numeric else values["category"].to_numpy(object),
+                                      values["n"].to_numpy(np.int64), numeric=numeric)
+        missing[spec.name] = int(mine.loc[mine["what"] == "missing", "n"].sum())
+        unparseable[spec.name] = int(mine.loc[mine["what"] == "unparseable", "n"].sum())
+    return Partial(tallies, missing, unparseable)
+
+
+def prepare_records(records: pd.DataFrame, fitted: Fitted) -> Processed:
+    """One partition of records as `apply` judges their metadata: the records it keeps (unchanged),
+    the fates of the others, and its counts."""
+    frame = metadata_frame(records["id"], records["metadata"], [c.spec.name for c in fitted.columns])
+    done = apply(frame, fitted)
+    return Processed(records[records["id"].isin(set(done.records["id"]))], done.fates, done.counts)
+
+
+def record_features(records: pd.DataFrame, fitted: Fitted) -> pd.DataFrame:
+    """`id` and the prepared feature columns of records that `prepare_records` kept."""
+    frame = metadata_frame(records["id"], records["metadata"], [c.spec.name for c in fitted.columns])
+    return apply(frame, fitted).records
