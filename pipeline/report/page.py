@@ -20,7 +20,7 @@ from pipeline.report import plots
 from pipeline.report.gates import Gate
 from pipeline.report.projection import Projection
 
-STAGE_ORDER = ("clean", "normalise", "dedup", "semantic", "label_issues", "split", "augment", "rebalance", "finetune", "evaluate")
+STAGE_ORDER = ("clean", "normalise", "dedup", "semantic", "label_issues", "split", "prepare", "augment", "rebalance", "finetune", "evaluate")
 SPLITS = ("train", "val", "test")
 MANY_CLASSES = 12  # above it, classes run down the page (heatmap, tables with a row per class)
 CHART_CLASSES = 80  # classes drawn in the class heatmap at most
