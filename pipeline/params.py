@@ -91,6 +91,23 @@ class Columns(Section):
     split: str | None = None
 
 
+class LabelIssuesParams(Section):
+    """Likely label errors by confident learning on the embeddings of every record after dedup."""
+
+    policy: Literal["flag", "drop", "relabel", "off"] = Field("flag", description=(
+        "flag: kept, each listed in the ledger (reason label_issue) and the report; drop: removed with that reason; "
+        "relabel: given the suggested label where its out-of-fold probability reaches relabel_confidence (the rest "
+        "flagged); off: not searched."))
+    relabel_confidence: Annotated[float, Field(gt=0.0, le=1.0)] = Field(0.9, description=(
+        "relabel: the out-of-fold probability of the suggested label a record needs to take it."))
+    folds: Annotated[int, Field(ge=2, le=50)] = Field(5, description="Out-of-fold predictions, folds keyed by group_id.")
+    text_ngrams: bool = Field(True, description=(
+        "Texts: average the out-of-fold probabilities with those of the same model on TF-IDF character 2-5-grams "
+        "(benchmarks/bench_label_issues.py --text-features: on SMS with 5% flipped labels, F1 0.71-0.74 on the embeddings "
+        "alone, 0.88-0.90 averaged)."))
+    inverse_regularisation: Annotated[float, Field(gt=0)] = Field(1.0, description="C of the logistic regression.")
+
+
 def _scalar(value: Any) -> Any:
     """A number or a string (or null), refused in one line otherwise (a union would list each member)."""
     if value is None or (isinstance(value, (int, float, str)) and not isinstance(value, bool)):
@@ -192,6 +209,8 @@ class DatasetParams(Section):
     metadata: dict[str, MetadataColumn] = Field(default_factory=dict, description=(
         "Extra source columns kept beside the text or image (tabular formats and manifests), by column name."))
     filters: list[MetadataFilter] = Field(default_factory=list, description="Record filters on metadata columns, applied by clean.")
+    label_issues: LabelIssuesParams | None = Field(None, description=(
+        "This dataset's own label_issues section (policy, relabel_confidence, ...), replacing the global one."))
 
     @model_validator(mode="after")
     def _metadata_fits_source(self) -> DatasetParams:
@@ -590,23 +609,6 @@ class DecontaminateParams(Section):
                 raise ValueError(f"set {name!r}: source {evaluation.source!r} must lie under root {self.root!r}, which "
                                  "dvc.yaml lists as dedup's dependency (else a changed set would not rerun dedup)")
         return self
-
-
-class LabelIssuesParams(Section):
-    """Likely label errors by confident learning on the embeddings of every record after dedup."""
-
-    policy: Literal["flag", "drop", "relabel", "off"] = Field("flag", description=(
-        "flag: kept, each listed in the ledger (reason label_issue) and the report; drop: removed with that reason; "
-        "relabel: given the suggested label where its out-of-fold probability reaches relabel_confidence (the rest "
-        "flagged); off: not searched."))
-    relabel_confidence: Annotated[float, Field(gt=0.0, le=1.0)] = Field(0.9, description=(
-        "relabel: the out-of-fold probability of the suggested label a record needs to take it."))
-    folds: Annotated[int, Field(ge=2, le=50)] = Field(5, description="Out-of-fold predictions, folds keyed by group_id.")
-    text_ngrams: bool = Field(True, description=(
-        "Texts: average the out-of-fold probabilities with those of the same model on TF-IDF character 2-5-grams "
-        "(benchmarks/bench_label_issues.py --text-features: on SMS with 5% flipped labels, F1 0.71-0.74 on the embeddings "
-        "alone, 0.88-0.90 averaged)."))
-    inverse_regularisation: Annotated[float, Field(gt=0)] = Field(1.0, description="C of the logistic regression.")
 
 
 class SplitParams(Section):

@@ -162,6 +162,15 @@ def test_a_class_smaller_than_the_folds_is_left_out_and_the_rest_searched(tmp_pa
     assert "rare" not in set(issues["given_label"]) | set(issues["suggested_label"]) and len(issues) > 0
 
 
+def test_a_dataset_section_replaces_the_global_policy(found, tmp_path):
+    _, flagged, _, _, records = found
+    d = records.attrs["embeddings"].parent
+    params = write_params(tmp_path / "params.yaml", {"t": {"modality": "text", "source": "corpus.tsv", "format": "tsv",
+                                                           "label_issues": {"policy": "drop"}}}, label_issues={"policy": "flag"})
+    metrics, issues, _ = review(tmp_path, d, params, name="_own")
+    assert metrics["policy"] == "drop" and metrics["dropped"] == {"label_issue": len(flagged)} and (issues["action"] == "dropped").all()
+
+
 @pytest.mark.slow
 def test_a_dask_cluster_reviews_the_records_as_the_local_engine_does(found, tmp_path):
     """Relabel under a LocalCluster of two worker processes, in small partitions: the same issues,

@@ -32,7 +32,8 @@ from pipeline.stages import augment, clean
 
 TEXT = {"modality": "text", "source": "corpus.tsv", "format": "tsv"}
 EVALUATION = {"modality": "text", "source": "data/eval/e.tsv", "format": "tsv"}
-WITH_METADATA = {**TEXT, "metadata": {"m": {"type": "numeric"}}, "filters": [{"column": "m", "min": 0.5}]}
+WITH_METADATA = {**TEXT, "metadata": {"m": {"type": "numeric"}}, "filters": [{"column": "m", "min": 0.5}],
+                 "label_issues": {"policy": "flag"}}
 DEFAULTS = Params.model_validate({"datasets": {"t": WITH_METADATA}, "decontaminate": {"sets": {"e": EVALUATION}}}
                                  ).model_dump(mode="json")  # every key, valid
 UNKNOWN = "no_such_key"
@@ -101,7 +102,7 @@ def _models_in(annotation: Any, default: Any) -> Iterator[tuple[tuple[str | int,
     of models: its first key; a list of them: index 0)."""
     core, _, _ = _unwrap(annotation)
     origin, args = get_origin(core), get_args(core)
-    if _is_model(core):
+    if _is_model(core) and default is not None:  # an optional section left out (an evaluation set's label_issues) is walked elsewhere
         yield (), core
     elif origin is dict and _is_model(args[1]) and default:  # an empty one (an evaluation set's metadata) is walked elsewhere
         yield (next(iter(default)),), args[1]

@@ -5,7 +5,8 @@ Out-of-fold class probabilities come from a logistic regression on the embedding
 so no record is predicted by a model that saw it, its near copies or its semantic neighbours;
 `pipeline.steps.label_issues` then applies the rules of Northcutt et al. (2021). The issues table
 this stage writes ranks them from the least likely given label up. What happens to them follows
-`label_issues.policy`: `flag` keeps each, listed in the ledger (reason `label_issue`, detail: the
+`label_issues.policy` (or the dataset's own `datasets.<name>.label_issues` section, which replaces
+the global one): `flag` keeps each, listed in the ledger (reason `label_issue`, detail: the
 suggested label and the probability of the given one); `drop` removes each with that reason;
 `relabel` gives a record the suggested label where its out-of-fold probability reaches
 `relabel_confidence` (flagged `relabelled`, with both labels), and flags the rest. The record set
@@ -49,7 +50,7 @@ def run(ctx: Context) -> Outcome:
     columns = ["id", "label", "group_id", *(["text"] if _with_ngrams(ctx) else [])]
     records = engine.collect(engine.read_records(ctx.args.input, modality=ctx.dataset.modality, columns=columns))
     records = records.sort_values("id", kind="stable").reset_index(drop=True)
-    params = ctx.params.label_issues
+    params = settings(ctx)
     counts = records["label"].value_counts()
     too_small = sorted(str(label) for label, n in counts.items() if n < params.folds)
     searched = records[~records["label"].isin(too_small)].reset_index(drop=True)
@@ -114,7 +115,7 @@ def _applied(records: pd.DataFrame, dropped: frozenset[str], labels: dict[str, s
 
 def _why_not(records: pd.DataFrame, ctx: Context) -> str | None:
     """Why the search cannot run on these records (None: it can)."""
-    params = ctx.params.label_issues
+    params = settings(ctx)
     if params.policy == "off":
         return "policy off"
     if ctx.dataset.multi_label:
@@ -129,7 +130,7 @@ def _why_not(records: pd.DataFrame, ctx: Context) -> str | None:
 def _issues(records: pd.DataFrame, ctx: Context) -> tuple[pd.DataFrame, float, str]:
     """The issues table, ranked, how often the out-of-fold prediction agrees with the given label,
     and what the model read."""
-    params = ctx.params.label_issues
+    params = settings(ctx)
     classes = sorted(records["label"].unique())
     probabilities, read = _probabilities(records, ctx, read_features(ctx.args.embeddings, records["id"])), "embeddings"
     if _with_ngrams(ctx) and (ngrams := text_ngrams(records["text"])) is not None:
@@ -149,13 +150,18 @@ def _issues(records: pd.DataFrame, ctx: Context) -> tuple[pd.DataFrame, float, s
     return issues, round(agreement, 6), read
 
 
+def settings(ctx: Context):
+    """This dataset's label_issues section (`datasets.<name>.label_issues`), else the global one."""
+    return ctx.dataset.label_issues or ctx.params.label_issues
+
+
 def _with_ngrams(ctx: Context) -> bool:
-    return ctx.dataset.modality == "text" and ctx.params.label_issues.text_ngrams
+    return ctx.dataset.modality == "text" and settings(ctx).text_ngrams
 
 
 def _probabilities(records: pd.DataFrame, ctx: Context, features) -> np.ndarray:
     """Out-of-fold class probabilities of the records from `features` (rows in their order)."""
-    params = ctx.params.label_issues
+    params = settings(ctx)
     return out_of_fold_probabilities(features, records["label"].to_numpy(object), records["group_id"].to_numpy(object),
                                      folds=params.folds, seed=derive_seed(ctx.params.seed, "label_issues", bits=32),
                                      C=params.inverse_regularisation)
