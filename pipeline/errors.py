@@ -41,6 +41,12 @@ class SourceError(UserError):
     dataset_key = True
 
 
+class MetadataError(UserError, ValueError):
+    """A metadata column train cannot fit as asked (a treatment that needs values train lacks); its key is the dataset's."""
+
+    dataset_key = True
+
+
 class StageError(UserError):
     """A stage cannot go on with these inputs (too few classes, a missing output of an earlier stage)."""
 

@@ -251,3 +251,17 @@ def test_a_dask_cluster_prepares_the_same_bytes(prepared, tmp_path):
     _, dask = run_prepare(tmp_path, params, root / "data" / "split")
     files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file() and p.name != "m.json")
     assert files and all((dask / f).read_bytes() == (out / f).read_bytes() for f in files)
+
+
+def test_a_treatment_train_cannot_fit_fails_naming_the_column_not_a_traceback(prepared, tmp_path, stage_log):
+    from pipeline.stages import prepare
+
+    root, *_ = prepared
+    entry = {"modality": "text", "source": "c.tsv", "format": "tsv",
+             "metadata": {**PREPARED, "replies": {"type": "numeric", "missing": "median"}}}  # no record has replies
+    params = write_params(tmp_path / "params.yaml", {"t": entry})
+    code = prepare.main(["--dataset", "t", "--params", str(params), "--input", str(root / "data" / "split"),
+                         "--output", str(tmp_path / "p"), "--features", str(tmp_path / "f"), "--metrics", str(tmp_path / "m.json")])
+    assert code != 0 and "Traceback" not in stage_log.text
+    assert "datasets.t.metadata.replies.missing: median needs values, and the train split has none" in stage_log.text
+    assert not (tmp_path / "p").exists()

@@ -61,7 +61,7 @@ def _fitted(engine: Engine, train: Partitioned, specs: list) -> Fitted:
     """Every statistic from train's summed value counts."""
     rows = engine.map(train, functools.partial(partial_rows, specs=specs), meta=PARTIAL.empty_table().to_pandas())
     summed = engine.totals(rows, PARTIAL_COLUMNS[:-1], "n")
-    return fit(partial_from_rows(summed, specs), specs)
+    return fit(partial_from_rows(summed, specs), specs)  # MetadataError: a treatment train has no values for
 
 
 def _write_features(engine: Engine, kept: Partitioned, fitted: Fitted, path: Path) -> None:

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.errors import MetadataError
 from pipeline.ledger import Fates, Processed
 
 TYPES = ("numeric", "categorical", "datetime")
@@ -384,7 +385,7 @@ def _fit_categorical(spec: ColumnSpec, tally: Tally, counts: dict[str, int]) -> 
     top = ranked[: spec.max_categories] if spec.max_categories is not None else ranked
     fill = ranked[0] if spec.missing == "most_frequent" and ranked else spec.fill
     if spec.missing == "most_frequent" and fill is None:
-        raise ValueError(f"metadata column {spec.name!r}: missing: most_frequent needs train values; train has none")
+        raise MetadataError("most_frequent needs values, and the train split has none", key=f"metadata.{spec.name}.missing")
     vocabulary = tuple(sorted(set(top) | ({fill} if spec.missing == "constant" else set())))
     summary = {**counts, "distinct": len(tally.values), "most_frequent": ranked[0] if ranked else None}
     return FittedColumn(spec, summary, fill=fill, vocabulary=vocabulary)
@@ -425,7 +426,7 @@ def _bounds(spec: ColumnSpec, values: np.ndarray) -> tuple[float | None, float |
     if spec.outliers == "none":
         return None, None
     if len(values) == 0:
-        raise ValueError(f"metadata column {spec.name!r}: outliers: {spec.outliers} needs train values; train has none")
+        raise MetadataError(f"{spec.outliers} needs values, and the train split has none", key=f"metadata.{spec.name}.outliers")
     low, high = (float(q) for q in np.quantile(values, spec.quantiles, method="linear"))
     if spec.outliers != "winsorise":
         return low, high
@@ -448,7 +449,7 @@ def _fill(spec: ColumnSpec, treated: np.ndarray) -> float | None:
     if spec.missing == "constant":
         return _seconds(spec.fill, spec.format) if spec.type == "datetime" else float(spec.fill)
     if len(treated) == 0:
-        raise ValueError(f"metadata column {spec.name!r}: missing: {spec.missing} needs train values; train has none")
+        raise MetadataError(f"{spec.missing} needs values, and the train split has none", key=f"metadata.{spec.name}.missing")
     return describe(treated, spec.quantiles)[spec.missing]  # mean, median or most_frequent
 
 
@@ -459,7 +460,7 @@ def _center_and_scale(spec: ColumnSpec, values: np.ndarray) -> tuple[float | Non
     if spec.scale == "none":
         return None, None
     if len(values) == 0:
-        raise ValueError(f"metadata column {spec.name!r}: scale: {spec.scale} needs train values; train has none")
+        raise MetadataError(f"{spec.scale} needs values, and the train split has none", key=f"metadata.{spec.name}.scale")
     stats = describe(values, spec.quantiles)
     center, spread = {"standard": ("mean", "std"), "minmax": ("min", None), "robust": ("median", "iqr")}[spec.scale]
     width = stats["max"] - stats["min"] if spread is None else stats[spread]
