@@ -177,6 +177,15 @@ class MetadataFilter(Section):
         return self
 
 
+class FeatureSelection(Section):
+    """Which prepared metadata features the prepare stage keeps, judged on train alone."""
+
+    min_variance: Annotated[float, Field(ge=0.0)] | None = Field(
+        None, description="Keep features whose train variance is above this (0: drop constant ones); null: all.")
+    mutual_information_top: PositiveInt | None = Field(
+        None, description="Then keep this many with the highest mutual information with the label; null: all.")
+
+
 class DatasetParams(Section):
     """One corpus: where it is, how to read it, and what its labels are."""
 
@@ -209,6 +218,7 @@ class DatasetParams(Section):
     metadata: dict[str, MetadataColumn] = Field(default_factory=dict, description=(
         "Extra source columns kept beside the text or image (tabular formats and manifests), by column name."))
     filters: list[MetadataFilter] = Field(default_factory=list, description="Record filters on metadata columns, applied by clean.")
+    feature_selection: FeatureSelection = FeatureSelection()
     label_issues: LabelIssuesParams | None = Field(None, description=(
         "This dataset's own label_issues section (policy, relabel_confidence, ...), replacing the global one."))
 
@@ -220,6 +230,11 @@ class DatasetParams(Section):
         clash = sorted(taken & set(self.metadata))
         if clash:
             raise ValueError(f"metadata column {clash[0]!r} is already read as text, label, path or split")
+        if self.feature_selection.mutual_information_top is not None:
+            kept_missing = sorted(n for n, c in self.metadata.items() if c.type != "categorical" and c.missing == "keep")
+            if kept_missing:
+                raise ValueError(f"feature_selection.mutual_information_top needs a value in every row: metadata column "
+                                 f"{kept_missing[0]!r} keeps missing values (set its missing to drop, mean, median, ...)")
         for f in self.filters:
             column = self.metadata.get(f.column)
             if column is None:

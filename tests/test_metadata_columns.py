@@ -265,3 +265,28 @@ def test_a_treatment_train_cannot_fit_fails_naming_the_column_not_a_traceback(pr
     assert code != 0 and "Traceback" not in stage_log.text
     assert "datasets.t.metadata.replies.missing: median needs values, and the train split has none" in stage_log.text
     assert not (tmp_path / "p").exists()
+
+
+def test_feature_selection_keeps_what_varies_and_informs_judged_on_train(prepared, tmp_path):
+    root, *_ = prepared
+    entry = {"modality": "text", "source": "c.tsv", "format": "tsv", "metadata": PREPARED,
+             "feature_selection": {"min_variance": 0.0, "mutual_information_top": 3}}
+    params = write_params(tmp_path / "params.yaml", {"t": entry})
+    metrics, out = run_prepare(tmp_path, params, root / "data" / "split")
+    selection = json.loads((out / "metadata" / "selection.json").read_text())
+    assert metrics["selected"] == selection["kept"] and len(selection["kept"]) == 3
+    scores = {s["column"]: s for s in selection["scores"]}
+    assert set(scores) == set(metrics["features"]) and all(scores[c]["kept"] for c in selection["kept"])
+    ranked = sorted((s for s in scores.values() if s["mutual_information"] is not None), key=lambda s: -s["mutual_information"])
+    assert {s["column"] for s in ranked[:3]} == set(selection["kept"])
+    for name in ("train", "val", "test"):
+        assert list(pd.read_parquet(out / "metadata" / f"{name}.parquet").columns) == ["id", *selection["kept"]]
+    _, again = run_prepare(tmp_path, params, root / "data" / "split", out="again")
+    assert (again / "metadata" / "selection.json").read_bytes() == (out / "metadata" / "selection.json").read_bytes()
+
+
+def test_mutual_information_over_a_column_that_keeps_missing_values_fails_on_load(tmp_path):
+    entry = {**write_source(tmp_path, "tsv"), "metadata": {"confidence": {"type": "numeric"}},
+             "feature_selection": {"mutual_information_top": 1}}
+    with pytest.raises(ParamsError, match="keeps missing values"):
+        load_params(write_params(tmp_path / "params.yaml", {"t": entry}))
