@@ -54,7 +54,8 @@ def run(ctx: Context) -> Outcome:
         ctx.ledger.record_spills(fates)
         counts.update(counted)
         n_out += engine.write_records(kept, ctx.args.output / f"{name}.parquet")
-        features[name] = _features(engine, engine.read_records(ctx.args.output / f"{name}.parquet", modality=modality), fitted)
+        written = engine.read_records(ctx.args.output / f"{name}.parquet", modality=modality, columns=["id", "metadata"])
+        features[name] = _features(engine, written, fitted)  # the columns apply reads, not the records' content
     chosen = _selected(ctx, features["train"])
     for name, table in features.items():
         write_table(pa.Table.from_pandas(table[["id", *chosen]], preserve_index=False), ctx.args.features / f"{name}.parquet")
