@@ -1,8 +1,8 @@
 """The data report: one self-contained HTML page per dataset (images and charts embedded).
 
 `render` turns a `ReportInputs` into HTML; every section has a stable id (summary, gates, flow,
-classes, duplicates, quality, augmentation, split, projection, tokens (texts only), training, params) so tests and
-people can find it.
+classes, duplicates, quality, augmentation, split, metadata (with metadata columns), projection, tokens (texts
+only), training, params) so tests and people can find it.
 """
 from __future__ import annotations
 
@@ -18,6 +18,13 @@ from PIL import Image
 
 from pipeline.report import plots
 from pipeline.report.gates import Gate
+from pipeline.report.metadata import (
+    MetadataInputs,
+    counts,
+    number,
+    policies,
+    statistics,
+)
 from pipeline.report.projection import Projection
 
 STAGE_ORDER = ("clean", "normalise", "dedup", "semantic", "label_issues", "split", "prepare", "augment", "rebalance", "finetune", "evaluate")
@@ -27,6 +34,8 @@ CHART_CLASSES = 80  # classes drawn in the class heatmap at most
 CONFUSED_PAIRS = 15  # most frequent (true, predicted) mistakes listed under the confusion matrix
 TOKEN_CLASS_ROWS = 20  # classes shown per split in the token table; the metrics hold them all
 TOKEN_COLUMNS = ("count", "mean", "p50", "p90", "p99", "max")
+FEATURES_SHOWN = 100  # feature names listed in the metadata section; prepare's metrics hold them all
+SELECTION_ROWS = 25  # features with their selection scores shown; selection.json holds them all
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
 h1{margin-bottom:.2rem} h2{border-bottom:2px solid #ddd;padding-bottom:.3rem;margin-top:2.2rem}
@@ -67,12 +76,14 @@ class ReportInputs:
     preview_png: bytes | None = None
     preview_text: str | None = None
     projection: Projection | str = "No projection: no embeddings were given."  # a text says why there is none
+    metadata: MetadataInputs | None = None  # None: the dataset declares no metadata columns
 
 
 def render(inputs: ReportInputs) -> str:
     """The whole page."""
     sections = [_summary(inputs), _gates(inputs.gates), _flow(inputs), _classes(inputs), _duplicates(inputs),
-                _quality(inputs), _augmentation(inputs), _split(inputs), _projection(inputs), _tokens(inputs), _training(inputs), _params(inputs)]
+                _quality(inputs), _augmentation(inputs), _split(inputs), _metadata(inputs), _projection(inputs), _tokens(inputs),
+                _training(inputs), _params(inputs)]
     title = f"Data report: {html.escape(inputs.dataset)}"
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
             f"<style>{STYLE}</style></head><body><h1>{title}</h1>{''.join(sections)}</body></html>\n")
@@ -271,6 +282,61 @@ def _split(inputs: ReportInputs) -> str:
     return _section("split", "Split and leakage", f"<p>Target ratios: {html.escape(json.dumps(target))}</p>" + _table(header, rows) + leak_text)
 
 
+def _metadata(inputs: ReportInputs) -> str:
+    """The metadata columns: a row per column (policies, what train fitted, prepare's counts), then the
+    features; nothing where the dataset declares none."""
+    shown = inputs.metadata
+    if shown is None:
+        return ""
+    prepare = inputs.metrics.get("prepare", {})
+    place = f"data/{inputs.dataset}/metadata"
+    if shown.fitted is None:
+        body = f"<p>No fitted statistics: {html.escape(place)}/fitted.json was not found (the prepare stage has not run for this dataset).</p>"
+    else:
+        values = prepare.get("values")
+        body = (f"<p>{len(shown.fitted.columns)} metadata columns (<code>{html.escape(f'datasets.{inputs.dataset}.metadata')}</code>), "
+                f"every statistic fitted on train alone (<code>{html.escape(place)}/fitted.json</code>) and applied unchanged to "
+                "train, val and test; " + ("the counts are prepare's, over the three splits." if values is not None
+                                          else "no counts: prepare's metrics were not found.") + "</p>")
+        rows = [[c.spec.name, c.spec.type, _lines(policies(c.spec)), _lines(statistics(c)), _lines(counts(c.spec, values or {}))]
+                for c in shown.fitted.columns]
+        body += _table(["column", "type", "policies", "fitted on train", "counts (train, val, test)"], rows)
+    body += _features(prepare.get("features"), prepare.get("selected")) + _selection(shown.selection)
+    return _section("metadata", "Metadata columns", body)
+
+
+def _lines(lines: list[str]) -> Markup:
+    """Lines of text as one table cell, each escaped."""
+    return Markup("<br>".join(html.escape(line) for line in lines))
+
+
+def _features(features: list[str] | None, selected: list[str] | None) -> str:
+    """The feature columns prepare writes (after `id`), those feature selection left out struck through."""
+    if features is None:
+        return ""
+    kept = set(features if selected is None else selected)
+    names = ", ".join(f"<code>{html.escape(f)}</code>" if f in kept else f"<code><s>{html.escape(f)}</s></code>"
+                      for f in features[:FEATURES_SHOWN])
+    more = f" … and {len(features) - FEATURES_SHOWN:,} more in prepare's metrics" if len(features) > FEATURES_SHOWN else ""
+    chosen = "" if selected is None else f", {len(selected)} kept by feature selection (the others, struck through, are not written)"
+    return (f"<h3>Features</h3><p>{len(features)} feature columns{chosen}, written beside <code>id</code> per split: "
+            f"{names or 'none'}{more}.</p>")
+
+
+def _selection(selection: dict[str, Any] | None) -> str:
+    """Feature selection's scores on train, kept features first, then the most informative."""
+    if not selection:
+        return ""
+    scores = sorted(selection.get("scores", []), key=lambda s: (not s.get("kept"), s.get("mutual_information") is None,
+                                                                -(s.get("mutual_information") or 0.0)))
+    rows = [[s.get("column", ""), "yes" if s.get("kept") else "no", number(s.get("variance")),
+             "not scored" if s.get("mutual_information") is None else number(s["mutual_information"])] for s in scores[:SELECTION_ROWS]]
+    hidden = len(scores) - SELECTION_ROWS
+    note = f"<p class='muted'>{hidden:,} more features in selection.json.</p>" if hidden > 0 else ""
+    return ("<h3>Feature selection</h3>" + _table(["feature", "kept", "variance on train", "mutual information with the label"], rows)
+            + note)
+
+
 def _projection(inputs: ReportInputs) -> str:
     """The embedding projection and what it shows, or why there is none."""
     shown = inputs.projection
@@ -315,7 +381,7 @@ def _token_table(split: str, summary: dict[str, Any]) -> str:
     ranked = sorted(per_class.items(), key=lambda kv: (-(kv[1].get("over_max_length") or 0), -kv[1].get("count", 0), kv[0]))
     rows = [[Markup("<b>all</b>"), *_token_cells(summary)], *([label, *_token_cells(v)] for label, v in ranked[:TOKEN_CLASS_ROWS])]
     hidden = len(ranked) - TOKEN_CLASS_ROWS
-    note = (f"<p class='muted'>Classes with the largest share longer than max_length first"
+    note = ("<p class='muted'>Classes with the largest share longer than max_length first"
             + (f"; {hidden} more in the rebalance metrics" if hidden > 0 else "") + ".</p>") if len(ranked) > 1 else ""
     header = ["class", "records", "mean", "p50", "p90", "p99", "max", "longer than max_length"]
     return f"<h3>{html.escape(split)}</h3>" + _table(header, rows) + note

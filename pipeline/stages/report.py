@@ -1,9 +1,10 @@
 """Report: one self-contained HTML page per dataset, and the quality gates a CI run fails on.
 
 Reads the stage metrics, ledgers, record sets, card, leakage certificate, augmentation preview,
-embeddings and label issues of a dataset; writes the page (charts and thumbnails embedded, nothing
-fetched when it opens); then fails, listing every violated gate with its value and threshold,
-unless `gates.warn_only`.
+embeddings, label issues and (with metadata columns) prepare's fitted statistics and feature
+selection scores of a dataset; writes the page (charts and thumbnails embedded, nothing fetched
+when it opens); then fails, listing every violated gate with its value and threshold, unless
+`gates.warn_only`.
 The stages' wall-clock timings are not read, so the page is the same on every run.
 """
 from __future__ import annotations
@@ -20,9 +21,11 @@ import pyarrow.parquet as pq
 from pipeline.errors import StageError
 from pipeline.io import read_features, read_records, write_bytes
 from pipeline.report.gates import evaluate_gates, violations
+from pipeline.report.metadata import MetadataInputs
 from pipeline.report.page import Example, ReportInputs, render
 from pipeline.report.projection import Projection, drawn, projection
 from pipeline.stages.base import Context, Outcome, entry, stage_main
+from pipeline.steps.metadata import from_json
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -43,7 +46,7 @@ def run(ctx: Context) -> Outcome:
     inputs = ReportInputs(
         dataset=ctx.name, modality=ctx.dataset.modality, card=card, leakage=leakage, metrics=metrics, gates=gates,
         class_phases=_class_phases(metrics, card), **_examples(data, ctx.params.report.examples), **_preview(data),
-        projection=_projection(data, leakage),
+        projection=_projection(data, leakage), metadata=_metadata(data, bool(ctx.dataset.metadata)),
     )
     write_bytes(render(inputs).encode("utf-8"), ctx.args.output)
     failed = violations(gates)
@@ -143,6 +146,15 @@ def _preview(data: Path) -> dict[str, Any]:
     folder = data / "augment" / "preview"
     png, md = folder / "preview.png", folder / "samples.md"
     return {"preview_png": png.read_bytes() if png.exists() else None, "preview_text": md.read_text() if md.exists() else None}
+
+
+def _metadata(data: Path, declared: bool) -> MetadataInputs | None:
+    """prepare's fitted.json and selection.json, where the dataset declares metadata columns (each may be absent)."""
+    if not declared:
+        return None
+    fitted, selection = data / "metadata" / "fitted.json", data / "metadata" / "selection.json"
+    return MetadataInputs(from_json(fitted.read_text()) if fitted.exists() else None,
+                          json.loads(selection.read_text()) if selection.exists() else None)
 
 
 def _projection(data: Path, leakage: dict[str, Any]) -> Projection | str:
