@@ -12,20 +12,35 @@ cleaning strategies need every train record's neighbours: they take train's vect
 process as the features stage does (`--embeddings`: the embed stage's, and only new content,
 augmented variants, embedded here; the metrics' `vectors` count each), then drop what they remove
 partition by partition. The card's version hash reads the final record sets shard by shard, in id
-order.
+order. With `--metadata` (prepare's features folder), `final/metadata/{train,val,test}.parquet`
+give every final record its prepared metadata features, in the final id order (prepare's row; a
+generated record its root original's, under its own id), looked up partition by partition; a
+dataset without metadata columns gets tables of ids alone, as prepare writes them.
 """
 from __future__ import annotations
 
 import argparse
 import functools
+import logging
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline.engines import Partitioned, open_engine
 from pipeline.engines.ranks import first_cutoffs
 from pipeline.engines.variants import new_variants
-from pipeline.io import empty_records, record_chunks, write_json
+from pipeline.errors import StageError
+from pipeline.io import (
+    ROW_GROUP,
+    empty_records,
+    record_chunks,
+    replacing_folder,
+    write_json,
+    write_table_chunks,
+)
 from pipeline.model.embedding import shared_vectors
 from pipeline.model.models import feature_extractor
 from pipeline.seeding import derive_seed
@@ -33,6 +48,7 @@ from pipeline.stages.base import Context, Outcome, entry, stage_main
 from pipeline.steps import rebalance as steps
 from pipeline.steps.augment import check_available, extra_variants
 from pipeline.steps.card import VERSION_COLUMNS, describe, make_card
+from pipeline.steps.metadata import root_features
 from pipeline.steps.tokens import (
     HISTOGRAM,
     TokenCounter,
@@ -41,6 +57,7 @@ from pipeline.steps.tokens import (
 )
 
 HELD_OUT = ("val", "test")
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,11 +66,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, type=Path, help="final dataset folder")
     parser.add_argument("--embeddings", type=Path, help="the embed stage's vectors, reused by the cleaning strategies "
                                                         "(without it, they embed all of train)")
+    parser.add_argument("--metadata", type=Path, help="the prepare stage's features folder (train/val/test.parquet): with "
+                                                      "metadata columns declared, each final record's features go to "
+                                                      "<output>/metadata (without it, they are not written)")
 
 
 def run(ctx: Context) -> Outcome:
     engine, modality = ctx.engine, ctx.dataset.modality
     counter = TokenCounter.load(ctx.params.finetune.text.model) if modality == "text" else None  # fails before any work
+    features = _prepared_features(ctx)  # so does a missing features folder
     train = engine.read_records(ctx.args.train, modality=modality)
     labels_before = engine.value_counts(train, "label")
     resampled, fates, strategy_metrics = _resampled(ctx, train, labels_before)
@@ -68,7 +89,58 @@ def run(ctx: Context) -> Outcome:
              "labels_after": card["classes"]["train"], "version": card["version"], **strategy_metrics}
     if counter is not None:
         extra["tokens"] = _tokens(ctx, counter)
+    if features is not None:
+        extra["metadata_rows"] = _final_metadata(ctx, features)
     return Outcome(sum(labels_before.values()), written["train"], extra)
+
+
+def _prepared_features(ctx: Context) -> dict[str, Path] | None:
+    """prepare's features table of each split, where `--metadata` names them (a dataset without
+    metadata columns has tables of ids alone, as prepare writes them); None without it (and a
+    warning where the dataset declares metadata columns)."""
+    if ctx.args.metadata is None:
+        if ctx.dataset.metadata:
+            log.warning("datasets.%s declares metadata columns but no --metadata (the prepare stage's features folder) was "
+                        "given: %s is not written", ctx.name, ctx.args.output / "metadata")
+        return None
+    paths = {name: ctx.args.metadata / f"{name}.parquet" for name in ("train", *HELD_OUT)}
+    for path in paths.values():
+        if not path.is_file():
+            raise StageError(f"no prepared features at {path}: run the prepare stage first (--metadata names its --features folder)")
+    return paths
+
+
+def _final_metadata(ctx: Context, features: dict[str, Path]) -> dict[str, int]:
+    """`<output>/metadata/<split>.parquet`: each final record's row of prepare's features table (a
+    generated record's root's, under its own id), in the final id order, made partition by partition
+    with the table as the lookup; written `ROW_GROUP` rows a row group, so the bytes depend on the
+    rows alone. Rows written per split."""
+    engine, written = ctx.engine, {}
+    with replacing_folder(ctx.args.output / "metadata") as folder:
+        for name, path in features.items():
+            table = pq.read_table(path)
+            schema = table.schema.remove_metadata()
+            lookup = table.to_pandas().set_index("id")
+            records = engine.read_records(ctx.args.output / f"{name}.parquet", modality=ctx.dataset.modality, columns=["id", "parent_id"])
+            rows = engine.map(records, functools.partial(root_features, source=str(path)), meta=schema.empty_table().to_pandas(),
+                              features=lookup)
+            spilled = engine.materialize(rows, schema=schema)
+            written[name] = write_table_chunks(row_groups(spilled.paths, schema), folder / f"{name}.parquet")
+    return written
+
+
+def row_groups(paths: Sequence[Path], schema: pa.Schema, rows: int = ROW_GROUP) -> Iterator[pa.Table]:
+    """The tables spilled at `paths`, in order, cut again into tables of `rows` rows (the last one
+    shorter; one empty table when there are no rows), so that the row groups of the file they are
+    written to depend on the rows alone, not on the partitions they were made in."""
+    held, yielded = schema.empty_table(), False
+    for path in paths:
+        held = pa.concat_tables([held, pq.read_table(path, schema=schema).replace_schema_metadata(None)])
+        while held.num_rows >= rows:
+            yield held.slice(0, rows).combine_chunks()
+            held, yielded = held.slice(rows), True
+    if held.num_rows or not yielded:
+        yield held.combine_chunks()
 
 
 def _tokens(ctx: Context, counter: TokenCounter) -> dict:

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.errors import MetadataError
+from pipeline.errors import MetadataError, StageError
 from pipeline.ledger import Fates, Processed
 
 TYPES = ("numeric", "categorical", "datetime")
@@ -768,3 +768,23 @@ def record_features(records: pd.DataFrame, fitted: Fitted) -> pd.DataFrame:
     """`id` and the prepared feature columns of records that `prepare_records` kept."""
     frame = metadata_frame(records["id"], records["metadata"], [c.spec.name for c in fitted.columns])
     return apply(frame, fitted).records
+
+
+def root_features(records: pd.DataFrame, features: pd.DataFrame, *, source: str = "the prepared features") -> pd.DataFrame:
+    """The prepared features of `records` (`id`, `parent_id`), in their order, each under its own id:
+    an original's row, and for a generated record (augmented variant, oversampled copy) the row of
+    its root, the original it names as `parent_id`. `features` is prepare's table indexed by id.
+
+    A root without a row means the records do not come from those prepare wrote (a bug, or inputs
+    of two runs): a StageError names the first such record rather than a row of NaN."""
+    roots = records["parent_id"].where(records["parent_id"].notna(), records["id"])
+    at = features.index.get_indexer(roots)
+    if (at < 0).any():
+        missing = np.flatnonzero(at < 0)
+        first = int(missing[0])
+        raise StageError(f"{source} has no row for record {roots.iloc[first]!r}, the root of record {records['id'].iloc[first]!r} "
+                         f"({len(missing)} record(s) of this partition without one): the records do not come from those the "
+                         "prepare stage wrote; rerun prepare and the stages after it")
+    rows = features.iloc[at].reset_index(drop=True)
+    rows.insert(0, "id", records["id"].to_numpy(object))
+    return rows
