@@ -845,6 +845,8 @@ class BaselinesParams(Section):
     linear_probe: bool = Field(True, description="Logistic regression on the cached frozen features.")
     random_init: RandomInitParams = RandomInitParams()
     tfidf: bool = Field(True, description="Text: TF-IDF character 2-5-grams with a linear SVM (scikit-learn).")
+    metadata_probe: bool = Field(True, description="Datasets with metadata columns: logistic regression on the prepared "
+                                 "metadata features alone (how much of the label the metadata gives away).")
 
 
 class EvaluateParams(Section):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.model.baselines import linear_probe, tfidf_svm
+from pipeline.model.baselines import linear_probe, metadata_probe, tfidf_svm
 
 SPAM = ["WIN a FREE prize now, call 0800", "Claim your FREE cash prize txt WIN", "URGENT! You have won a prize, call now",
         "FREE entry to win cash, reply WIN"]
@@ -60,3 +60,23 @@ def test_a_class_of_one_training_record_is_too_small_to_hold_out_but_still_score
     assert two.shape == (1, 2) and np.isfinite(two).all()
     probs = linear_probe(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([1, 0]), np.array([[0.9, 0.1]]), n_classes=2)
     assert probs.shape == (1, 2) and probs.argmax() == 1
+
+
+def test_metadata_probe_finds_a_shortcut_column_and_fills_missing_values_with_train_medians():
+    """A column that tracks the label is found; values left missing (NaN) neither fail nor decide."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 200)
+    x = np.column_stack([y + rng.normal(scale=0.2, size=200), rng.normal(size=200), np.full(200, np.nan)])
+    x[rng.choice(200, 30, replace=False), 0] = np.nan
+    probs = metadata_probe(x[:150], y[:150], x[150:], n_classes=2, seed=0)
+    known = ~np.isnan(x[150:, 0])
+    assert probs.shape == (50, 2) and np.allclose(probs.sum(axis=1), 1.0)
+    assert (probs.argmax(axis=1)[known] == y[150:][known]).mean() >= 0.95
+    assert np.array_equal(probs, metadata_probe(x[:150], y[:150], x[150:], n_classes=2, seed=0))
+
+
+def test_metadata_probe_on_columns_unrelated_to_the_label_is_near_chance():
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(400, 3)), rng.integers(0, 2, 400)
+    accuracy = (metadata_probe(x[:300], y[:300], x[300:], n_classes=2, seed=0).argmax(axis=1) == y[300:]).mean()
+    assert 0.35 <= accuracy <= 0.65

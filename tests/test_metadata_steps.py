@@ -381,3 +381,22 @@ def test_variance_threshold_is_scikit_learns(frame, fitted):
         chosen = select_features(features, labels, min_variance=threshold, seed=0)
         support = VarianceThreshold(threshold).fit(features.drop(columns="id").to_numpy()).get_support()
         assert chosen.kept == features.columns[1:][support].tolist()
+
+
+def test_scaled_test_values_are_scikit_learns_scalers_fitted_on_treated_train():
+    """Each scale policy gives what scikit-learn's scaler, fitted on the treated train values, gives a
+    test value: StandardScaler, RobustScaler (IQR) and MinMaxScaler."""
+    from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
+
+    rng = np.random.default_rng(5)
+    train_values, test_values = rng.lognormal(size=300), np.array([0.05, 0.5, 1.0, 3.0, 40.0])
+    scalers = {"standard": StandardScaler(), "robust": RobustScaler(), "minmax": MinMaxScaler()}
+    for scale, scaler in scalers.items():
+        specs = specs_from_mapping({"x": {"type": "numeric", "outliers": "clip", "quantiles": [0.02, 0.98], "scale": scale}})
+        train = pd.DataFrame({"id": [f"r{i:03d}" for i in range(300)], "x": [repr(float(v)) for v in train_values]})
+        fitted = fit(merge_partials([partial_statistics(train, specs)]), specs)
+        low, high = np.quantile(train_values, [0.02, 0.98])
+        scaler.fit(np.clip(train_values, low, high).reshape(-1, 1))
+        test = pd.DataFrame({"id": [f"t{i}" for i in range(5)], "x": [repr(float(v)) for v in test_values]})
+        expected = scaler.transform(np.clip(test_values, low, high).reshape(-1, 1)).ravel()
+        assert apply(test, fitted).records["x"].to_numpy() == pytest.approx(expected, rel=1e-12, abs=1e-12), scale

@@ -3,6 +3,8 @@
 - `linear_probe`: logistic regression on the frozen backbone's pooled features (standardised).
 - `tfidf`: TF-IDF character 2-5-grams within word boundaries and a linear SVM, for texts, with
   Platt scaling fitted on out-of-fold margins.
+- `metadata_probe`: logistic regression on the prepared metadata features alone (values left missing
+  take train's median), which measures how much of the label the metadata columns give away.
 
 Both are deterministic (lbfgs; liblinear with a fixed `random_state`; unshuffled stratified folds)
 and return class probabilities per record.
@@ -14,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -29,6 +32,16 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, *
     """Class probabilities (n_test, n_classes) from logistic regression on standardised features."""
     model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000, class_weight=_weights(class_weights),
                                                                random_state=seed))
+    model.fit(train_x, train_y)
+    return _full_width(model.predict_proba(test_x), model[-1].classes_, n_classes)
+
+
+def metadata_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, *, n_classes: int,
+                   class_weights: str = "none", seed: int = 0) -> np.ndarray:
+    """Class probabilities (n_test, n_classes) from logistic regression on the metadata features;
+    a value left missing (`missing: keep`) takes its feature's train median (0 if train has none)."""
+    model = make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler(),
+                          LogisticRegression(C=1.0, max_iter=2000, class_weight=_weights(class_weights), random_state=seed))
     model.fit(train_x, train_y)
     return _full_width(model.predict_proba(test_x), model[-1].classes_, n_classes)
 

@@ -4,7 +4,10 @@ Each is trained on the final train split and scored on test, the split evaluate 
 - `linear_probe`: logistic regression on the cached frozen features (features stage);
 - `random_init`: the same architecture from random initialisation, all of it trained with its
   own short recipe (`evaluate.baselines.random_init`; val picks the epoch);
-- `tfidf` (texts): TF-IDF character 2-5-grams with a linear SVM, Platt-scaled on out-of-fold margins.
+- `tfidf` (texts): TF-IDF character 2-5-grams with a linear SVM, Platt-scaled on out-of-fold margins;
+- `metadata_probe` (datasets with metadata columns): logistic regression on the prepared metadata
+  features of the final splits (`final/metadata`) alone: a label the metadata predicts well is a
+  shortcut a model can learn instead of the content.
 Writes every baseline's test predictions with per-class scores; evaluate sets them beside the model.
 
 `random_init` reads the splits a chunk at a time and trains from inputs in scratch files, as
@@ -20,8 +23,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
+from pipeline.errors import StageError
 from pipeline.io import read_features, read_records, scratch_folder, write_table
 from pipeline.ledger import Fates
 from pipeline.model import baselines
@@ -64,8 +69,9 @@ def run(ctx: Context) -> Outcome:
 def _enabled(ctx: Context) -> dict:
     params = ctx.params.evaluate.baselines
     wanted = {"linear_probe": params.linear_probe, "random_init": params.random_init.enabled,
-              "tfidf": params.tfidf and ctx.dataset.modality == "text"}
-    makers = {"linear_probe": _linear_probe, "random_init": _random_init, "tfidf": _tfidf}
+              "tfidf": params.tfidf and ctx.dataset.modality == "text",
+              "metadata_probe": params.metadata_probe and bool(ctx.dataset.metadata)}
+    makers = {"linear_probe": _linear_probe, "random_init": _random_init, "tfidf": _tfidf, "metadata_probe": _metadata_probe}
     return {name: makers[name] for name in sorted(wanted) if wanted[name]}
 
 
@@ -74,6 +80,27 @@ def _linear_probe(ctx: Context, frames, y, labels) -> np.ndarray:
     section = getattr(ctx.params.finetune, ctx.dataset.modality)
     return baselines.linear_probe(x["train"], y["train"], x["test"], n_classes=len(labels),
                                   class_weights=section.class_weights, seed=ctx.params.seed)
+
+
+def _metadata_probe(ctx: Context, frames, y, labels) -> np.ndarray:
+    x = {name: metadata_features(ctx.args.data / "metadata" / f"{name}.parquet", frames[name]["id"]) for name in ("train", "test")}
+    section = getattr(ctx.params.finetune, ctx.dataset.modality)
+    return baselines.metadata_probe(x["train"], y["train"], x["test"], n_classes=len(labels),
+                                    class_weights=section.class_weights, seed=ctx.params.seed)
+
+
+def metadata_features(path: Path, ids: pd.Series) -> np.ndarray:
+    """The metadata feature rows of `ids` (float64, in their order); fails naming the first id
+    without a row, and when the table has no feature column (the dataset's metadata is all dropped)."""
+    table = pq.read_table(path).to_pandas().set_index("id")
+    missing = ids[~ids.isin(table.index)]
+    if len(missing):
+        raise StageError(f"{path} has no metadata row for record {missing.iloc[0]!r} ({len(missing)} missing): "
+                         "rerun the rebalance stage")
+    if table.shape[1] == 0:
+        raise StageError(f"{path} has no metadata feature (feature selection kept none): "
+                         "set evaluate.baselines.metadata_probe: false")
+    return table.loc[ids].to_numpy(np.float64)
 
 
 def _tfidf(ctx: Context, frames, y, labels) -> np.ndarray:
