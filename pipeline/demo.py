@@ -2,7 +2,10 @@
 
 Text: short customer messages in three imbalanced topics, as TSV, with exact and near duplicates,
 whitespace and case variants, a label conflict, label spellings to canonicalise, mojibake, C1
-controls, HTML entities, and broken rows (ragged, empty text, missing or unknown label).
+controls, HTML entities, and broken rows (ragged, empty text, missing or unknown label). Beside
+them, metadata columns as a ticket system exports them (`channel`, `replies`, `confidence`,
+`created`) with blanks, outliers, low annotator confidence and a date that does not parse, so the
+metadata filters and the `prepare` stage have something to do.
 
 Images: coloured shapes in three imbalanced classes, as an image folder, in several formats and
 modes, with an exact duplicate saved in two formats, near duplicates, a folder whose name needs
@@ -86,16 +89,44 @@ def _text_problems(rows: list[tuple[str, str]], gen: np.random.Generator) -> lis
     return extra
 
 
+METADATA_COLUMNS = ("channel", "replies", "confidence", "created")
+CHANNELS = (("web", 0.45), ("email", 0.30), ("phone", 0.15), ("chat", 0.10))
+
+
+def demo_metadata(n: int, seed: int) -> list[tuple[str, str, str, str]]:
+    """(channel, replies, confidence, created) strings for `n` rows, from their own generator so the
+    texts do not depend on them. Planted: about 5% blank channels, 4% blank reply counts, 1% reply
+    counts far above the rest, 5% annotator confidences below 0.5, and one date that does not parse."""
+    gen = rng(seed, "demo", "metadata")
+    names, weights = zip(*CHANNELS)
+    start = np.datetime64("2024-01-01T00:00:00")
+    rows = []
+    for i in range(n):
+        channel = "" if gen.random() < 0.05 else names[gen.choice(len(names), p=np.array(weights))]
+        draw = gen.random()
+        replies = "" if draw < 0.04 else str(gen.integers(200, 900) if draw > 0.99 else gen.poisson(1.5))
+        confidence = f"{gen.uniform(0.2, 0.5) if gen.random() < 0.05 else gen.beta(8, 2) * 0.5 + 0.5:.2f}"
+        when = start + np.timedelta64(int(gen.integers(0, 366 * 24 * 3600)), "s")
+        created = "2024-13-45 09:00:00" if i == n // 2 else str(when).replace("T", " ")
+        rows.append((channel, replies, confidence, created))
+    return rows
+
+
 def write_text_demo(folder: Path, n: int, seed: int) -> Path:
-    """Write `corpus.tsv` (header `label<TAB>text`, no quoting) with its broken rows; return its path."""
+    """Write `corpus.tsv` (header `label<TAB>text<TAB>` and the metadata columns, no quoting) with its
+    broken rows; return its path."""
     folder.mkdir(parents=True, exist_ok=True)
-    lines = ["label\ttext"] + [f"{label}\t{text}" for label, text in demo_texts(n, seed)]
+    texts = demo_texts(n, seed)
+    metadata = demo_metadata(len(texts) + 3, seed)
+    lines = ["\t".join(("label", "text", *METADATA_COLUMNS))]
+    lines += ["\t".join((label, text, *extra)) for (label, text), extra in zip(texts, metadata)]
+    broken = [("billing", "   "),                                  # whitespace-only text
+              ("", "My invoice is wrong, nobody labelled this"),  # missing label
+              ("sales", "Can I buy ten more seats?")]             # label outside the declared set
+    lines += ["\t".join((label, text, *extra)) for (label, text), extra in zip(broken, metadata[len(texts):])]
     lines += [
-        "billing\t   ",                                   # whitespace-only text
-        "\tMy invoice is wrong, nobody labelled this",   # missing label
-        "sales\tCan I buy ten more seats?",              # label outside the declared set
-        "shipping\tThe box\tarrived open",               # ragged: an extra tab
-        "technical",                                     # ragged: no text column
+        "shipping\tThe box\tarrived open\tweb\t1\t0.90\t2024-05-01 10:00:00",  # ragged: an extra tab
+        "technical",                                                             # ragged: no text column
     ]
     path = folder / "corpus.tsv"
     path.write_bytes(("\n".join(lines) + "\n").encode("utf-8"))

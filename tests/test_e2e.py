@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -80,6 +82,34 @@ def test_final_dataset_card_and_model(run):
         scores = json.loads((run / "metrics" / dataset / "evaluate.json").read_text())
         assert 0.0 <= scores["macro_f1"] <= 1.0 and set(scores["per_class"]) == set(card["classes"]["test"])
 
+
+
+def test_demo_metadata_is_filtered_and_prepared_on_train_alone(run):
+    """The text demo's metadata columns: low confidences filtered by clean, the unparseable date
+    dropped by prepare, blanks imputed, and fitted.json's statistics those of train's values alone."""
+    data, metrics = run / "data" / "demo_text", run / "metrics" / "demo_text"
+    assert json.loads((metrics / "clean.json").read_text())["dropped"]["filtered:confidence"] > 0
+    values = {split: [json.loads(m) for m in pq.read_table(data / "split" / f"{split}.parquet", columns=["metadata"])
+                      .column("metadata").to_pylist()] for split in ("train", "val", "test")}
+    bad_dates = sum(m["created"][5:7] > "12" for rows in values.values() for m in rows)
+    prepare = json.loads((metrics / "prepare.json").read_text())
+    assert prepare["dropped"].get("unparseable:created", 0) == bad_dates
+    counts = prepare["values"]
+    for column in ("channel", "replies"):
+        blanks = sum(m[column] == "" for rows in values.values() for m in rows)
+        assert counts[f"{column}:missing"] == counts[f"{column}:imputed"] == blanks > 0, column
+    fitted = {c["spec"]["name"]: c for c in json.loads((data / "metadata" / "fitted.json").read_text())["columns"]}
+    train_replies = [float(m["replies"]) for m in values["train"] if m["replies"] != ""]
+    assert fitted["replies"]["summary"]["median"] == float(np.median(train_replies))
+    train_confidence = np.array([float(m["confidence"]) for m in values["train"]])
+    assert fitted["confidence"]["center"] == pytest.approx(train_confidence.mean(), rel=1e-12)
+    assert fitted["confidence"]["summary"]["count"] == len(train_confidence)
+    final = data / "final"
+    for split in ("train", "val", "test"):
+        ids = pq.read_table(final / "metadata" / f"{split}.parquet").column("id").to_pylist()
+        assert ids == pq.read_table(final / f"{split}.parquet", columns=["id"]).column("id").to_pylist(), split
+    assert "metadata_probe" in json.loads((metrics / "baselines.json").read_text())["baselines"]
+    assert "metadata_probe" not in json.loads((run / "metrics" / "demo_images" / "baselines.json").read_text())["baselines"]
 
 def test_second_repro_runs_nothing(run):
     """With nothing changed, dvc repro runs no stage and leaves dvc.lock as it was."""
