@@ -24,6 +24,7 @@ from conftest import write_params
 from pipeline.io import read_records, write_table_chunks, write_table_spill
 from pipeline.stages import rebalance
 from pipeline.stages.rebalance import row_groups
+from pipeline.steps.metadata import from_json, record_features
 
 SPLITS = ("train", "val", "test")
 METADATA = {"confidence": {"type": "numeric", "missing": "median", "missing_indicator": True, "outliers": "drop",
@@ -98,7 +99,7 @@ def _bits(frame: pd.DataFrame) -> dict[str, object]:
 
 def test_every_final_record_has_one_row_in_final_id_order(chain, final):
     metrics = json.loads((final / "metrics.json").read_text())
-    assert sorted(p.name for p in (final / "final" / "metadata").iterdir()) == sorted(f"{s}.parquet" for s in SPLITS)
+    assert sorted(p.name for p in (final / "final" / "metadata").iterdir()) == sorted(["fitted.json", *(f"{s}.parquet" for s in SPLITS)])
     for name in SPLITS:
         records = read_records(final / "final" / f"{name}.parquet", columns=["id"])
         rows = pd.read_parquet(final / "final" / "metadata" / f"{name}.parquet")
@@ -124,6 +125,17 @@ def test_a_generated_record_takes_its_root_originals_row_bit_for_bit(chain, fina
     expected.insert(0, "id", records["id"].to_numpy(object))
     assert _bits(rows) == _bits(expected)
     assert rows["confidence__missing"].sum() > 0 and rows["confidence"].notna().all()
+
+
+def test_the_exported_fitted_json_prepares_raw_metadata_as_the_final_tables_hold_it(chain, final):
+    """What a served model does: read final/metadata/fitted.json and apply it to a record's raw
+    metadata; it gets the row the final table holds, bit for bit."""
+    exported = final / "final" / "metadata" / "fitted.json"
+    assert exported.read_bytes() == (chain / "metadata" / "fitted.json").read_bytes()
+    fitted = from_json(exported.read_text())
+    for name in ("val", "test"):
+        records = read_records(final / "final" / f"{name}.parquet", columns=["id", "metadata"])
+        assert _bits(record_features(records, fitted)) == _bits(pd.read_parquet(final / "final" / "metadata" / f"{name}.parquet"))
 
 
 def test_val_and_test_are_prepares_tables(chain, final):

@@ -14,8 +14,9 @@ augmented variants, embedded here; the metrics' `vectors` count each), then drop
 partition by partition. The card's version hash reads the final record sets shard by shard, in id
 order. With `--metadata` (prepare's features folder), `final/metadata/{train,val,test}.parquet`
 give every final record its prepared metadata features, in the final id order (prepare's row; a
-generated record its root original's, under its own id), looked up partition by partition; a
-dataset without metadata columns gets tables of ids alone, as prepare writes them.
+generated record its root original's, under its own id), looked up partition by partition, with
+prepare's fitted.json beside them; a dataset without metadata columns gets tables of ids alone, as
+prepare writes them.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from pipeline.io import (
     empty_records,
     record_chunks,
     replacing_folder,
+    write_bytes,
     write_json,
     write_table_chunks,
 )
@@ -57,6 +59,7 @@ from pipeline.steps.tokens import (
 )
 
 HELD_OUT = ("val", "test")
+EXPORTED = ("fitted.json", "selection.json")  # copied from prepare's folder into final/metadata
 log = logging.getLogger(__name__)
 
 
@@ -114,7 +117,8 @@ def _final_metadata(ctx: Context, features: dict[str, Path]) -> dict[str, int]:
     """`<output>/metadata/<split>.parquet`: each final record's row of prepare's features table (a
     generated record's root's, under its own id), in the final id order, made partition by partition
     with the table as the lookup; written `ROW_GROUP` rows a row group, so the bytes depend on the
-    rows alone. Rows written per split."""
+    rows alone. prepare's fitted.json (and selection.json) go beside them unchanged, so the folder
+    is the whole export. Rows written per split."""
     engine, written = ctx.engine, {}
     with replacing_folder(ctx.args.output / "metadata") as folder:
         for name, path in features.items():
@@ -126,6 +130,10 @@ def _final_metadata(ctx: Context, features: dict[str, Path]) -> dict[str, int]:
                               features=lookup)
             spilled = engine.materialize(rows, schema=schema)
             written[name] = write_table_chunks(row_groups(spilled.paths, schema), folder / f"{name}.parquet")
+        for exported in EXPORTED:  # what a served model needs to prepare its inputs as these were
+            source = ctx.args.metadata / exported
+            if source.is_file():
+                write_bytes(source.read_bytes(), folder / exported)
     return written
 
 
