@@ -80,7 +80,7 @@ def lock_outs(lock_path: Path) -> dict[str, list]:
     return {k: sorted((o["path"], o["md5"]) for o in v.get("outs", [])) for k, v in lock["stages"].items()}
 
 
-DATA_STAGES = ("clean", "normalise", "dedup", "split", "augment", "rebalance")
+DATA_STAGES = ("clean", "normalise", "dedup", "split", "prepare", "augment", "rebalance")
 ENGINES = {  # each against the first run: in process, one partition (partition_rows 100,000)
     "local-2-processes-64-rows": {"workers": 2, "partition_rows": 64, "chunk_size": 16},
     "dask-1-worker": {"kind": "dask", "dask": {"workers": 1, "memory_limit": "2GB"}},
