@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
@@ -400,3 +401,84 @@ def test_scaled_test_values_are_scikit_learns_scalers_fitted_on_treated_train():
         test = pd.DataFrame({"id": [f"t{i}" for i in range(5)], "x": [repr(float(v)) for v in test_values]})
         expected = scaler.transform(np.clip(test_values, low, high).reshape(-1, 1)).ravel()
         assert apply(test, fitted).records["x"].to_numpy() == pytest.approx(expected, rel=1e-12, abs=1e-12), scale
+
+
+# --- parsing a column at a time -------------------------------------------------------------
+
+DATE_FORMATS = ["%Y-%m-%d %H:%M:%S", "%Y-%m-%d", "%d/%m/%Y %H:%M", "%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%d %H:%M:%S%z",
+                "%d %b %Y", "%m/%d/%y %I:%M %p", "%Y%m%d"]
+
+
+def _date_texts(format: str, rng: np.random.Generator) -> list[str]:
+    """Strings in `format` and the hostile neighbours of each: unpadded, spaced, impossible days, seven
+    fraction digits, another separator, years far outside pandas' old range, zones, junk."""
+    seconds = rng.integers(-3_000_000_000, 4_000_000_000, 40)
+    moments = [datetime(1970, 1, 1) + pd.Timedelta(seconds=int(s)).to_pytimedelta() for s in seconds]
+    texts = [m.strftime(format.replace("%z", "+0000")) for m in moments]
+    texts += [t.replace("-0", "-").replace("/0", "/") for t in texts[:10]]  # unpadded fields
+    texts += [f"  {t} " for t in texts[:5]] + [t.replace(" ", "T", 1) for t in texts[:5]] + [t + "0" for t in texts[:5]]
+    texts += ["2021-02-30 10:00:00", "2021-02-29", "30/02/2021 10:00", "2024-02-29 23:59:60", "0001-01-01 00:00:00",
+              "9999-12-31 23:59:59", "1500-06-01", "2500-06-01 00:00:00", "2020-01-01T00:00:00.1234567",
+              "2020-01-01T00:00:00.123456", "2020-01-01 00:00:00+05:30", "2020-01-01 00:00:00Z", "2020-01-01 00:00:00-2359",
+              "1 Jan 2020", "01 jan 2020", "1 January 2020", "12/31/99 12:00 PM", "12/31/99 00:30 AM", "20200101",
+              "2020011", "", "   ", "yesterday", "２０２０-01-01", "2020-01-01\x00", "nan", "NaT"]
+    return texts
+
+
+@pytest.mark.parametrize("format", DATE_FORMATS)
+def test_datetimes_parsed_a_column_at_a_time_are_what_strptime_reads(format):
+    """The vectorised path (pandas, then strptime for what pandas refuses) gives every string the
+    value and the problem Python's strptime gives it alone."""
+    from pipeline.steps.metadata import _datetime, _parsed_each, _texts_as_datetimes
+
+    texts = np.array(_date_texts(format, np.random.default_rng(len(format))), dtype=object)
+    values, details = _texts_as_datetimes(texts, format)
+    expected = _parsed_each(texts, _datetime(format), np.float64)
+    assert values.tobytes() == expected.values.tobytes(), [(t, v, e) for t, v, e in zip(texts, values, expected.values)
+                                                           if not (v == e or (np.isnan(v) and np.isnan(e)))][:5]
+    assert details.tolist() == expected.details.tolist()
+    assert np.isfinite(values).sum() >= 40  # the well-formed strings did parse
+
+
+def test_numbers_are_ascii_decimals_converted_exactly():
+    from pipeline.steps.metadata import _texts_as_numbers
+
+    good = ["1", " 2.5 ", "1.", ".5", "-0", "+3e2", "1e-400", "5e-324", "0.1", "123456789012345678901234567890", "\t7\n"]
+    bad = ["1_000", "١٢", "NaN", "nan", "inf", "-Infinity", "abc", "0x10", "1,5", "1.2.3", "e5", ".", "+", "1e", "1 000"]
+    values, details = _texts_as_numbers(np.array(good + bad + ["1e999", "", "  "], dtype=object))
+    assert values[: len(good)].tolist() == [float(t) + 0.0 for t in good] and not np.signbit(values[4])
+    assert details[: len(good)].tolist() == [None] * len(good)
+    assert details[len(good) : len(good) + len(bad)].tolist() == [f"not a number: {t!r}" for t in bad]
+    assert details[-3:].tolist() == ["not a finite number: '1e999'", None, None]
+    assert np.isnan(values[len(good):]).all()
+    rng = np.random.default_rng(3)
+    many = np.array([repr(float(v)) for v in rng.lognormal(0, 20, 5000)] + [str(int(v)) for v in rng.integers(-10**15, 10**15, 5000)],
+                    dtype=object)
+    assert _texts_as_numbers(many)[0].tolist() == [float(t) for t in many]  # correctly rounded, as Python's float
+
+
+def test_a_column_of_strings_json_numbers_and_typed_datetimes_parses_each_its_own_way():
+    frame = pd.DataFrame({"id": list("abcdef"), "n": ["1.5", 2, 2.5, None, True, "x"],
+                          "d": ["1970-01-02 00:00:00", pd.Timestamp("1970-01-01 00:00:02"), datetime(1970, 1, 1, 0, 0, 3), None, 5, ""]},
+                         dtype=object)
+    specs = specs_from_mapping({"n": {"type": "numeric"}, "d": {"type": "datetime", "format": FORMAT}})
+    parsed, problems = parse_columns(frame, specs)
+    assert parsed["n"].tolist()[:3] == [1.5, 2.0, 2.5] and np.isnan(parsed["n"].tolist()[3])
+    assert parsed["d"].tolist()[:3] == [86400.0, 2.0, 3.0]
+    assert sorted(zip(problems["id"], problems["reason"])) == [("e", "unparseable:d"), ("e", "unparseable:n"), ("f", "unparseable:n")]
+
+
+def test_numeric_formats_take_the_regular_expression_and_others_the_round_trip():
+    """The canonical shape of a numeric format is checked by a regular expression (no formatting
+    back); a format with names or offsets is checked by writing the moment back."""
+    import re
+
+    from pipeline.steps.metadata import _canonical_pattern
+
+    pattern = _canonical_pattern("%Y-%m-%d %H:%M:%S.%f")
+    assert re.fullmatch(pattern, "2024-02-29 23:59:59.000001")
+    for text in ("2024-2-29 23:59:59.000001", "2024-02-29 23:59:60.000001", "2024-02-29 24:00:00.000000",
+                 "2024-02-29 23:59:59.0000001", "2024-13-01 00:00:00.000000", "2024-02-29T23:59:59.000001"):
+        assert not re.fullmatch(pattern, text), text
+    assert _canonical_pattern("100%% on %Y%m%d") == r"^100%\ on\ [0-9]{4}(0[1-9]|1[0-2])(0[1-9]|[12][0-9]|3[01])$"
+    assert _canonical_pattern("%d %b %Y") is None and _canonical_pattern("%Y-%m-%d %H:%M:%S%z") is None

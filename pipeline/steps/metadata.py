@@ -8,9 +8,11 @@ whatever the partitioning and partition order.
 
 A column goes through these steps, in this order, when fitted and when applied:
 
-1. parse: numeric as float, categorical as a stripped string, datetime with `format` as float seconds
-   since 1970-01-01 (naive; an aware value counts from 1970-01-01 UTC). An empty string is missing;
-   a value that does not parse drops its record (`unparseable:<name>`).
+1. parse: numeric as an ASCII decimal (sign, digits, point, exponent; `1_000`, `nan`, `inf` and a
+   value that overflows do not parse), categorical as a stripped string, datetime as
+   `datetime.strptime(value, format)` reads it, as float seconds since 1970-01-01 (naive; an aware
+   value counts from 1970-01-01 UTC). An empty string is missing; a value that does not parse
+   drops its record (`unparseable:<name>`). Strings are parsed a column at a time (Arrow, pandas).
 2. missing `drop`: the record is dropped (`missing:<name>`).
 3. outliers, with bounds fitted on the parsed non-missing train values: `drop` drops a record outside
    them (`outlier:<name>`); `clip` and `winsorise` move such a value to the nearer bound.
@@ -33,8 +35,10 @@ A partial holds one count per distinct value: for a continuous column, about the
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -43,6 +47,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.errors import MetadataError, StageError
 from pipeline.ledger import Fates, Processed
@@ -57,6 +63,10 @@ INDICATOR = "__missing"  # suffix of a missing indicator column
 EPOCH = datetime(1970, 1, 1)
 EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
 PROBLEMS = ["id", "reason", "detail"]
+TICKS = {"ns": (1000, 1), "us": (1, 1), "ms": (1, 1000), "s": (1, 1_000_000)}  # a pandas unit: (ticks a µs, µs a tick)
+CANONICAL = {"%Y": "[0-9]{4}", "%m": "(0[1-9]|1[0-2])", "%d": "(0[1-9]|[12][0-9]|3[01])", "%H": "([01][0-9]|2[0-3])",
+             "%M": "[0-5][0-9]", "%S": "[0-5][0-9]", "%f": "[0-9]{6}", "%%": "%"}  # directives with one canonical spelling
+NUMBER = r"^[+-]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][+-]?[0-9]+)?$"  # what a numeric string must look like
 DESCRIBED = ("mean", "std", "min", "max", "q25", "median", "q75", "iqr", "q_low", "q_high", "most_frequent")
 FORMAT_VERSION = 1
 
@@ -207,18 +217,124 @@ def parse_columns(frame: pd.DataFrame, specs: Sequence[Any]) -> tuple[pd.DataFra
 
 
 def parse_column(frame: pd.DataFrame, spec: Any) -> Parsed:
-    """The raw values (strings, numbers, None) of `spec.name` in `frame`, parsed as `spec.type` says."""
+    """The raw values (strings, numbers, None) of `spec.name` in `frame`, parsed as `spec.type` says.
+
+    Numeric and datetime strings are parsed a column at a time (`_texts_as_numbers`,
+    `_texts_as_datetimes`); other values (a JSON number, a typed datetime) one at a time, as are the
+    strings the vectorised datetime parser refuses, so a value parses the same whichever way it goes."""
     if spec.name not in frame.columns:
         present = ", ".join(map(str, frame.columns))
         raise ValueError(f"metadata column {spec.name!r} is not in the records (columns: {present})")
-    raw = frame[spec.name]
-    parse = _category if spec.type == "categorical" else _number if spec.type == "numeric" else _datetime(spec.format)
-    memo: dict[object, tuple[object, str | None]] = {}
-    results = [_memoised(parse, value, memo) for value in raw.to_numpy(object)]
-    details = np.array([detail for _, detail in results], dtype=object)
+    raw = frame[spec.name].to_numpy(object)
+    texts = np.fromiter((isinstance(value, str) for value in raw), dtype=bool, count=len(raw))
     dtype = object if spec.type == "categorical" else np.float64
+    parse = _category if spec.type == "categorical" else _number if spec.type == "numeric" else _datetime(spec.format)
+    values, details = np.full(len(raw), None if dtype is object else np.nan, dtype=dtype), np.full(len(raw), None, dtype=object)
+    others = np.flatnonzero(~texts)
+    if len(others):
+        one_by_one = _parsed_each(raw[others], parse, dtype)
+        values[others], details[others] = one_by_one.values, one_by_one.details
+    if len(others) < len(raw):
+        vectorised = {"categorical": _texts_as_categories, "numeric": _texts_as_numbers}.get(
+            spec.type, functools.partial(_texts_as_datetimes, format=spec.format))
+        values[texts], details[texts] = vectorised(raw[texts])
+    return Parsed(values, pd.notna(details), details)
+
+
+def _parsed_each(raw: np.ndarray, parse, dtype) -> Parsed:
+    """`raw` parsed value by value (each distinct string once)."""
+    memo: dict[object, tuple[object, str | None]] = {}
+    results = [_memoised(parse, value, memo) for value in raw]
+    details = np.array([detail for _, detail in results], dtype=object)
     values = np.array([np.nan if value is None and dtype is np.float64 else value for value, _ in results], dtype=dtype)
     return Parsed(values, pd.notna(details), details)
+
+
+def _stripped(texts: np.ndarray) -> np.ndarray:
+    """Each string with `str.strip()` (Python's whitespace, as a value-by-value parse strips it)."""
+    return pd.Series(texts, dtype=object).str.strip().to_numpy(object)
+
+
+def _texts_as_categories(texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(stripped strings, None for blank; no problems): a category is any text."""
+    stripped = _stripped(texts)
+    return np.where(stripped == "", None, stripped), np.full(len(texts), None, dtype=object)
+
+
+def _texts_as_numbers(texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(float64 values, details) of strings: stripped, blank is missing; a number is ASCII decimal
+    (`NUMBER`: sign, digits, point, exponent), converted by Arrow (correctly rounded, as `float`),
+    so `1_000`, non-ASCII digits, `nan` and `inf` do not parse, nor does a finite-looking value
+    that overflows (`1e999`); -0 reads as 0."""
+    trimmed = pa.array(_stripped(texts), type=pa.string())
+    well_formed = pc.match_substring_regex(trimmed, NUMBER).to_numpy(zero_copy_only=False)
+    blank = pc.equal(trimmed, "").to_numpy(zero_copy_only=False)
+    numbers = pc.cast(pc.if_else(pa.array(well_formed), trimmed, pa.scalar(None, pa.string())), pa.float64())
+    values = numbers.to_numpy(zero_copy_only=False) + 0.0  # nulls become NaN; -0.0 becomes 0.0
+    details = np.full(len(texts), None, dtype=object)
+    for row in np.flatnonzero(~blank & ~well_formed):
+        details[row] = f"not a number: {texts[row]!r}"
+    for row in np.flatnonzero(well_formed & ~np.isfinite(values)):
+        details[row] = f"not a finite number: {texts[row]!r}"
+    values[pd.notna(details)] = np.nan
+    return values, details
+
+
+def _texts_as_datetimes(texts: np.ndarray, format: str) -> tuple[np.ndarray, np.ndarray]:
+    """(float64 seconds since 1970, details) of strings read with `format`, exactly as Python's
+    `strptime` (`_datetime`) reads each: pandas parses the column, and a string keeps pandas' moment
+    only where it is canonical: for a format of numeric fields (`CANONICAL`), zero-padded and in
+    range (a regular expression); for any other, that moment written back with `format`. Every other
+    non-blank string (unpadded fields, a leap second, seven fraction digits, another offset) goes to
+    strptime."""
+    stripped = _stripped(texts)
+    blank = stripped == ""
+    canonical, values = _canonical_moments(stripped, blank, format)
+    details = np.full(len(texts), None, dtype=object)
+    redo = np.flatnonzero(~canonical & ~blank)
+    if len(redo):
+        again = _parsed_each(texts[redo], _datetime(format), np.float64)
+        values[redo], details[redo] = again.values, again.details
+    return values, details
+
+
+def _canonical_pattern(format: str) -> str | None:
+    """A regular expression of the strings `format` writes with zero-padded fields in range, for a
+    format of only `CANONICAL` directives and literal text; None for any other format."""
+    parts, at = ["^"], 0
+    while at < len(format):
+        if format[at] != "%":
+            parts.append(re.escape(format[at]))
+            at += 1
+            continue
+        field = CANONICAL.get(format[at:at + 2])
+        if field is None:
+            return None
+        parts.append(field)
+        at += 2
+    return "".join(parts) + "$"
+
+
+def _canonical_moments(stripped: np.ndarray, blank: np.ndarray, format: str) -> tuple[np.ndarray, np.ndarray]:
+    """(rows whose string is `format` applied to the moment pandas read, their seconds since 1970;
+    NaN elsewhere)."""
+    values, canonical = np.full(len(stripped), np.nan), np.zeros(len(stripped), dtype=bool)
+    try:
+        moments = pd.to_datetime(pd.Series(np.where(blank, None, stripped), dtype=object), format=format, errors="coerce",
+                                 utc=True)
+    except ValueError:  # a format pandas does not take: strptime reads every string
+        return canonical, values
+    read = np.flatnonzero(~np.asarray(moments.isna()))
+    pattern = _canonical_pattern(format)
+    if pattern is not None:  # zero-padded numbers in range: what both parsers read alike (no leap second, six-digit %f)
+        shaped = pc.match_substring_regex(pa.array(stripped[read], type=pa.string()), pattern)
+        canonical[read[shaped.to_numpy(zero_copy_only=False)]] = True
+    else:
+        written = moments.iloc[read].dt.strftime(format).to_numpy(object)
+        canonical[read[written == stripped[read]]] = True
+    ticks, (per_microsecond, microseconds_per_tick) = moments.array.asi8, TICKS[moments.dt.unit]
+    values[canonical] = (ticks[canonical] // per_microsecond * microseconds_per_tick).astype(np.float64) / 1e6  # as timedelta
+    return canonical, values
 
 
 def _memoised(parse, value: object, memo: dict) -> tuple[object, str | None]:
@@ -238,15 +354,11 @@ def _is_missing(value: object) -> bool:
 
 
 def _number(value: object) -> tuple[float | None, str | None]:
-    """(the finite float, None), (None, None) if missing, or (None, what is wrong)."""
+    """(the finite float, None), (None, None) if missing, or (None, what is wrong), for a value that
+    is not a string (a JSON number; strings go through `_texts_as_numbers`)."""
     if _is_missing(value):
         return None, None
-    if isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            return None, f"not a number: {value!r}"
-    elif _is_number(value):
+    if _is_number(value):
         number = float(value)
     else:
         return None, f"not a number: {value!r} ({type(value).__name__})"
