@@ -482,3 +482,14 @@ def test_numeric_formats_take_the_regular_expression_and_others_the_round_trip()
         assert not re.fullmatch(pattern, text), text
     assert _canonical_pattern("100%% on %Y%m%d") == r"^100%\ on\ [0-9]{4}(0[1-9]|1[0-2])(0[1-9]|[12][0-9]|3[01])$"
     assert _canonical_pattern("%d %b %Y") is None and _canonical_pattern("%Y-%m-%d %H:%M:%S%z") is None
+
+
+def test_a_lone_surrogate_does_not_parse_and_raises_nothing():
+    """A JSON escape can make a string UTF-8 cannot hold; it is a value that does not parse."""
+    frame = pd.DataFrame({"id": ["a", "b", "c"], "n": ["1", "\udcff", "2\ud800"], "d": ["2020-01-01 00:00:00", "\udcff", ""],
+                          "c": ["x", "\udcff", ""]}, dtype=object)
+    specs = specs_from_mapping({"n": {"type": "numeric"}, "d": {"type": "datetime", "format": FORMAT}, "c": {"type": "categorical"}})
+    parsed, problems = parse_columns(frame, specs)
+    assert parsed["n"].tolist()[0] == 1.0 and parsed["d"].tolist()[0] == 1577836800.0 and parsed["c"].tolist()[1] == "\udcff"
+    assert sorted(zip(problems["id"], problems["reason"])) == [("b", "unparseable:d"), ("b", "unparseable:n"), ("c", "unparseable:n")]
+    assert "'\\udcff'" in problems.loc[problems["reason"] == "unparseable:n", "detail"].iloc[0]

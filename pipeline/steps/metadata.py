@@ -266,7 +266,7 @@ def _texts_as_numbers(texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     (`NUMBER`: sign, digits, point, exponent), converted by Arrow (correctly rounded, as `float`),
     so `1_000`, non-ASCII digits, `nan` and `inf` do not parse, nor does a finite-looking value
     that overflows (`1e999`); -0 reads as 0."""
-    trimmed = pa.array(_stripped(texts), type=pa.string())
+    trimmed = _utf8(_stripped(texts))
     well_formed = pc.match_substring_regex(trimmed, NUMBER).to_numpy(zero_copy_only=False)
     blank = pc.equal(trimmed, "").to_numpy(zero_copy_only=False)
     numbers = pc.cast(pc.if_else(pa.array(well_formed), trimmed, pa.scalar(None, pa.string())), pa.float64())
@@ -278,6 +278,23 @@ def _texts_as_numbers(texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         details[row] = f"not a finite number: {texts[row]!r}"
     values[pd.notna(details)] = np.nan
     return values, details
+
+
+def _utf8(texts: np.ndarray) -> pa.Array:
+    """`texts` as an Arrow string array; a string UTF-8 cannot hold (a lone surrogate, which a JSON
+    escape can make) becomes one that no parser reads, so it is reported as not parsing."""
+    try:
+        return pa.array(texts, type=pa.string())
+    except UnicodeEncodeError:
+        return pa.array([t if _encodable(t) else "\x00" for t in texts], type=pa.string())
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _texts_as_datetimes(texts: np.ndarray, format: str) -> tuple[np.ndarray, np.ndarray]:
