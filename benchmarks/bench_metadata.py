@@ -60,11 +60,8 @@ exceeds 1e-9 or a cell differs. The default sizes take about 4 minutes on 2 busy
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import sys
-import tracemalloc
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,7 +83,7 @@ from sklearn.preprocessing import (
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from measure import timed
+from measure import timed, traced
 
 from pipeline.seeding import rng
 from pipeline.steps.metadata import (
@@ -298,19 +295,6 @@ def run_once(method: str, splits: dict[str, pd.DataFrame], partitions: int) -> R
     fitted, fit_seconds, _ = timed(lambda: fit_method(splits["train"], partitions))
     outputs, apply_seconds, _ = timed(lambda: apply_method(splits, fitted))
     return Run(method, fitted, outputs, fit_seconds, apply_seconds)
-
-
-def traced(fn: Callable[[], Any]) -> tuple[Any, float]:
-    """(result, peak MiB that `fn` allocated on top of what was allocated before), by tracemalloc."""
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        result = fn()
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    return result, (peak - before) / 2**20
 
 
 def run_method(method: str, splits: dict[str, pd.DataFrame], partitions: int, repeats: int) -> Run:

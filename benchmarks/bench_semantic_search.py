@@ -39,11 +39,8 @@ cores; `--sizes 50000 --repeats 1` about two (numpy skipped: its matrix would ta
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import sys
-import tracemalloc
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import reduce
 from pathlib import Path
@@ -54,7 +51,7 @@ from sklearn.neighbors import NearestNeighbors
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from measure import timed  # noqa: E402
+from measure import timed, traced  # noqa: E402
 from pipeline.seeding import rng  # noqa: E402
 from pipeline.steps.semantic import neighbour_pairs  # noqa: E402
 
@@ -163,20 +160,6 @@ def run_search(method: str, corpus: Corpus, threshold: float, repeats: int) -> S
     codes, peak = traced(lambda: SEARCHES[method](corpus, threshold))
     seconds = min(timed(lambda: SEARCHES[method](corpus, threshold))[1] for _ in range(repeats))
     return Search(method, codes, seconds, peak)
-
-
-def traced(fn: Callable[[], np.ndarray]) -> tuple[np.ndarray, float]:
-    """(result, peak MiB that `fn` allocated on top of what was allocated before), by tracemalloc:
-    Python and numpy allocations (numpy reports its buffers to it), not BLAS's own work space."""
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        result = fn()
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    return result, (peak - before) / 2**20
 
 
 def warm_up(threshold: float, seed: int) -> None:

@@ -1,10 +1,11 @@
-"""Measuring helpers shared by the benchmark scripts: wall and CPU time, peak resident memory."""
+"""Measuring helpers shared by the benchmark scripts: wall and CPU time, peak resident memory, peak allocation."""
 from __future__ import annotations
 
 import contextlib
 import gc
 import resource
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,20 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
     start, cpu = time.perf_counter(), cpu_seconds()
     result = fn()
     return result, time.perf_counter() - start, cpu_seconds() - cpu
+
+
+def traced(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """(result, peak MiB that `fn` allocated on top of what was allocated before), by tracemalloc:
+    Python objects and numpy buffers (numpy reports them to it), not BLAS's own work space."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        result = fn()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return result, (peak - before) / 2**20
 
 
 def cpu_seconds() -> float:
