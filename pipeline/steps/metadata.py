@@ -40,7 +40,7 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -228,17 +228,24 @@ def parse_column(frame: pd.DataFrame, spec: Any) -> Parsed:
     raw = frame[spec.name].to_numpy(object)
     texts = np.fromiter((isinstance(value, str) for value in raw), dtype=bool, count=len(raw))
     dtype = object if spec.type == "categorical" else np.float64
-    parse = _category if spec.type == "categorical" else _number if spec.type == "numeric" else _datetime(spec.format)
+    parse, vectorised = _parsers(spec)
     values, details = np.full(len(raw), None if dtype is object else np.nan, dtype=dtype), np.full(len(raw), None, dtype=object)
     others = np.flatnonzero(~texts)
     if len(others):
         one_by_one = _parsed_each(raw[others], parse, dtype)
         values[others], details[others] = one_by_one.values, one_by_one.details
     if len(others) < len(raw):
-        vectorised = {"categorical": _texts_as_categories, "numeric": _texts_as_numbers}.get(
-            spec.type, functools.partial(_texts_as_datetimes, format=spec.format))
         values[texts], details[texts] = vectorised(raw[texts])
     return Parsed(values, pd.notna(details), details)
+
+
+def _parsers(spec: Any) -> tuple[Callable, Callable]:
+    """(the value-by-value parser, the parser of a column of strings) of `spec.type`."""
+    if spec.type == "categorical":
+        return _category, _texts_as_categories
+    if spec.type == "numeric":
+        return _number, _texts_as_numbers
+    return _datetime(spec.format), functools.partial(_texts_as_datetimes, format=spec.format)
 
 
 def _parsed_each(raw: np.ndarray, parse, dtype) -> Parsed:
